@@ -1,0 +1,20 @@
+# wattflow: the whole pipeline. The same file runs on a laptop (simulator), a GPU box
+# (vLLM in a container) and a cluster (executor plugin); see README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/cells.smk"
+include: "rules/analysis.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/summary.parquet",
+        f"{RESULTS}/report.html",
+    default_target: True

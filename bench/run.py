@@ -1,0 +1,107 @@
+"""Benchmarks of the speed targets; results go to bench/results/*.json and RESULTS.md.
+
+    python bench/run.py [grid] [hour]     (default: both)
+
+grid: the default config end to end (cells, summary, figures, report) in a fresh results
+      folder with `snakemake --cores 2`; target ≤ 180 s on a 2-core machine.
+hour: one simulated hour of the composite workload in one cell; target ≤ 10 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT))
+
+
+def machine() -> dict:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def bench_grid() -> dict:
+    import yaml
+
+    tmp = Path(tempfile.mkdtemp(prefix="wattflow-bench-"))
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["results"] = str(tmp / "results")
+    cfg_path = tmp / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    cmd = [snakemake, "--cores", "2", "--configfile", str(cfg_path), "--quiet", "all"]
+    t = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    wall = time.perf_counter() - t
+    cells = len(list((tmp / "results" / "cells").rglob("cell.json")))
+    figures = sorted(p.name for p in (tmp / "results" / "figures").iterdir())
+    shutil.rmtree(tmp)
+    return {
+        "benchmark": "default grid end to end",
+        "command": " ".join(["snakemake", *cmd[1:]]),
+        "cells": cells,
+        "figures": len(figures),
+        "wall_s": round(wall, 1),
+        "target_s": 180,
+        "met": wall <= 180,
+    }
+
+
+def bench_hour() -> dict:
+    from wattflow import config as C
+    from wattflow.cell import run
+
+    cfg = C.load(ROOT / "config" / "config.yaml")
+    knobs = {
+        "engine": "sim",
+        "workload": "composite",
+        "mode": "naive",
+        "max_num_seqs": 256,
+        "power_cap_w": "default",
+        "sm_clock_mhz": "default",
+        "max_output_tokens": 256,
+        "rep": 0,
+    }
+    spec = C.cell_spec(cfg, knobs)
+    spec["workload"]["duration_s"] = 3600
+    tmp = Path(tempfile.mkdtemp(prefix="wattflow-hour-"))
+    t = time.perf_counter()
+    m = run(spec, knobs, tmp, quiet=True)
+    wall = time.perf_counter() - t
+    shutil.rmtree(tmp)
+    return {
+        "benchmark": "one simulated hour of the composite workload",
+        "command": "python bench/run.py hour",
+        "simulated_s": round(m["duration_s"], 1),
+        "requests": m["requests"],
+        "workflows": m["workflows"],
+        "wall_s": round(wall, 2),
+        "target_s": 10,
+        "met": wall <= 10 and m["duration_s"] >= 3600,
+    }
+
+
+def main() -> None:
+    which = sys.argv[1:] or ["grid", "hour"]
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in which:
+        res = {**{"grid": bench_grid, "hour": bench_hour}[name](), "machine": machine()}
+        (OUT / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Stable entry point of the `report` rule: the HTML report with findings and figures."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import polars as pl  # noqa: E402
+
+from wattflow.analysis.findings import check_findings  # noqa: E402
+from wattflow.analysis.report import write_report  # noqa: E402
+from wattflow.provenance import wattflow_info  # noqa: E402
+
+if "snakemake" in globals():
+    summary_path = snakemake.input.summary  # noqa: F821
+    fig_dir, out = Path(snakemake.input.figures), snakemake.output[0]  # noqa: F821
+    provenance = {**wattflow_info(), "config_hash": snakemake.params.config_hash}  # noqa: F821
+else:  # by hand: python scripts/report.py SUMMARY FIG_DIR OUT
+    summary_path, fig_dir, out = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    provenance = wattflow_info()
+summary = pl.read_parquet(summary_path)
+figures = sorted(fig_dir.glob("*.png"))
+write_report(summary, figures, check_findings(summary), Path(out), provenance)

@@ -1,0 +1,148 @@
+"""Test doubles for the real-engine tests: a fake NVML module and helpers to run the fake
+OpenAI server. Not a test module itself (no test_ prefix)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+
+class NVMLError(Exception):
+    pass
+
+
+class NVMLError_NoPermission(NVMLError):  # noqa: N801 - pynvml's name
+    pass
+
+
+class FakeNvml:
+    """Records calls and GPU state; raises on demand (`fail` = {"power", "clock", ...})."""
+
+    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 1, 2, 0
+    NVML_FI_DEV_POWER_INSTANT, NVML_POWER_SCOPE_MEMORY = 186, 2
+    NVMLError, NVMLError_NoPermission = NVMLError, NVMLError_NoPermission
+
+    def __init__(
+        self,
+        n: int = 1,
+        *,
+        state_file: str | Path | None = None,
+        fail: set[str] | None = None,
+        power_w: float = 250.0,
+        mem_power: bool = False,
+    ) -> None:
+        self.gpus = [{"limit_mw": 700_000, "locked": None} for _ in range(n)]
+        self.state_file = Path(state_file) if state_file else None
+        self.fail = set(fail or ())
+        self.power_mw = int(power_w * 1000)
+        self.mem_power = mem_power
+        self.t0 = time.monotonic()
+        self.calls: list[tuple] = []
+        self.inits = 0
+        self._save()
+
+    def _save(self) -> None:
+        if self.state_file:
+            self.state_file.write_text(json.dumps(self.gpus))
+
+    def nvmlInit(self) -> None:  # noqa: N802
+        self.inits += 1
+
+    def nvmlShutdown(self) -> None:  # noqa: N802
+        self.inits -= 1
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:  # noqa: N802
+        return i
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:  # noqa: N802
+        return self.power_mw
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: int) -> int:  # noqa: N802
+        # mJ since "boot": a large offset, growing at power_w
+        return 987_654_321 + int((time.monotonic() - self.t0) * self.power_mw)
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> SimpleNamespace:  # noqa: N802
+        return SimpleNamespace(gpu=42, memory=10)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: int) -> int:  # noqa: N802
+        return self.gpus[h]["limit_mw"]
+
+    def nvmlDeviceGetPowerManagementLimit(self, h: int) -> int:  # noqa: N802
+        return self.gpus[h]["limit_mw"]
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, h: int) -> tuple[int, int]:  # noqa: N802
+        return 200_000, 700_000
+
+    def nvmlDeviceGetClockInfo(self, h: int, kind: int) -> int:  # noqa: N802
+        if kind == self.NVML_CLOCK_SM:
+            return self.gpus[h]["locked"] or 1980
+        return 2619
+
+    def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:  # noqa: N802
+        return 41
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: int) -> int:  # noqa: N802
+        return 0x2 if self.gpus[h]["locked"] else 0x1
+
+    def nvmlDeviceGetFieldValues(self, h: int, ids: list) -> list:  # noqa: N802
+        if not self.mem_power:
+            raise NVMLError("Not Supported")
+        return [SimpleNamespace(nvmlReturn=0, value=SimpleNamespace(uiVal=60_000))]
+
+    def nvmlDeviceSetPowerManagementLimit(self, h: int, mw: int) -> None:  # noqa: N802
+        self.calls.append(("set_limit", h, mw))
+        if "power" in self.fail:
+            raise NVMLError_NoPermission("Insufficient Permissions")
+        self.gpus[h]["limit_mw"] = mw
+        self._save()
+
+    def nvmlDeviceSetGpuLockedClocks(self, h: int, lo: int, hi: int) -> None:  # noqa: N802
+        self.calls.append(("lock", h, lo, hi))
+        if "clock" in self.fail:
+            raise NVMLError_NoPermission("Insufficient Permissions")
+        self.gpus[h]["locked"] = hi
+        self._save()
+
+    def nvmlDeviceResetGpuLockedClocks(self, h: int) -> None:  # noqa: N802
+        self.calls.append(("reset", h))
+        self.gpus[h]["locked"] = None
+        self._save()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_fake_server(api_key: str = "k", *extra: str) -> tuple[subprocess.Popen, str]:
+    """The fake OpenAI server in a subprocess; returns (process, base_url) once healthy."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wattflow.engines.fake_server",
+            "--port",
+            str(port),
+            "--api-key",
+            api_key,
+            *extra,
+        ]
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1):
+                return proc, url
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("fake server did not start")

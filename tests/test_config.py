@@ -1,0 +1,101 @@
+"""Bad configuration stops before any cell, with a message naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from wattflow import config as C
+
+
+def expect_error(cfg: dict, *fragments: str) -> str:
+    with pytest.raises(C.ConfigError) as exc:
+        C.validate(cfg)
+    msg = str(exc.value)
+    for f in fragments:
+        assert f in msg, f"{f!r} not in {msg!r}"
+    return msg
+
+
+def test_shipped_config_is_valid_and_large_enough(raw_config):
+    cfg = C.validate(raw_config)
+    assert len(C.cells(cfg)) >= 400
+    # defaults were filled in from the schema
+    assert cfg["grid"]["mode"] == ["naive"]
+    assert cfg["engines"]["sim"]["request_timeout_s"] == 600
+
+
+def test_power_cap_outside_gpu_range(raw_config):
+    raw_config["grid"]["power_cap_w"] = ["default", 150]
+    expect_error(raw_config, "grid.power_cap_w[1]", "150", "200-700")
+
+
+def test_power_cap_above_max(raw_config):
+    raw_config["grid"]["power_cap_w"] = [800]
+    expect_error(raw_config, "grid.power_cap_w[0]", "800")
+
+
+def test_max_num_seqs_below_one(raw_config):
+    raw_config["grid"]["max_num_seqs"] = [8, 0]
+    expect_error(raw_config, "grid.max_num_seqs[1]", "minimum")
+
+
+def test_output_length_beyond_context(raw_config):
+    raw_config["models"]["llama-3.1-8b"]["max_context"] = 4096
+    expect_error(raw_config, "grid.max_output_tokens", "context of 4096")
+
+
+def test_sm_clock_outside_range(raw_config):
+    raw_config["grid"]["sm_clock_mhz"] = [5000]
+    expect_error(raw_config, "grid.sm_clock_mhz[0]", "5000")
+
+
+def test_unknown_engine_in_grid(raw_config):
+    raw_config["grid"]["engine"] = ["sim", "tgi"]
+    expect_error(raw_config, "grid.engine[1]", "tgi")
+
+
+def test_unknown_gpu_name(raw_config):
+    raw_config["engines"]["sim"]["gpu"] = "h900"
+    expect_error(raw_config, "engines.sim.gpu", "h900", "h100-sxm")
+
+
+def test_unknown_engine_kind(raw_config):
+    raw_config["engines"]["sim"]["kind"] = "tensorrt"
+    expect_error(raw_config, "engines.sim.kind")
+
+
+def test_unknown_workload_parameter(raw_config):
+    raw_config["workloads"]["agentic"]["coderz"] = 3
+    expect_error(raw_config, "workloads.agentic", "coderz")
+
+
+def test_bad_workload_parameter_value(raw_config):
+    raw_config["workloads"]["sequential"]["chunk_tokens"] = -5
+    expect_error(raw_config, "workloads.sequential.chunk_tokens")
+
+
+def test_inverted_range(raw_config):
+    raw_config["workloads"]["interactive"]["turns"] = [5, 2]
+    expect_error(raw_config, "workloads.interactive.turns", "low > high")
+
+
+def test_composite_unknown_member(raw_config):
+    raw_config["workloads"]["composite"]["members"] = ["sequential", "nope"]
+    expect_error(raw_config, "workloads.composite.members[1]", "nope")
+
+
+def test_cell_paths_roundtrip(raw_config):
+    cfg = C.validate(raw_config)
+    for cell in C.cells(cfg)[:50]:
+        assert C.parse_path(cell.path) == cell.knobs
+
+
+def test_cell_spec_holds_only_its_slice(raw_config):
+    cfg = C.validate(raw_config)
+    knobs = C.cells(cfg)[0].knobs
+    before = C.cell_spec(cfg, knobs)
+    cfg["workloads"]["agentic"]["coders"] = 7  # another workload
+    cfg["grid"]["max_num_seqs"].append(512)  # another axis value
+    assert C.cell_spec(cfg, knobs) == before
+    cfg["workloads"][knobs["workload"]]["chunk_tokens"] = 999
+    assert C.cell_spec(cfg, knobs) != before

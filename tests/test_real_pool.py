@@ -1,0 +1,218 @@
+"""Server pool with the fake OpenAI server standing in for `vllm` (runtime native)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from wattflow.engines import server as srv
+from wattflow.engines.pool import ServerPool, server_key, stop_all
+from wattflow.engines.server import RuntimeUnavailable, pid_alive, server_args, wait_gone
+
+MODEL = {
+    "name": "tiny",
+    "layers": 2,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "heads": 4,
+    "kv_heads": 2,
+    "vocab_size": 500,
+    "max_context": 4096,
+    "dtype": "bf16",
+}
+SPEC = {
+    "kind": "vllm",
+    "runtime": "native",
+    "model": MODEL,
+    "gpu": {"name": "fake"},
+    "max_num_batched_tokens": 2048,
+    "gpu_memory_utilization": 0.8,
+    "prefix_caching": True,
+    "image": "vllm/vllm-openai:v0.26.0",
+    "request_timeout_s": 60,
+}
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    monkeypatch.setenv(srv.COMMAND_ENV, f"{sys.executable} -m wattflow.engines.fake_server")
+
+
+def _pool(tmp_path, **kw) -> ServerPool:
+    kw = {"idle_timeout_s": 60, "start_timeout_s": 30, "stop_grace_s": 5, **kw}
+    return ServerPool(tmp_path / "servers", **kw)
+
+
+def test_server_args(tmp_path):
+    from wattflow.engines.bundle import write_dummy_model
+    from wattflow.hardware import ModelShape
+
+    d = write_dummy_model(ModelShape(**MODEL), tmp_path / "m")
+    a = server_args(SPEC, {"max_num_seqs": 64}, d, 8123, "key")
+    assert a[:3] == ["vllm", "serve", str(d)]
+    joined = " ".join(a)
+    for part in (
+        "--port 8123",
+        "--api-key key",
+        "--max-num-seqs 64",
+        "--max-num-batched-tokens 2048",
+        "--gpu-memory-utilization 0.8",
+        "--enable-prefix-caching",
+        "--load-format dummy",
+        "--served-model-name wattflow",
+        "--enable-prompt-tokens-details",
+        "--scheduling-policy fcfs",
+        "--seed 0",
+        "--host 127.0.0.1",
+    ):
+        assert part in joined
+    off = server_args({**SPEC, "prefix_caching": False}, {"max_num_seqs": 1}, tmp_path, 1, "k")
+    assert "--no-enable-prefix-caching" in off and "--load-format" not in off
+
+
+def test_missing_runtime_is_clear(monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(RuntimeUnavailable, match="runtime docker selected but no Docker engine"):
+        srv.check_runtime({**SPEC, "runtime": "docker"})
+    monkeypatch.setenv(srv.COMMAND_ENV, "/nonexistent/vllm")
+    with pytest.raises(RuntimeUnavailable, match="runtime native"):
+        srv.check_runtime(SPEC)
+
+
+def test_reuse_replace_and_stop_all(tmp_path, fake_vllm):
+    pool = _pool(tmp_path)
+    a = pool.acquire(SPEC, {"max_num_seqs": 8}, gpus=[0])
+    b = pool.acquire(SPEC, {"max_num_seqs": 8}, gpus=[0])
+    assert a.server_pid and a.server_pid == b.server_pid and a.base_url == b.base_url
+    assert a.version == "fake-0" and a.key == server_key(SPEC, {"max_num_seqs": 8})
+    c = pool.acquire(SPEC, {"max_num_seqs": 16}, gpus=[0])
+    assert c.server_pid != a.server_pid
+    assert not pid_alive(a.server_pid) and not pid_alive(a.keeper_pid)
+    assert [e["key"] for e in pool.entries()] == [c.key]
+    assert stop_all(pool.dir) == 1
+    assert not pid_alive(c.server_pid) and not pid_alive(c.keeper_pid)
+    assert pool.entries() == []
+
+
+def test_keeper_stops_when_owner_dies(tmp_path, fake_vllm):
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    pool = _pool(tmp_path, owner_pid=owner.pid)
+    h = pool.acquire(SPEC, {"max_num_seqs": 4})
+    assert pid_alive(h.server_pid)
+    owner.kill()
+    owner.wait()
+    assert wait_gone(h.server_pid, 10) and wait_gone(h.keeper_pid, 10)
+    assert pool.entries() == []
+
+
+def test_keeper_stops_when_idle(tmp_path, fake_vllm):
+    h = _pool(tmp_path, idle_timeout_s=0.5).acquire(SPEC, {"max_num_seqs": 4})
+    time.sleep(0.3)
+    assert pid_alive(h.server_pid)
+    assert wait_gone(h.server_pid, 10)
+
+
+def test_failed_start_reports_log(tmp_path, monkeypatch):
+    monkeypatch.setenv(
+        srv.COMMAND_ENV, f"{sys.executable} -c \"import sys; print('boom: no GPU'); sys.exit(3)\""
+    )
+    with pytest.raises(RuntimeError, match="did not start") as ei:
+        _pool(tmp_path).acquire(SPEC, {"max_num_seqs": 4})
+    assert "boom: no GPU" in str(ei.value) and "status 3" in str(ei.value)
+
+
+class _FakeContainer:
+    id = "c0ffee"
+    status = "running"
+
+    def logs(self, stream, follow):
+        return iter([b"INFO vllm starting\n"])
+
+    def reload(self):
+        pass
+
+    def stop(self, timeout):
+        self.status = "exited"
+
+
+class _FakeDocker:
+    """Just enough of the docker SDK to see what Server asks for."""
+
+    runs: list[dict] = []
+
+    class types:  # noqa: N801
+        class DeviceRequest:
+            def __init__(self, device_ids, capabilities):
+                self.device_ids, self.capabilities = device_ids, capabilities
+
+    class DockerClient:
+        def __init__(self, base_url, timeout):
+            self.base_url = base_url
+            self.containers = self
+
+        def ping(self):
+            return True
+
+        def close(self):
+            pass
+
+        def run(self, image, **kw):
+            _FakeDocker.runs.append({"image": image, "base_url": self.base_url, **kw})
+            return _FakeContainer()
+
+
+@pytest.mark.parametrize("runtime", ["docker", "podman"])
+def test_container_runtime_request(tmp_path, monkeypatch, runtime):
+    monkeypatch.setitem(sys.modules, "docker", _FakeDocker)
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    _FakeDocker.runs.clear()
+    s = srv.Server(
+        {**SPEC, "runtime": runtime},
+        {"max_num_seqs": 4},
+        tmp_path,
+        gpus=[3],
+        log_path=tmp_path / "log",
+        port=8555,
+        api_key="k",
+        labels={"wattflow.key": "x"},
+    )
+    s.start()
+    (run,) = _FakeDocker.runs
+    assert run["image"] == "vllm/vllm-openai:v0.26.0" and run["entrypoint"] == ["vllm"]
+    assert run["command"][:2] == ["serve", str(tmp_path.resolve())] and "--port" in run["command"]
+    assert run["network_mode"] == "host" and run["auto_remove"] and run["detach"]
+    assert run["labels"] == {"wattflow": "1", "wattflow.key": "x"}
+    assert run["volumes"] == {
+        str(tmp_path.resolve()): {"bind": str(tmp_path.resolve()), "mode": "ro"}
+    }
+    if runtime == "docker":
+        assert run["base_url"] == "unix:///var/run/docker.sock"
+        assert run["device_requests"][0].device_ids == ["3"]
+    else:
+        assert run["base_url"] == "unix:///run/podman/podman.sock"
+        assert run["devices"] == ["nvidia.com/gpu=3"]
+    assert s.dead() is None and s.container_id == "c0ffee"
+    s.stop(1)
+    assert s.dead().startswith("container exited")
+
+
+def test_apptainer_command(tmp_path, monkeypatch):
+    seen = {}
+
+    class P:
+        pid = 12345
+
+        def __init__(self, cmd, **kw):
+            seen["cmd"], seen["env"] = cmd, kw["env"]
+
+    monkeypatch.setattr(srv.shutil, "which", lambda exe: f"/usr/bin/{exe}")
+    monkeypatch.setattr(srv.subprocess, "Popen", P)
+    spec = {**SPEC, "runtime": "apptainer", "image": "/images/vllm.sif"}
+    srv.Server(spec, {"max_num_seqs": 4}, tmp_path, gpus=[1], log_path=tmp_path / "log").start()
+    assert seen["cmd"][:3] == ["apptainer", "exec", "--nv"]
+    assert "/images/vllm.sif" in seen["cmd"] and seen["cmd"][6:8] == ["vllm", "serve"]
+    assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "1"
+    assert seen["env"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"

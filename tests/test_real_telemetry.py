@@ -1,0 +1,131 @@
+"""NVML sampler (fake NVML), RAPL (fake sysfs tree) and the dummy model bundle."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from real_fakes import FakeNvml
+
+from wattflow.engines import bundle
+from wattflow.hardware import ModelShape
+from wattflow.outputs import TELEMETRY, frame
+from wattflow.telemetry.nvml import NvmlSampler
+from wattflow.telemetry.rapl import RaplReader
+
+
+def test_sampler_rows_counter_and_units():
+    fake = FakeNvml(2, power_w=250.0)
+    s = NvmlSampler([0, 1], period_s=0.02, nvml=fake)
+    t0 = time.monotonic()
+    s.start(t0)
+    time.sleep(0.25)
+    rows = s.stop()
+    s.close()
+    assert fake.inits == 0  # init and shutdown balanced
+    assert all(r.keys() == TELEMETRY.keys() for r in rows)
+    frame("telemetry", rows)  # exactly the schema's columns and types
+    for g in (0, 1):
+        mine = [r for r in rows if r["gpu"] == g]
+        assert len(mine) >= 5
+        e = [r["energy_j"] for r in mine]
+        assert e[0] == 0.0 and all(b >= a for a, b in zip(e, e[1:], strict=False))
+        t = [r["t_s"] for r in mine]
+        assert t[0] >= 0 and t == sorted(t)
+        # counter grows at ~250 W
+        assert e[-1] / (t[-1] - t[0]) == pytest.approx(250, rel=0.2)
+    r = rows[0]
+    assert r["power_w"] == 250.0 and r["power_limit_w"] == 700.0
+    assert r["sm_clock_mhz"] == 1980 and r["mem_clock_mhz"] == 2619
+    assert r["gpu_util_pct"] == 42 and r["temperature_c"] == 41
+    assert r["mem_power_w"] is None and r["throttle_reasons"] == 1
+
+
+def test_sampler_memory_power_and_context_manager():
+    fake = FakeNvml(1, mem_power=True)
+    with NvmlSampler([0], period_s=0.02, nvml=fake) as s:
+        time.sleep(0.05)
+    assert s.rows and s.rows[0]["mem_power_w"] == 60.0
+
+
+def test_idle_baseline_from_counter():
+    s = NvmlSampler([0], period_s=0.02, nvml=FakeNvml(1, power_w=80.0))
+    assert s.idle_baseline(0.2) == pytest.approx(80, rel=0.15)
+    s.close()
+
+
+def _zone(root, name, zone, uj, rng=1000_000_000):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "name").write_text(zone + "\n")
+    (d / "energy_uj").write_text(f"{uj}\n")
+    (d / "max_energy_range_uj").write_text(f"{rng}\n")
+    return d
+
+
+def test_rapl_read_and_wraparound(tmp_path):
+    p0 = _zone(tmp_path, "intel-rapl:0", "package-0", 999_000_000)
+    _zone(tmp_path, "intel-rapl:0:0", "core", 5)
+    d0 = _zone(tmp_path, "intel-rapl:0:1", "dram", 10_000_000)
+    r = RaplReader(tmp_path)
+    assert r.available() and set(r.zones) == {"package-0", "dram-0"}
+    before = r.read()
+    assert before == {"package-0": 999.0, "dram-0": 10.0}
+    (p0 / "energy_uj").write_text("2000000\n")  # wrapped past 1e9 uJ
+    (d0 / "energy_uj").write_text("12500000\n")
+    delta = r.delta(before, r.read())
+    assert delta["package-0"] == pytest.approx(3.0)
+    assert delta["dram-0"] == pytest.approx(2.5)
+
+
+def test_rapl_absent_tree(tmp_path):
+    r = RaplReader(tmp_path / "nope")
+    assert not r.available() and "does not exist" in r.reason
+    r2 = RaplReader(tmp_path)
+    assert not r2.available() and "no intel-rapl" in r2.reason
+
+
+SHAPE = ModelShape(
+    "tiny",
+    layers=2,
+    hidden_size=64,
+    intermediate_size=128,
+    heads=4,
+    kv_heads=2,
+    vocab_size=500,
+    max_context=4096,
+)
+
+
+def test_dummy_bundle(tmp_path):
+    d = bundle.write_dummy_model(SHAPE, tmp_path / "b")
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"]
+    assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_key_value_heads"]) == (2, 64, 2)
+    assert cfg["max_position_embeddings"] == 4096 and cfg["torch_dtype"] == "bfloat16"
+    assert cfg["rope_scaling"]["rope_type"] == "llama3" and cfg["rope_theta"] == 500000
+    tok = json.loads((d / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    assert tok["model"]["type"] == "WordLevel" and len(vocab) == 500
+    assert vocab["t7"] == 7 and vocab["<s>"] == 1 and vocab["</s>"] == 2
+    assert tok["pre_tokenizer"] == {"type": "WhitespaceSplit"}
+    tc = json.loads((d / "tokenizer_config.json").read_text())
+    assert tc["tokenizer_class"] == "PreTrainedTokenizerFast" and tc["eos_token"] == "</s>"
+    assert bundle.is_dummy(d)
+    mtime = (d / "config.json").stat().st_mtime_ns
+    assert bundle.write_dummy_model(SHAPE, d) == d  # reused, not rewritten
+    assert (d / "config.json").stat().st_mtime_ns == mtime
+    assert bundle.model_dir(SHAPE, tmp_path, real_dir=d) == d  # a real dir passes through
+    with pytest.raises(FileNotFoundError):
+        bundle.model_dir(SHAPE, tmp_path, real_dir=tmp_path / "empty")
+
+
+def test_tokenizer_round_trip(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    d = bundle.write_dummy_model(SHAPE, tmp_path / "b")
+    tok = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+    ids = [5, 17, 499, 3]
+    text = tok.decode(ids)
+    assert text == "t5 t17 t499 t3"
+    assert tok.encode(text, add_special_tokens=False).ids == ids

@@ -1,0 +1,3 @@
+from wattflow.cli import main
+
+raise SystemExit(main())

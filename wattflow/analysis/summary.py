@@ -1,0 +1,276 @@
+"""One row per cell: knobs, latency percentiles, throughput and energy metrics.
+
+All cells' `requests.parquet` and `workflows.parquet` are read in one scan each (explicit
+file lists, Hive knob columns from the paths), aggregated per file, then joined with what
+each `cell.json` holds (duration, energy, GPU limits, validity). One scan instead of one
+read per cell keeps ~500 cells well under a few seconds.
+
+Metric definitions (the README's glossary points here):
+
+- Percentiles (`*_p50_s`, `*_p90_s`, `*_p99_s`) use linear interpolation between order
+  statistics (numpy's default), over requests with `status == "ok"` and, for makespan,
+  over completed workflows (`failed_calls == 0`).
+- Rates and per-unit energies count *completed* work (ok requests, completed workflows),
+  so failures show up as worse efficiency rather than vanishing: `requests_per_s`,
+  `output_tokens_per_s` and `workflows_per_min` divide by the cell's `duration_s`;
+  `j_per_workflow` and `j_per_output_token` divide the whole cell's energy.
+- `energy_j` is the cell's energy-counter reading (`energy.counter_j`);
+  `avg_power_w = energy_j / duration_s`.
+- `edp_js` (energy-delay product, J*s) = `j_per_workflow * makespan_p50_s`: the energy a
+  workflow costs times how long a typical one waits, so a knob that saves energy by making
+  workflows proportionally slower does not look like a win.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from wattflow.knobs import BY_NAME, DEFAULT, KNOB_NAMES, KNOBS
+
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+LATENCIES = ("ttft_s", "tpot_s", "e2e_s")
+_CELL = "_cell"  # row index of the cell in the input list, the join key
+_FILE = "_file"
+
+
+def hive_schema() -> dict[str, pl.DataType]:
+    """Dtypes of the Hive path columns; number-or-default knobs stay strings."""
+    out: dict[str, pl.DataType] = {}
+    for k in KNOBS:
+        text = k.numeric_or_default or k.name in ("engine", "workload", "mode")
+        out[k.name] = pl.String() if text else pl.Int64()
+    return out
+
+
+def _pct_name(col: str, tag: str) -> str:
+    """`ttft_s`, `p50` -> `ttft_p50_s`."""
+    return f"{col.removesuffix('_s')}_{tag}_s"
+
+
+def _percentiles(col: str) -> list[pl.Expr]:
+    return [
+        pl.col(col).quantile(q, interpolation="linear").alias(_pct_name(col, tag))
+        for tag, q in QUANTILES.items()
+    ]
+
+
+def _scan(files: list[str], cell_ids: pl.DataFrame) -> pl.LazyFrame:
+    """All cells' copies of one table in one scan, tagged with their cell index."""
+    lf = pl.scan_parquet(
+        files,
+        hive_partitioning=True,
+        hive_schema=hive_schema(),
+        glob=False,
+        include_file_paths=_FILE,
+    )
+    return lf.join(cell_ids.lazy(), on=_FILE, how="inner")
+
+
+def _request_stats(files: list[str]) -> pl.LazyFrame:
+    ids = pl.DataFrame({_FILE: files, _CELL: range(len(files))})
+    ok = pl.col("status") == "ok"
+    aggs = [
+        pl.len().alias("requests"),
+        (~ok).fill_null(True).sum().alias("failed_requests"),
+        pl.col("output_tokens").filter(ok).sum().alias("output_tokens"),
+        *[e for c in LATENCIES for e in _percentiles(c)],
+    ]
+    lf = _scan(files, ids)
+    # Percentiles over ok requests only: filter the latency columns, not the rows, so the
+    # counts above still see every request.
+    lf = lf.with_columns([pl.when(ok).then(pl.col(c)).alias(c) for c in LATENCIES])
+    return lf.group_by(_CELL, *KNOB_NAMES).agg(aggs)
+
+
+def _workflow_stats(files: list[str]) -> pl.LazyFrame:
+    ids = pl.DataFrame({_FILE: files, _CELL: range(len(files))})
+    done = pl.col("failed_calls").fill_null(0) == 0
+    lf = _scan(files, ids).with_columns(pl.when(done).then(pl.col("makespan_s")).alias("ms"))
+    return lf.group_by(_CELL).agg(
+        pl.len().alias("workflows"),
+        (~done).sum().alias("failed_workflows"),
+        *[
+            pl.col("ms").quantile(q, interpolation="linear").alias(f"makespan_{tag}_s")
+            for tag, q in QUANTILES.items()
+        ],
+    )
+
+
+def _knob_text(name: str, value: Any) -> str:
+    """A cell.json knob value as it appears in the Hive path."""
+    return BY_NAME[name].format(value) if name in BY_NAME else str(value)
+
+
+def _cell_meta(i: int, cell_dir: Path) -> dict[str, Any]:
+    """The columns that come from one cell.json."""
+    meta = json.loads((cell_dir / "cell.json").read_text())
+    energy, gpu = meta.get("energy", {}), meta.get("gpu", {})
+    return {
+        _CELL: i,
+        "cell_dir": str(cell_dir),
+        "duration_s": float(meta["duration_s"]),
+        "energy_j": float(energy["counter_j"]),
+        "energy_disagreement_pct": energy.get("disagreement_pct"),
+        "idle_power_w": energy.get("idle_power_w"),
+        "gpu_name": gpu.get("name"),
+        "_default_power_w": gpu.get("default_power_limit_w"),
+        "_max_clock_mhz": gpu.get("max_sm_clock_mhz"),
+        "valid": bool(meta.get("valid", False)),
+        "engine_version": meta.get("engine", {}).get("version"),
+        **{f"_json_{k}": _knob_text(k, v) for k, v in meta["knobs"].items() if k in BY_NAME},
+    }
+
+
+_META_SCHEMA = {
+    _CELL: pl.Int64,
+    "cell_dir": pl.String,
+    "duration_s": pl.Float64,
+    "energy_j": pl.Float64,
+    "energy_disagreement_pct": pl.Float64,
+    "idle_power_w": pl.Float64,
+    "gpu_name": pl.String,
+    "_default_power_w": pl.Float64,
+    "_max_clock_mhz": pl.Float64,
+    "valid": pl.Boolean,
+    "engine_version": pl.String,
+    **{f"_json_{k}": pl.String for k in KNOB_NAMES},
+}
+
+
+def _effective(knob: str, fallback: str) -> pl.Expr:
+    """Numeric value of a number-or-default knob: "default" means the GPU's own setting."""
+    c = pl.col(knob)
+    return (
+        pl.when(c == DEFAULT)
+        .then(pl.col(fallback))
+        .otherwise(c.cast(pl.Float64, strict=False))
+        .alias(f"{knob}_effective")
+    )
+
+
+def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
+    """num / den, null instead of inf/NaN when den is 0 or null."""
+    return pl.when(den > 0).then(num / den).otherwise(None)
+
+
+def _derived() -> list[pl.Expr]:
+    done_wf = pl.col("workflows") - pl.col("failed_workflows")
+    ok_req = pl.col("requests") - pl.col("failed_requests")
+    dur, energy = pl.col("duration_s"), pl.col("energy_j")
+    return [
+        _effective("power_cap_w", "_default_power_w"),
+        _effective("sm_clock_mhz", "_max_clock_mhz"),
+        _ratio(ok_req, dur).alias("requests_per_s"),
+        _ratio(pl.col("output_tokens"), dur).alias("output_tokens_per_s"),
+        _ratio(done_wf * 60.0, dur).alias("workflows_per_min"),
+        _ratio(energy, done_wf).alias("j_per_workflow"),
+        _ratio(energy, pl.col("output_tokens")).alias("j_per_output_token"),
+        _ratio(energy, dur).alias("avg_power_w"),
+    ]
+
+
+def _check_knobs(df: pl.DataFrame) -> None:
+    """Raise if a cell's Hive path disagrees with its cell.json (a misplaced cell)."""
+    for k in KNOB_NAMES:
+        bad = df.filter(pl.col(k).cast(pl.String) != pl.col(f"_json_{k}"))
+        if not bad.is_empty():
+            row = bad.row(0, named=True)
+            raise ValueError(
+                f"{row['cell_dir']}: knob {k}={row[k]!r} in the path "
+                f"but {row[f'_json_{k}']!r} in cell.json"
+            )
+
+
+def _fill_knobs() -> list[pl.Expr]:
+    """Knobs of cells with no request rows (no Hive values to read) come from cell.json."""
+    schema = hive_schema()
+    return [
+        pl.coalesce(k, pl.col(f"_json_{k}").cast(schema[k], strict=False)).alias(k)
+        for k in KNOB_NAMES
+    ]
+
+
+def summary_columns() -> list[str]:
+    """Column order of the summary table."""
+    pct = [_pct_name(c, t) for c in (*LATENCIES, "makespan_s") for t in QUANTILES]
+    return [
+        *KNOB_NAMES,
+        "power_cap_w_effective",
+        "sm_clock_mhz_effective",
+        "requests",
+        "failed_requests",
+        "workflows",
+        "failed_workflows",
+        "output_tokens",
+        "duration_s",
+        *pct,
+        "requests_per_s",
+        "output_tokens_per_s",
+        "workflows_per_min",
+        "energy_j",
+        "j_per_workflow",
+        "j_per_output_token",
+        "avg_power_w",
+        "edp_js",
+        "energy_disagreement_pct",
+        "idle_power_w",
+        "valid",
+        "engine_version",
+        "gpu_name",
+        "cell_dir",
+    ]
+
+
+def summarize(cell_dirs: Sequence[str | Path]) -> pl.DataFrame:
+    """One row per cell directory, in input order; see the module docstring for metrics."""
+    dirs = [Path(d) for d in cell_dirs]
+    if not dirs:
+        raise ValueError("summarize: no cell directories given")
+    meta = pl.DataFrame([_cell_meta(i, d) for i, d in enumerate(dirs)], schema=_META_SCHEMA)
+    req = _request_stats([str(d / "requests.parquet") for d in dirs])
+    wf = _workflow_stats([str(d / "workflows.parquet") for d in dirs])
+    req_df, wf_df = pl.collect_all([req, wf])
+    df = (
+        meta.join(req_df, on=_CELL, how="left")
+        .join(wf_df, on=_CELL, how="left")
+        .with_columns(
+            pl.col("requests", "failed_requests", "output_tokens").fill_null(0),
+            pl.col("workflows", "failed_workflows").fill_null(0),
+        )
+        .with_columns(_fill_knobs())
+        .with_columns(_derived())
+        .with_columns((pl.col("j_per_workflow") * pl.col("makespan_p50_s")).alias("edp_js"))
+        .sort(_CELL)
+    )
+    _check_knobs(df)
+    return df.select(summary_columns())
+
+
+def write_summary(cell_dirs: Sequence[str | Path], out_path: str | Path) -> pl.DataFrame:
+    """Summarize and write Parquet (or CSV when `out_path` ends in .csv), atomically."""
+    df = summarize(cell_dirs)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if out.suffix == ".csv":
+        df.write_csv(tmp)
+    else:
+        df.write_parquet(tmp, compression="zstd", statistics=True)
+    tmp.replace(out)
+    return df
+
+
+def baseline(df: pl.DataFrame, knob: str) -> pl.DataFrame:
+    """Rows at the knob's default; without a default cell, at its highest effective value
+    (the closest to the GPU's own setting)."""
+    if df.is_empty():
+        return df
+    if (df[knob] == DEFAULT).any():
+        return df.filter(pl.col(knob) == DEFAULT)
+    eff = f"{knob}_effective"
+    return df.filter(pl.col(eff) == df[eff].max())

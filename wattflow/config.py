@@ -1,0 +1,251 @@
+"""Load, validate and expand the configuration into cells.
+
+Validation happens twice over, both before any cell runs: the JSON Schema (through
+`snakemake.utils.validate`, which also fills in defaults) catches types, ranges and unknown
+keys; `check` catches what a schema cannot: cross-references (grid → engines → models/gpus)
+and physical limits (power caps inside the GPU's range, outputs inside the context).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wattflow import MODEL_VERSION
+from wattflow.knobs import BY_NAME, DEFAULT, KNOB_NAMES
+
+SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
+DEFAULT_CONFIG = Path("config/config.yaml")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, always naming the offending key."""
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    return validate(cfg)
+
+
+def validate(cfg: dict) -> dict:
+    """Schema-validate (filling defaults) and check cross-references; returns `cfg`."""
+    _schema_validate(cfg)
+    check(cfg)
+    return cfg
+
+
+def _schema_validate(cfg: dict) -> None:
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(cfg))
+    if errors:
+        err = jsonschema.exceptions.best_match(errors)
+        where = _key(err.absolute_path) or "(top level)"
+        raise ConfigError(f"config key {where}: {err.message}")
+    from snakemake.utils import validate as smk_validate  # fills defaults
+
+    smk_validate(cfg, str(SCHEMA_PATH), set_default=True)
+
+
+def _key(path: Any) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _bounds(v: Any) -> tuple[float, float]:
+    return (v[0], v[1]) if isinstance(v, list) else (v, v)
+
+
+def check(cfg: dict) -> None:
+    """Checks a schema cannot express. Raises ConfigError naming the key."""
+    models, gpus, engines, workloads = cfg["models"], cfg["gpus"], cfg["engines"], cfg["workloads"]
+    for name, g in gpus.items():
+        if g["min_power_limit_w"] > g["max_power_limit_w"]:
+            raise ConfigError(f"gpus.{name}: min_power_limit_w exceeds max_power_limit_w")
+        if g["min_sm_clock_mhz"] > g["max_sm_clock_mhz"]:
+            raise ConfigError(f"gpus.{name}: min_sm_clock_mhz exceeds max_sm_clock_mhz")
+    for name, m in models.items():
+        if m["hidden_size"] % m["heads"] or m["heads"] % m["kv_heads"]:
+            raise ConfigError(f"models.{name}: heads must divide hidden_size, kv_heads heads")
+    for name, e in engines.items():
+        if e["model"] not in models:
+            raise ConfigError(
+                f"engines.{name}.model: unknown model {e['model']!r}; known: {sorted(models)}"
+            )
+        if e["gpu"] not in gpus:
+            raise ConfigError(
+                f"engines.{name}.gpu: unknown GPU {e['gpu']!r}; known: {sorted(gpus)}"
+            )
+        if e["kind"] == "openai" and not e.get("url"):
+            raise ConfigError(f"engines.{name}.url: required for kind openai")
+    for name, w in workloads.items():
+        _check_workload(name, w, workloads)
+    grid = cfg["grid"]
+    for i, e in enumerate(grid["engine"]):
+        if e not in engines:
+            raise ConfigError(
+                f"grid.engine[{i}]: unknown engine {e!r}; declared: {sorted(engines)}"
+            )
+    for i, w in enumerate(grid["workload"]):
+        if w not in workloads:
+            raise ConfigError(
+                f"grid.workload[{i}]: unknown workload {w!r}; declared: {sorted(workloads)}"
+            )
+    for e in grid["engine"]:
+        gpu, model = gpus[engines[e]["gpu"]], models[engines[e]["model"]]
+        for i, cap in enumerate(grid["power_cap_w"]):
+            lo, hi = gpu["min_power_limit_w"], gpu["max_power_limit_w"]
+            if cap != DEFAULT and not lo <= cap <= hi:
+                raise ConfigError(
+                    f"grid.power_cap_w[{i}]: {cap} W is outside {engines[e]['gpu']}'s "
+                    f"settable range {lo}-{hi} W"
+                )
+        for i, clk in enumerate(grid["sm_clock_mhz"]):
+            lo, hi = gpu["min_sm_clock_mhz"], gpu["max_sm_clock_mhz"]
+            if clk != DEFAULT and not lo <= clk <= hi:
+                raise ConfigError(
+                    f"grid.sm_clock_mhz[{i}]: {clk} MHz is outside {engines[e]['gpu']}'s "
+                    f"range {lo}-{hi} MHz"
+                )
+        for i, out in enumerate(grid["max_output_tokens"]):
+            for w in grid["workload"]:
+                longest = max_prompt_tokens(workloads[w], workloads)
+                if longest + out > model["max_context"]:
+                    raise ConfigError(
+                        f"grid.max_output_tokens[{i}]: {out} output tokens after prompts of up "
+                        f"to {longest} tokens (workload {w}) exceed model "
+                        f"{engines[e]['model']}'s context of {model['max_context']}"
+                    )
+
+
+def _check_workload(name: str, w: dict, workloads: dict) -> None:
+    for key, v in w.items():
+        is_range = isinstance(v, list) and len(v) == 2
+        if is_range and all(isinstance(x, int | float) for x in v) and v[0] > v[1]:
+            raise ConfigError(f"workloads.{name}.{key}: range [{v[0]}, {v[1]}] has low > high")
+    p = w["pattern"]
+    if p == "sequential" and _bounds(w["doc_tokens"])[0] < 1:
+        raise ConfigError(f"workloads.{name}.doc_tokens: documents need at least one token")
+    if p == "composite":
+        for i, m in enumerate(w["members"]):
+            if m not in workloads:
+                raise ConfigError(f"workloads.{name}.members[{i}]: unknown workload {m!r}")
+            if workloads[m]["pattern"] == "composite":
+                raise ConfigError(f"workloads.{name}.members[{i}]: {m!r} is itself composite")
+
+
+def max_prompt_tokens(w: dict, workloads: dict) -> int:
+    """Upper bound on any call's prompt length, for the context-length check."""
+    p = w["pattern"]
+    if p == "sequential":
+        return w["instruction_tokens"] + w["summary_tokens"] + w["chunk_tokens"]
+    if p == "interactive":
+        turns = _bounds(w["turns"])[1]
+        user = _bounds(w["user_tokens"])[1]
+        return int(
+            w["system_tokens"]
+            + w["passages"] * w["passage_tokens"]
+            + turns * (user + w["answer_tokens"])
+        )
+    if p == "agentic":
+        return (
+            w["spec_tokens"]
+            + w["plan_tokens"]
+            + w["coders"] * w["code_tokens"]
+            + w["review_tokens"]
+        )
+    if p == "single":
+        return w["prompt_tokens"]
+    if p == "composite":
+        return max(max_prompt_tokens(workloads[m], workloads) for m in w["members"])
+    raise ConfigError(f"workloads: unknown pattern {p!r}")
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    knobs: dict  # knob name -> value, in KNOB_NAMES order
+
+    @property
+    def path(self) -> str:
+        return "/".join(f"{k}={BY_NAME[k].format(self.knobs[k])}" for k in KNOB_NAMES)
+
+
+def cells(cfg: dict) -> list[Cell]:
+    """Every (engine, workload, mode, batch, cap, clock, output length, rep) combination."""
+    g = cfg["grid"]
+    axes = [
+        g["engine"],
+        g["workload"],
+        g["mode"],
+        g["max_num_seqs"],
+        g["power_cap_w"],
+        g["sm_clock_mhz"],
+        g["max_output_tokens"],
+        range(cfg["repetitions"]),
+    ]
+    return [Cell(dict(zip(KNOB_NAMES, combo, strict=True))) for combo in itertools.product(*axes)]
+
+
+def parse_path(path: str) -> dict:
+    """Inverse of Cell.path, for wildcards and for the CLI."""
+    knobs = {}
+    for part in Path(path).parts:
+        if "=" in part:
+            k, v = part.split("=", 1)
+            if k in BY_NAME:
+                knobs[k] = BY_NAME[k].parse(v)
+    missing = [k for k in KNOB_NAMES if k not in knobs]
+    if missing:
+        raise ConfigError(f"cell path {path!r} lacks knobs {missing}")
+    return knobs
+
+
+def workload_slice(cfg: dict, name: str) -> dict:
+    """What a workload's cells depend on: its own params (and its members', for composite)."""
+    w = copy.deepcopy(cfg["workloads"][name])
+    if w["pattern"] == "composite":
+        w["members"] = {m: copy.deepcopy(cfg["workloads"][m]) for m in w["members"]}
+    return w
+
+
+def engine_slice(cfg: dict, name: str) -> dict:
+    e = copy.deepcopy(cfg["engines"][name])
+    e["model"] = {"name": e["model"], **cfg["models"][e["model"]]}
+    e["gpu"] = {"name": e["gpu"], **cfg["gpus"][e["gpu"]]}
+    return e
+
+
+def cell_spec(cfg: dict, knobs: dict) -> dict:
+    """Everything one cell needs and nothing more: the rule's params, so that an edit
+    elsewhere in the config does not rerun it."""
+    return {
+        "engine": engine_slice(cfg, knobs["engine"]),
+        "workload": {"name": knobs["workload"], **workload_slice(cfg, knobs["workload"])},
+        "seed": cfg["seed"],
+        "model_version": MODEL_VERSION,
+    }
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_hash(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,398 @@
+"""Server reuse across cells: a registry of running vLLM servers in a state directory.
+
+Starting vLLM takes minutes, so cells that share the server-side knobs share a server. Each
+server is owned by a detached keeper process (wattflow.engines.keeper) that stops it when
+asked, when no cell has touched its lease for `idle_timeout_s`, or when the owner (the
+Snakemake process, WATTFLOW_OWNER_PID) is gone; a crash of any cell therefore never leaves
+a GPU occupied for long. All registry changes happen under one fcntl lock.
+
+Files per server key K in the state dir: K.json (written by acquirers), K.state.json
+(written by the keeper: status, pids, error), K.lease (mtime = last use), K.log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wattflow.engines.server import (
+    MODEL_NAME,
+    _signal_group,
+    check_runtime,
+    free_port,
+    pid_alive,
+    wait_gone,
+)
+
+STATE_ENV = "WATTFLOW_STATE_DIR"
+OWNER_ENV = "WATTFLOW_OWNER_PID"
+DEFAULT_STATE_DIR = Path("results/.servers")
+
+
+def state_dir(path: str | Path | None = None) -> Path:
+    return Path(path or os.environ.get(STATE_ENV) or DEFAULT_STATE_DIR)
+
+
+def server_key(engine_spec: dict, server_knobs: dict) -> str:
+    blob = json.dumps({"engine": engine_spec, "knobs": server_knobs}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, obj: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+@dataclass
+class ServerHandle:
+    """What a cell needs to use a pooled server."""
+
+    key: str
+    base_url: str
+    api_key: str
+    model_name: str
+    lease_path: Path
+    server_pid: int | None = None
+    keeper_pid: int | None = None
+    container_id: str | None = None
+    version: str | None = None
+    gpus: list[int] = field(default_factory=list)
+
+    def touch(self) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(self.lease_path)
+
+    @contextlib.contextmanager
+    def heartbeat(self, every_s: float = 15.0) -> Iterator[ServerHandle]:
+        """Keep the lease fresh while a cell runs longer than the idle timeout."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every_s):
+                self.touch()
+
+        t = threading.Thread(target=beat, name="wattflow-lease", daemon=True)
+        self.touch()
+        t.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            t.join()
+            self.touch()
+
+
+class ServerPool:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        idle_timeout_s: float = 300.0,
+        start_timeout_s: float | None = None,
+        stop_grace_s: float = 30.0,
+        owner_pid: int | None = None,
+    ) -> None:
+        self.dir = state_dir(path)
+        self.idle_timeout_s = idle_timeout_s
+        self.start_timeout_s = start_timeout_s or float(
+            os.environ.get("WATTFLOW_SERVER_START_TIMEOUT_S", 1200)
+        )
+        self.stop_grace_s = stop_grace_s
+        self.owner_pid = owner_pid or int(os.environ.get(OWNER_ENV) or os.getpid())
+
+    # -- locking and files ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "registry.lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _paths(self, key: str) -> dict[str, Path]:
+        return {
+            s: self.dir / f"{key}{ext}"
+            for s, ext in (
+                ("entry", ".json"),
+                ("state", ".state.json"),
+                ("lease", ".lease"),
+                ("log", ".log"),
+            )
+        }
+
+    def entries(self) -> list[dict]:
+        if not self.dir.is_dir():
+            return []
+        out = []
+        for p in sorted(self.dir.glob("*.json")):
+            if p.name.endswith(".state.json") or p.name.startswith("."):
+                continue
+            e = read_json(p)
+            if e and "key" in e:
+                e["_state"] = read_json(self._paths(e["key"])["state"]) or {}
+                out.append(e)
+        return out
+
+    # -- acquire ----------------------------------------------------------------------------
+    def acquire(
+        self,
+        engine_spec: dict,
+        server_knobs: dict,
+        *,
+        gpus: list[int] | None = None,
+        model_dir: str | Path | None = None,
+    ) -> ServerHandle:
+        """A healthy server for these knobs: the registered one, or a new one that replaces
+        any other server on the same GPUs."""
+        gpus = list(gpus if gpus is not None else [0])
+        check_runtime(engine_spec)  # a clear error before touching any running server
+        key = server_key(engine_spec, server_knobs)
+        with self.locked():
+            entries = {e["key"]: e for e in self.entries()}
+            mine = entries.pop(key, None)
+            if mine is not None:
+                handle = self._reuse(mine)
+                if handle is not None:
+                    return handle
+                self._stop_entry(mine)
+            for e in entries.values():
+                if set(e.get("gpus", [])) & set(gpus):
+                    self._stop_entry(e)
+            return self._launch(key, engine_spec, server_knobs, gpus, model_dir)
+
+    def _reuse(self, e: dict) -> ServerHandle | None:
+        paths = self._paths(e["key"])
+        if not pid_alive(e.get("keeper_pid")) or e.get("stop"):
+            return None
+        state = self._wait_ready(e)  # a start another acquirer began and left
+        if state.get("status") != "ready" or not _healthy(e["base_url"]):
+            return None
+        if e.get("owner_pid") != self.owner_pid:
+            e["owner_pid"] = self.owner_pid
+            write_json(paths["entry"], _public(e))
+        return self._handle(e, state)
+
+    def _launch(
+        self,
+        key: str,
+        engine_spec: dict,
+        server_knobs: dict,
+        gpus: list[int],
+        model_dir: str | Path | None,
+    ) -> ServerHandle:
+        from wattflow.engines import bundle
+        from wattflow.hardware import ModelShape
+
+        paths = self._paths(key)
+        for p in (paths["state"],):
+            p.unlink(missing_ok=True)
+        if model_dir is None:
+            model_dir = bundle.model_dir(
+                ModelShape(**engine_spec["model"]),
+                self.dir / "models",
+                os.environ.get("WATTFLOW_MODEL_DIR"),
+            )
+        port = free_port()
+        e = {
+            "key": key,
+            "launch_id": secrets.token_hex(8),
+            "engine_spec": engine_spec,
+            "server_knobs": server_knobs,
+            "gpus": gpus,
+            "port": port,
+            "base_url": f"http://127.0.0.1:{port}",
+            "api_key": secrets.token_hex(16),
+            "model_name": MODEL_NAME,
+            "model_dir": str(Path(model_dir).resolve()),
+            "owner_pid": self.owner_pid,
+            "idle_timeout_s": self.idle_timeout_s,
+            "start_timeout_s": self.start_timeout_s,
+            "stop_grace_s": self.stop_grace_s,
+            "lease": str(paths["lease"]),
+            "log": str(paths["log"]),
+            "stop": False,
+            "created": time.time(),
+        }
+        paths["lease"].touch()
+        write_json(paths["entry"], e)
+        e["keeper_pid"] = _spawn_detached(
+            [sys.executable, "-m", "wattflow.engines.keeper", str(paths["entry"])], paths["log"]
+        )
+        write_json(paths["entry"], e)
+        state = self._wait_ready(e)
+        if state.get("status") != "ready":
+            why = state.get("error") or f"keeper exited while the server was {state.get('status')}"
+            self._stop_entry(e)
+            raise RuntimeError(
+                f"vLLM server {key} did not start: {why}\n"
+                f"server log: {paths['log']}\n{_tail(paths['log'])}"
+            )
+        return self._handle(e, state)
+
+    def _wait_ready(self, e: dict) -> dict:
+        state_path = self._paths(e["key"])["state"]
+        deadline = time.monotonic() + self.start_timeout_s + 30
+        while True:
+            state = read_json(state_path) or {}
+            if state.get("launch_id") not in (None, e["launch_id"]):
+                state = {}  # a stale file from an earlier launch
+            if state.get("status") in ("ready", "failed", "stopped"):
+                return state
+            if not pid_alive(e.get("keeper_pid")):
+                return read_json(state_path) or {"status": "gone"}
+            if time.monotonic() > deadline:
+                return {"status": "failed", "error": f"not ready in {self.start_timeout_s:.0f} s"}
+            time.sleep(0.1)
+
+    def _handle(self, e: dict, state: dict) -> ServerHandle:
+        h = ServerHandle(
+            e["key"],
+            e["base_url"],
+            e["api_key"],
+            e["model_name"],
+            Path(e["lease"]),
+            state.get("server_pid"),
+            e.get("keeper_pid"),
+            state.get("container_id"),
+            state.get("version"),
+            list(e["gpus"]),
+        )
+        h.touch()
+        return h
+
+    # -- stop -------------------------------------------------------------------------------
+    def _stop_entry(self, e: dict) -> None:
+        """Ask the keeper to stop (flag + SIGTERM), then make sure, then clean up."""
+        paths = self._paths(e["key"])
+        e = {**e, "stop": True}
+        with contextlib.suppress(OSError):
+            write_json(paths["entry"], _public(e))
+        keeper = e.get("keeper_pid")
+        if pid_alive(keeper):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(keeper, signal.SIGTERM)
+            if not wait_gone(keeper, e.get("stop_grace_s", self.stop_grace_s) + 15):
+                _signal_group(keeper, signal.SIGKILL)
+        state = read_json(paths["state"]) or e.get("_state") or {}
+        if state.get("launch_id") in (None, e.get("launch_id")):
+            if pid_alive(state.get("server_pid")):  # the keeper died without stopping it
+                _signal_group(state["server_pid"], signal.SIGKILL)
+                wait_gone(state["server_pid"], 10)
+            if state.get("container_id") and state.get("status") != "stopped":
+                _stop_container(e, state["container_id"])
+        for p in (paths["entry"], paths["state"], paths["lease"]):
+            p.unlink(missing_ok=True)
+
+    def stop_all(self) -> int:
+        with self.locked():
+            entries = self.entries()
+            for e in entries:
+                self._stop_entry(e)
+        return len(entries)
+
+
+def _public(e: dict) -> dict:
+    return {k: v for k, v in e.items() if not k.startswith("_")}
+
+
+def _healthy(base_url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _spawn_detached(cmd: list[str], log: Path) -> int:
+    """Start `cmd` in its own session, not as our child (so nobody needs to reap it), and
+    return its pid."""
+    launcher = (
+        "import subprocess, sys; "
+        "p = subprocess.Popen(sys.argv[2:], start_new_session=True, "
+        "stdin=subprocess.DEVNULL, stdout=open(sys.argv[1], 'ab'), "
+        "stderr=subprocess.STDOUT); print(p.pid)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", launcher, str(log), *cmd],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return int(out.stdout.strip())
+
+
+def _stop_container(e: dict, container_id: str) -> None:
+    from wattflow.engines.server import docker_client
+
+    try:
+        client = docker_client(e["engine_spec"].get("runtime", "docker"))
+        client.containers.get(container_id).stop(timeout=10)
+    except Exception:  # noqa: BLE001 - gone already, or no runtime left to ask
+        pass
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def acquire(engine_spec: dict, server_knobs: dict, **kw: object) -> ServerHandle:
+    return ServerPool().acquire(engine_spec, server_knobs, **kw)  # type: ignore[arg-type]
+
+
+def stop_all(path: str | Path | None = None) -> int:
+    """Stop every registered server (Snakemake onsuccess/onerror); returns how many."""
+    return ServerPool(path).stop_all()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m wattflow.engines.pool [list|stop-all] [--state-dir DIR]"""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m wattflow.engines.pool", description=__doc__)
+    p.add_argument("command", choices=["list", "stop-all"])
+    p.add_argument("--state-dir", default=None)
+    a = p.parse_args(argv)
+    pool = ServerPool(a.state_dir)
+    if a.command == "stop-all":
+        print(f"stopped {pool.stop_all()} server(s) registered in {pool.dir}")
+    else:
+        for e in pool.entries():
+            s = e["_state"]
+            print(
+                f"{e['key']} {s.get('status', '?')} {e['base_url']} gpus={e['gpus']} "
+                f"keeper={e.get('keeper_pid')} server={s.get('server_pid')}"
+            )
+
+
+if __name__ == "__main__":
+    main()

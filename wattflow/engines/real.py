@@ -1,0 +1,197 @@
+"""The backend for real engines (kinds `vllm` and `openai`): wall-clock time, measured power.
+
+Order of a cell: server from the pool (vllm) -> GPU knobs -> idle baseline -> sampler ->
+workflows -> sampler stop -> knobs restored. The baseline is taken after the knobs are set
+because a locked clock raises idle power, and static energy should be that of the cell's
+own configuration. Telemetry rows share the driver's time base (time.monotonic, which
+asyncio's loop.time reads), shifted so t=0 is the driver's start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from wattflow.engines.openai_client import OpenAIEngine
+from wattflow.knobs import DEFAULT
+from wattflow.workloads.core import Workflow
+
+if TYPE_CHECKING:
+    from wattflow.cell import Measurement
+    from wattflow.progress import Progress
+
+
+def _opt(v: Any) -> float | None:
+    return None if v in (None, DEFAULT) else float(v)
+
+
+def gpu_indices(nvml: Any = None) -> list[int]:
+    """The first CUDA_VISIBLE_DEVICES entry as an NVML index (UUIDs resolved via NVML)."""
+    first = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
+    if first.lstrip("-").isdigit():
+        return [int(first)]
+    if nvml is None:
+        raise RuntimeError(f"CUDA_VISIBLE_DEVICES={first!r} is a UUID; resolving it needs NVML")
+    return [int(nvml.nvmlDeviceGetIndex(nvml.nvmlDeviceGetHandleByUUID(first)))]
+
+
+def _nvml_sampler(indices_hint: list[int] | None, period_s: float) -> tuple[Any, str | None]:
+    """(sampler, None), or (None, why NVML is unavailable)."""
+    try:
+        from wattflow.telemetry.nvml import NvmlSampler, load_nvml
+
+        nvml = load_nvml()
+        try:
+            idx = indices_hint or gpu_indices(nvml)
+        finally:
+            nvml.nvmlShutdown()
+        return NvmlSampler(idx, period_s), None
+    except Exception as exc:  # noqa: BLE001 - ImportError, library not found, no driver ...
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progress) -> Measurement:
+    from wattflow.cell import Measurement
+    from wattflow.telemetry.rapl import RaplReader
+
+    e = spec["engine"]
+    kind = e["kind"]
+    cap, clock = _opt(knobs.get("power_cap_w")), _opt(knobs.get("sm_clock_mhz"))
+    period = float(os.environ.get("WATTFLOW_TELEMETRY_PERIOD_S", 0.1))
+    baseline_s = float(os.environ.get("WATTFLOW_IDLE_BASELINE_S", 2.0))
+
+    hint = None
+    with contextlib.suppress(RuntimeError):
+        hint = gpu_indices()
+    sampler, why = _nvml_sampler(hint, period)
+    if sampler is None and (kind == "vllm" or cap is not None or clock is not None):
+        raise RuntimeError(
+            f"engine {kind}: NVML is needed for GPU telemetry and knobs but is "
+            f"unavailable ({why}); no request was sent"
+        )
+    indices = sampler.indices if sampler else (hint or [0])
+
+    handle, info = None, {"name": kind}
+    try:
+        if kind == "vllm":
+            from wattflow.engines.pool import ServerPool
+
+            handle = ServerPool().acquire(
+                e, {"max_num_seqs": int(knobs["max_num_seqs"])}, gpus=indices
+            )
+            base_url, api_key, model = handle.base_url, handle.api_key, handle.model_name
+            info = {
+                "name": "vllm",
+                "version": handle.version,
+                "url": base_url,
+                "server_key": handle.key,
+            }
+        elif kind == "openai":
+            base_url, api_key = e["url"], os.environ.get("OPENAI_API_KEY")
+            model = os.environ.get("WATTFLOW_OPENAI_MODEL")
+            info = {"name": "openai", "url": base_url}
+        else:
+            raise ValueError(f"engine kind {kind!r} is not a real engine")
+        engine = OpenAIEngine(
+            base_url,
+            api_key,
+            model or "",
+            int(e["model"]["vocab_size"]),
+            float(e.get("request_timeout_s", 600)),
+            name=info["name"],
+        )
+        beat = handle.heartbeat() if handle else contextlib.nullcontext()
+        with beat:
+            out = _run_cell(
+                engine, workflows, knobs, progress, sampler, indices, cap, clock, baseline_s
+            )
+        info["version"] = info.get("version") or out["version"]
+        info["model"] = out["model"]
+    finally:
+        if sampler is not None:
+            sampler.close()
+
+    rows, rapl = out["rows"], RaplReader()
+    limits = [r["power_limit_w"] for r in rows if r["power_limit_w"] is not None]
+    limit = limits[-1] if limits else (cap or float(e["gpu"]["max_power_limit_w"]))
+    extra: dict[str, Any] = {
+        "telemetry": "nvml" if sampler else f"unavailable: {why}",
+        "gpu_indices": indices,
+        "rapl": out["rapl"] if rapl.available() else f"unavailable: {rapl.reason}",
+    }
+    return Measurement(
+        out["records"], rows, info, power_limit_w=limit, idle_power_w=out["idle"], extra=extra
+    )
+
+
+def _run_cell(
+    engine: OpenAIEngine,
+    workflows: Sequence[Workflow],
+    knobs: dict,
+    progress: Progress,
+    sampler: Any,
+    indices: list[int],
+    cap: float | None,
+    clock: float | None,
+    baseline_s: float,
+) -> dict[str, Any]:
+    from wattflow.drive import drive
+    from wattflow.telemetry.rapl import RaplReader
+
+    knob_ctx: Any = contextlib.nullcontext()
+    if cap is not None or clock is not None:
+        import pynvml
+
+        from wattflow.telemetry.knobs import GpuKnobs
+
+        knob_ctx = GpuKnobs(pynvml, indices, power_cap_w=cap, sm_clock_mhz=clock)
+    rapl = RaplReader()
+    with knob_ctx:
+        if cap is not None or clock is not None:
+            time.sleep(0.5)  # let the new limit/clock take effect before the baseline
+        idle = sampler.idle_baseline(baseline_s) if sampler and baseline_s > 0 else None
+
+        async def cell() -> dict[str, Any]:
+            model = engine.model or await _first_model(engine)
+            engine.model = model
+            version = await engine.server_version()
+            loop = asyncio.get_running_loop()
+            t_pre = loop.time()
+            if sampler:
+                sampler.start(t_pre)
+            r0 = rapl.read() if rapl.available() else None
+            out: dict[str, Any] = {"version": version, "model": model, "rapl": None}
+            try:
+                t_drive = loop.time()  # drive() reads loop.time() first thing: same origin
+                records = await drive(
+                    workflows,
+                    engine,
+                    max_output_tokens=int(knobs["max_output_tokens"]),
+                    on_record=lambda _r: progress.advance(),
+                )
+            finally:
+                rows = sampler.stop() if sampler else []
+                if r0 is not None:
+                    out["rapl"] = rapl.delta(r0, rapl.read())
+                await engine.close()
+            for row in rows:
+                row["t_s"] += t_pre - t_drive
+            return {**out, "records": records, "rows": rows, "idle": idle}
+
+        return asyncio.run(cell())
+
+
+async def _first_model(engine: OpenAIEngine) -> str:
+    """The served model's name, for endpoints whose name the config does not give."""
+    try:
+        async with engine._get_session().get(f"{engine.base_url}/v1/models") as r:
+            r.raise_for_status()
+            return (await r.json(content_type=None))["data"][0]["id"]
+    except Exception as exc:
+        raise RuntimeError(
+            f"cannot list models at {engine.base_url}/v1/models ({exc}); set WATTFLOW_OPENAI_MODEL"
+        ) from exc

@@ -1,0 +1,248 @@
+"""`SimEngine`: a vLLM-like continuous-batching server simulated in virtual time.
+
+`generate` must be awaited on a `VirtualTimeLoop`. The engine runs one step at a time with
+`loop.call_at` at each step's end; when the batch is pure decode and nothing can be
+admitted, it plans a macro-step (every step up to the next finish, O(1) work per step) and
+sets ONE timer. A request arriving mid-macro-step cuts it at the end of the step in flight,
+so the newcomer joins at the next step boundary exactly as in a real engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from bisect import bisect_right
+from dataclasses import dataclass
+
+import wattflow
+from wattflow.engines.base import Request, RequestRecord
+from wattflow.engines.sim.kvcache import KvCache, kv_capacity_blocks
+from wattflow.engines.sim.perf import Roofline
+from wattflow.engines.sim.power import REASON_GPU_IDLE, PowerModel, PowerTrace
+from wattflow.engines.sim.scheduler import Batch, Scheduler, Seq
+from wattflow.hardware import GpuSpec, ModelShape
+
+MAX_MACRO_STEPS = 4096  # bounds planning work thrown away by a cut
+CLOCK_SLACK_S = 1e-9  # float noise of the virtual clock (it advances by adding timeouts)
+
+
+@dataclass(frozen=True)
+class SimKnobs:
+    """vLLM serving options and GPU settings the simulator honours (vLLM defaults)."""
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192  # token budget per step (chunked prefill)
+    power_cap_w: float | None = None  # None = GPU default (max power limit)
+    sm_clock_mhz: float | None = None  # None = boost up to max_sm_clock_mhz; else locked
+    prefix_caching: bool = True
+    gpu_memory_utilization: float = 0.9
+    block_size: int = 16
+    scheduling_policy: str = "fcfs"  # "fcfs" | "priority" (lower request.priority first)
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.block_size < 1:
+            raise ValueError("max_num_seqs and block_size must be >= 1")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
+                f"max_num_seqs ({self.max_num_seqs}), as vLLM requires"
+            )
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.scheduling_policy not in ("fcfs", "priority"):
+            raise ValueError("scheduling_policy must be 'fcfs' or 'priority'")
+
+
+class SimEngine:
+    """The simulated engine; one instance serves one cell on one simulated GPU."""
+
+    name = "sim"
+    version = f"sim-{wattflow.MODEL_VERSION}"
+
+    def __init__(self, model: ModelShape, gpu: GpuSpec, knobs: SimKnobs | None = None) -> None:
+        self.model, self.gpu = model, gpu
+        self.knobs = knobs = knobs or SimKnobs()
+        self.roofline = Roofline.build(model, gpu)
+        self.power = PowerModel(gpu, gpu.step_overhead_s, knobs.power_cap_w, knobs.sm_clock_mhz)
+        blocks = kv_capacity_blocks(model, gpu, knobs.gpu_memory_utilization, knobs.block_size)
+        if blocks <= 0:
+            raise ValueError(
+                f"{model.name} does not fit on {gpu.name} at gpu_memory_utilization="
+                f"{knobs.gpu_memory_utilization}: no memory left for the KV cache"
+            )
+        self.kv = KvCache(blocks, knobs.block_size, knobs.prefix_caching)
+        self.kv_capacity_tokens = blocks * knobs.block_size
+        self.sched = Scheduler(
+            self.kv, knobs.max_num_seqs, knobs.max_num_batched_tokens, knobs.scheduling_policy
+        )
+        self.power_trace = PowerTrace()
+        self.steps = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._busy = False  # a step is pending or in flight
+        self._handle: asyncio.TimerHandle | None = None
+        self._batch: Batch | None = None  # in-flight full step
+        self._plan: tuple[list, ...] | None = None  # in-flight macro-step
+        self._plan_n = 0  # steps of the plan that will be committed
+        self._idle = (gpu.idle_w, self.power.idle_clock_mhz, 0.0, 0.0, REASON_GPU_IDLE)
+
+    # -- Engine protocol ----------------------------------------------------------------
+    async def generate(self, request: Request) -> RequestRecord:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        now = loop.time()
+        rec = RequestRecord(
+            request_id=request.request_id,
+            workflow_id=request.workflow_id,
+            node_id=request.node_id,
+            stage=request.stage,
+            arrival=now,
+            dispatch=now,
+            prompt_tokens=request.prompt_tokens,
+        )
+        err = self._reject_reason(request)
+        if err is not None:
+            rec.status, rec.error = "error", err
+            return rec
+        fut = loop.create_future()
+        self.sched.add(Seq(request, rec, fut))
+        if not self._busy:
+            self._busy = True
+            loop.call_soon(self._begin)
+        elif self._plan is not None:
+            self._cut(now)
+        return await fut
+
+    @property
+    def power_limit_w(self) -> float:
+        """The enforced power limit (the cap, or the GPU's default max power limit)."""
+        return self.power.cap_w
+
+    def close(self, t_end: float) -> None:
+        """Extend the trace with idle power up to t_end (the cell's end)."""
+        self.power_trace.append(t_end, *self._idle)
+
+    # -- internals ----------------------------------------------------------------------
+    def _reject_reason(self, request: Request) -> str | None:
+        p, m = request.prompt_tokens, request.max_tokens
+        if p < 1 or m < 1:
+            return f"prompt_tokens ({p}) and max_tokens ({m}) must both be >= 1"
+        if p + m > self.model.max_context:
+            return (
+                f"prompt_tokens + max_tokens = {p + m} exceeds the model's max context "
+                f"{self.model.max_context}"
+            )
+        room = self.kv_capacity_tokens - self.knobs.block_size
+        if p + m > room:
+            return (
+                f"prompt_tokens + max_tokens = {p + m} can never fit in the KV cache "
+                f"({self.kv_capacity_tokens} tokens, one block kept for the recomputed tail)"
+            )
+        return None
+
+    def _begin(self) -> None:
+        """Plan the next step (or macro-step) at the current time and arm its timer."""
+        loop = self._loop
+        now = loop.time()
+        end = self.power_trace.end
+        if now - end < CLOCK_SLACK_S:
+            now = end  # the loop's clock re-adds timeouts; keep steps exactly contiguous
+        self.power_trace.append(now, *self._idle)  # no-op unless the GPU sat idle
+        sched = self.sched
+        if not sched.has_work():
+            self._busy = False
+            return
+        if sched.decode_only() and self._plan_decode(now):
+            return
+        for _ in range(3):
+            b = sched.schedule()
+            if not b.empty:
+                break
+            if not sched.has_work():
+                self._busy = False
+                return
+        else:
+            raise RuntimeError("simulator scheduled an empty step three times (bug)")
+        t_c, t_m = self.roofline.times(b.tokens, b.attn, b.kv_io, b.sampled)
+        dt, p, mhz, u, pm, r = self.power.step(t_c, t_m)
+        self._batch = b
+        self._step_rec = (now + dt, dt, p, mhz, u, pm, r)
+        self._handle = loop.call_at(now + dt, self._end_step)
+
+    def _end_step(self) -> None:
+        t1, dt, p, mhz, u, pm, r = self._step_rec
+        b, self._batch = self._batch, None
+        sched = self.sched
+        sched.step_end.append(t1)
+        sched.step_dur.append(dt)
+        self.power_trace.append(t1, p, mhz, u, pm, r)
+        self.steps += 1
+        self._resolve(sched.commit(b, t1))
+
+    def _plan_decode(self, now: float) -> bool:
+        """Plan pure decode steps up to the next finish (or KV shortage); False if none."""
+        sched = self.sched
+        G, n, base = sched.G, sched.n_dec, sched.base_sum
+        fin = min(sched.next_finish(), G + MAX_MACRO_STEPS)
+        hist, bs = sched.hist, sched.bs
+        avail = self.kv.available()
+        rf = self.roofline
+        a = (rf.flops_per_token + rf.lm_head_flops) * n / rf.eff_flops
+        c = rf.attn_flops_per_ctx / rf.eff_flops
+        w = rf.weight_bytes / rf.eff_bandwidth
+        kvb = rf.kv_bytes_per_token / rf.eff_bandwidth
+        step = self.power.step
+        ends, durs, ps, fs, us, pms, rs, nbs = [], [], [], [], [], [], [], []
+        t = now
+        g = G
+        while g < fin:
+            g += 1
+            nb = hist[(1 - g) % bs]
+            if nb > avail:
+                break
+            avail -= nb
+            ctx = base + n * g
+            dt, p, mhz, u, pm, r = step(a + c * ctx, w + kvb * (ctx + n))
+            t += dt
+            ends.append(t)
+            durs.append(dt)
+            ps.append(p)
+            fs.append(mhz)
+            us.append(u)
+            pms.append(pm)
+            rs.append(r)
+            nbs.append(nb)
+        if not ends:
+            return False
+        self._plan = (ends, durs, ps, fs, us, pms, rs, nbs)
+        self._plan_n = len(ends)
+        self._handle = self._loop.call_at(t, self._end_plan)
+        return True
+
+    def _cut(self, now: float) -> None:
+        """A request arrived mid-macro-step: stop after the step in flight."""
+        if len(self.sched.running) >= self.knobs.max_num_seqs:
+            return  # it could not be admitted before a finish anyway
+        ends = self._plan[0]
+        j = bisect_right(ends, now, 0, self._plan_n)
+        if j < self._plan_n - 1:
+            self._plan_n = j + 1
+            self._handle.cancel()
+            self._handle = self._loop.call_at(ends[j], self._end_plan)
+
+    def _end_plan(self) -> None:
+        plan, n = self._plan, self._plan_n
+        self._plan = None
+        ends, durs, ps, fs, us, pms, rs, nbs = plan
+        sched = self.sched
+        sched.step_end.extend(ends[:n])
+        sched.step_dur.extend(durs[:n])
+        self.power_trace.extend(ends[:n], ps[:n], fs[:n], us[:n], pms[:n], rs[:n])
+        self.steps += n
+        self._resolve(sched.commit_decode(n, sum(nbs[:n]), ends[n - 1]))
+
+    def _resolve(self, done: list[Seq]) -> None:
+        for seq in done:
+            if not seq.future.done():
+                seq.future.set_result(seq.record)
+        # Let callers react to the results (e.g. issue child calls) before the next step.
+        self._loop.call_soon(self._begin)

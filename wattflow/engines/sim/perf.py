@@ -1,0 +1,88 @@
+"""Roofline step-time model for one engine step of a decoder-only transformer.
+
+A step is a single forward pass over every token scheduled in it (prefill chunks plus one
+token per decoding sequence). Its duration is the slower of the compute and the memory
+side, plus a fixed per-step overhead; see MODEL.md for every constant and its source.
+The class precomputes coefficients so the simulator's hot loop costs a few float ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wattflow.hardware import GpuSpec, ModelShape
+
+# FLOPs per attended (query token, context token) pair: QK^T and AV, 2 flops/MAC each,
+# over all query heads (heads * head_dim = hidden) and layers.
+ATTN_FLOPS_PER_PAIR_PER_LAYER_HIDDEN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Roofline:
+    """Per-(model, GPU) constants of the step-time model, all in SI units."""
+
+    flops_per_token: float  # 2 * body matmul parameters (no embedding, no LM head)
+    lm_head_flops: float  # 2 * vocab * hidden, only for tokens whose logits are sampled
+    attn_flops_per_ctx: float  # 4 * layers * hidden per attended context token
+    weight_bytes: float  # matmul weights streamed from HBM once per step
+    kv_bytes_per_token: float
+    eff_flops: float  # peak dense bf16 FLOP/s * compute_efficiency, at max SM clock
+    eff_bandwidth: float  # HBM B/s * memory_efficiency
+    overhead_s: float
+
+    @classmethod
+    def build(cls, model: ModelShape, gpu: GpuSpec) -> Roofline:
+        embed = model.vocab_size * model.hidden_size  # the lookup table; the LM head too
+        matmul_params = model.params - embed  # body + LM head, all streamed every step
+        return cls(
+            flops_per_token=2.0 * (matmul_params - embed),
+            lm_head_flops=2.0 * embed,
+            attn_flops_per_ctx=float(
+                ATTN_FLOPS_PER_PAIR_PER_LAYER_HIDDEN * model.layers * model.hidden_size
+            ),
+            weight_bytes=float(matmul_params * model.dtype_bytes),
+            kv_bytes_per_token=float(model.kv_bytes_per_token),
+            eff_flops=gpu.peak_bf16_tflops * 1e12 * gpu.compute_efficiency,
+            eff_bandwidth=gpu.hbm_tbps * 1e12 * gpu.memory_efficiency,
+            overhead_s=gpu.step_overhead_s,
+        )
+
+    def times(
+        self, tokens: float, attn_ctx: float, kv_tokens_io: float, sampled: float
+    ) -> tuple[float, float]:
+        """(compute seconds at max clock, memory seconds) of one step.
+
+        tokens: tokens processed (prefill + decode); attn_ctx: sum over those tokens of the
+        context each attends to; kv_tokens_io: KV-cache tokens read plus written; sampled:
+        tokens whose logits are computed (decodes + prefills that finish in this step).
+        """
+        flops = (
+            self.flops_per_token * tokens
+            + self.lm_head_flops * sampled
+            + self.attn_flops_per_ctx * attn_ctx
+        )
+        t_c = flops / self.eff_flops
+        t_m = (self.weight_bytes + self.kv_bytes_per_token * kv_tokens_io) / self.eff_bandwidth
+        return t_c, t_m
+
+    def decode_times(self, seqs: int, ctx_sum: float) -> tuple[float, float]:
+        """A decode-only step: each sequence reads its whole context and writes one token."""
+        return self.times(seqs, ctx_sum, ctx_sum + seqs, seqs)
+
+    def prefill_times(self, chunk: int, cached_ctx: int = 0) -> tuple[float, float]:
+        """A step holding one prefill chunk (the prompt's last) after `cached_ctx` tokens."""
+        attn, io = prefill_chunk_terms(cached_ctx, chunk)
+        return self.times(chunk, attn, io, 1)
+
+    def step_time_at_max_clock(self, t_c: float, t_m: float) -> float:
+        return max(t_c, t_m) + self.overhead_s
+
+
+def prefill_chunk_terms(prior_ctx: int, chunk: int) -> tuple[float, float]:
+    """(attended context, KV tokens read+written) of a causal prefill chunk.
+
+    Token i of the chunk (1-based) attends prior_ctx + i tokens, so the sum is
+    chunk * (prior_ctx + (chunk + 1) / 2). FlashAttention streams the prior context and
+    the chunk's own K/V once and writes the chunk's K/V: prior_ctx + 2 * chunk.
+    """
+    return chunk * (prior_ctx + (chunk + 1) * 0.5), float(prior_ctx + 2 * chunk)

@@ -1,0 +1,201 @@
+"""GPU power model with a power cap and an optional locked SM clock.
+
+Power of a step = idle + compute dynamic power scaled by the compute-busy share and by
+f**ALPHA (f = SM clock / max SM clock), + memory dynamic power scaled by the achieved share
+of effective HBM bandwidth. Lowering f slows only the compute side (and, below
+MEMORY_KNEE, memory-bound kernels too, because SMs can no longer issue loads fast enough).
+The power-cap controller picks, per step, the highest supported clock (15 MHz grid) whose
+power fits under the cap. See MODEL.md for the constants and their sources.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator, Sequence
+
+from wattflow.hardware import GpuSpec
+
+# Dynamic power ~ C V^2 f with V rising roughly linearly with f over the DVFS range, but
+# flattening at a voltage floor near the low clocks: exponent between 2 and 3. Assumption.
+ALPHA = 2.5
+# Below this clock ratio, memory-bound kernels slow down proportionally (assumption).
+MEMORY_KNEE = 0.5
+# NVIDIA data-centre GPUs expose SM clocks on a ~15 MHz grid (nvidia-smi -q -d SUPPORTED_CLOCKS).
+CLOCK_STEP_MHZ = 15.0
+
+# NVML clocks-event (throttle) reason bits, nvml.h (nvmlClocksThrottleReason*).
+REASON_NONE = 0x0
+REASON_GPU_IDLE = 0x1
+REASON_APPLICATIONS_CLOCKS = 0x2  # a.k.a. UserDefinedClocks: clocks set/locked by the user
+REASON_SW_POWER_CAP = 0x4
+
+
+class PowerModel:
+    """Maps a step's (compute time at max clock, memory time) to duration, power and clock."""
+
+    def __init__(
+        self,
+        gpu: GpuSpec,
+        overhead_s: float,
+        power_cap_w: float | None = None,
+        sm_clock_mhz: float | None = None,
+    ) -> None:
+        self.gpu = gpu
+        self.cap_w = float(gpu.max_power_limit_w if power_cap_w is None else power_cap_w)
+        if not gpu.min_power_limit_w <= self.cap_w <= gpu.max_power_limit_w:
+            raise ValueError(
+                f"power cap {self.cap_w} W outside [{gpu.min_power_limit_w}, "
+                f"{gpu.max_power_limit_w}] W of {gpu.name}"
+            )
+        fmax = gpu.max_sm_clock_mhz
+        self.locked = sm_clock_mhz is not None
+        req = fmax if sm_clock_mhz is None else float(sm_clock_mhz)
+        if not gpu.min_sm_clock_mhz <= req <= fmax:
+            raise ValueError(
+                f"SM clock {req} MHz outside [{gpu.min_sm_clock_mhz}, {fmax}] MHz of {gpu.name}"
+            )
+        grid = [req]
+        while grid[-1] - CLOCK_STEP_MHZ >= gpu.min_sm_clock_mhz:
+            grid.append(grid[-1] - CLOCK_STEP_MHZ)
+        if grid[-1] > gpu.min_sm_clock_mhz:
+            grid.append(float(gpu.min_sm_clock_mhz))
+        self.grid_mhz = grid  # descending; index 0 is the requested clock
+        self._f = [m / fmax for m in grid]
+        self._cdyn = [gpu.compute_dynamic_w * f**ALPHA for f in self._f]
+        self._mslow = [max(1.0, MEMORY_KNEE / f) for f in self._f]
+        self._idle = gpu.idle_w
+        self._mdyn = gpu.memory_dynamic_w
+        self._o = overhead_s
+        self._hint = 0
+        base = REASON_APPLICATIONS_CLOCKS if self.locked and req < fmax else REASON_NONE
+        self._reasons = [base] + [base | REASON_SW_POWER_CAP] * (len(grid) - 1)
+        # Idle: clocks drop to the floor unless locked (nvidia-smi -lgc holds them).
+        self.idle_clock_mhz = req if self.locked else float(gpu.min_sm_clock_mhz)
+
+    def at(self, k: int, t_c: float, t_m: float) -> tuple[float, float, float, float]:
+        """(step seconds, power W, busy share, memory power W) at grid clock index k."""
+        tc = t_c / self._f[k]
+        tm = t_m * self._mslow[k]
+        busy = tc if tc > tm else tm
+        t = busy + self._o
+        pm = self._mdyn * t_m / t
+        return t, self._idle + self._cdyn[k] * tc / t + pm, busy / t, pm
+
+    def step(self, t_c: float, t_m: float) -> tuple[float, float, float, float, float, int]:
+        """(seconds, power W, SM MHz, util 0..1, memory power W, NVML reasons) of one step.
+
+        Power is monotone in the clock, so the highest grid clock under the cap is found by
+        bisection, warm-started from the previous step's answer (usually 1-2 evaluations).
+        """
+        cap = self.cap_w
+        t, p, u, pm = self.at(0, t_c, t_m)
+        if p <= cap:
+            self._hint = 0
+            return t, p, self.grid_mhz[0], u, pm, self._reasons[0]
+        last = len(self._f) - 1
+        # Invariant: P(lo) > cap; hi is feasible, or the floor clock if nothing is.
+        lo, hi = 0, last
+        if last > 0:
+            h = min(max(self._hint, 1), last)
+            if self.at(h, t_c, t_m)[1] <= cap:
+                hi = h
+                if h - 1 > 0:
+                    if self.at(h - 1, t_c, t_m)[1] > cap:
+                        lo = h - 1
+                    else:
+                        hi = h - 1
+            else:
+                lo = h
+                if h < last:
+                    if self.at(h + 1, t_c, t_m)[1] <= cap:
+                        hi = h + 1
+                    else:
+                        lo = h + 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.at(mid, t_c, t_m)[1] <= cap:
+                hi = mid
+            else:
+                lo = mid
+        self._hint = hi
+        t, p, u, pm = self.at(hi, t_c, t_m)
+        return t, p, self.grid_mhz[hi], u, pm, self._reasons[hi] | REASON_SW_POWER_CAP
+
+
+class PowerTrace(Sequence):
+    """Contiguous power segments (t0, t1, power_w, sm_clock_mhz, util, mem_power_w) from 0.
+
+    Stored as parallel arrays (one segment per engine step can be ~10^5 per simulated
+    hour); `reasons` holds each segment's NVML throttle-reason bits.
+    """
+
+    def __init__(self) -> None:
+        self.t1 = array("d")
+        self.power = array("d")
+        self.clock = array("d")
+        self.util = array("d")
+        self.mem_power = array("d")
+        self.reasons = array("q")
+
+    def __len__(self) -> int:
+        return len(self.t1)
+
+    def __getitem__(self, i):  # noqa: ANN001 - Sequence protocol (int or slice)
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self.t1)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        t0 = self.t1[i - 1] if i else 0.0
+        return (t0, self.t1[i], self.power[i], self.clock[i], self.util[i], self.mem_power[i])
+
+    def __iter__(self) -> Iterator[tuple[float, float, float, float, float, float]]:
+        t0s = [0.0, *self.t1[:-1]] if len(self.t1) else []
+        return zip(t0s, self.t1, self.power, self.clock, self.util, self.mem_power, strict=True)
+
+    @property
+    def end(self) -> float:
+        return self.t1[-1] if len(self.t1) else 0.0
+
+    def append(
+        self, t1: float, power: float, clock: float, util: float, mem: float, reasons: int
+    ) -> None:
+        """Add a segment ending at t1; merges with the previous one if identical."""
+        n = len(self.t1)
+        if t1 <= (self.t1[-1] if n else 0.0):
+            return
+        if (
+            n
+            and self.power[-1] == power
+            and self.clock[-1] == clock
+            and self.util[-1] == util
+            and self.mem_power[-1] == mem
+            and self.reasons[-1] == reasons
+        ):
+            self.t1[-1] = t1
+            return
+        self.t1.append(t1)
+        self.power.append(power)
+        self.clock.append(clock)
+        self.util.append(util)
+        self.mem_power.append(mem)
+        self.reasons.append(reasons)
+
+    def extend(self, t1s, powers, clocks, utils, mems, reasons) -> None:  # noqa: ANN001
+        """Bulk-append per-step segments (lists of equal length, increasing t1)."""
+        self.t1.extend(t1s)
+        self.power.extend(powers)
+        self.clock.extend(clocks)
+        self.util.extend(utils)
+        self.mem_power.extend(mems)
+        self.reasons.extend(reasons)
+
+    def energy_j(self) -> float:
+        """Exact integral of power over the trace."""
+        e, t0 = 0.0, 0.0
+        for t1, p in zip(self.t1, self.power, strict=True):
+            e += p * (t1 - t0)
+            t0 = t1
+        return e

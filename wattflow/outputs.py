@@ -1,0 +1,131 @@
+"""Parquet schemas of a cell, defined once, and atomic writers.
+
+Every engine produces these same tables; the README documents them column by column
+(generated from `SCHEMAS`, see `schema_markdown`). Writes go to a temporary file in the
+same directory and are renamed into place, so an interrupted cell never leaves a
+half-written file that Snakemake would take as done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+REQUESTS: dict[str, tuple[pl.DataType, str]] = {
+    "request_id": (pl.String, "unique id of the call within the cell"),
+    "workflow_id": (pl.String, "workflow the call belongs to"),
+    "node_id": (pl.String, "node of the workflow DAG"),
+    "stage": (pl.String, "role or stage of the call (e.g. coder, review, turn)"),
+    "arrival_s": (pl.Float64, "when the application wanted to issue it, s since cell start"),
+    "dispatch_s": (pl.Float64, "when it was sent to the engine"),
+    "first_token_s": (pl.Float64, "when its first output token arrived (null on error)"),
+    "finish_s": (pl.Float64, "when its last token arrived (null on error)"),
+    "prompt_tokens": (pl.Int64, "prompt length in tokens"),
+    "cached_prompt_tokens": (
+        pl.Int64,
+        "prompt tokens served from the prefix cache (null: unknown)",
+    ),
+    "output_tokens": (pl.Int64, "tokens generated"),
+    "ttft_s": (pl.Float64, "time to first token: first_token - dispatch"),
+    "tpot_s": (pl.Float64, "mean time per output token after the first"),
+    "itl_max_s": (pl.Float64, "largest gap between consecutive tokens"),
+    "e2e_s": (pl.Float64, "end-to-end latency: finish - dispatch"),
+    "energy_j": (pl.Float64, "energy attributed to the call (token-proportional share)"),
+    "status": (pl.String, "ok | error | timeout"),
+    "error": (pl.String, "error message when status is not ok"),
+}
+
+WORKFLOWS: dict[str, tuple[pl.DataType, str]] = {
+    "workflow_id": (pl.String, "workflow id"),
+    "pattern": (pl.String, "sequential | interactive | agentic | ..."),
+    "start_s": (pl.Float64, "arrival of the workflow, s since cell start"),
+    "finish_s": (pl.Float64, "finish of its last call"),
+    "makespan_s": (pl.Float64, "finish - start"),
+    "calls": (pl.Int64, "number of calls"),
+    "failed_calls": (pl.Int64, "calls whose status is not ok"),
+    "prompt_tokens": (pl.Int64, "sum of prompt tokens"),
+    "output_tokens": (pl.Int64, "sum of output tokens"),
+    "energy_j": (pl.Float64, "sum of the energy attributed to its calls"),
+}
+
+TELEMETRY: dict[str, tuple[pl.DataType, str]] = {
+    "t_s": (pl.Float64, "sample time, s since cell start"),
+    "gpu": (pl.Int64, "GPU index (NVML order)"),
+    "power_w": (pl.Float64, "power as reported (NVML: averaged over its update period)"),
+    "energy_j": (pl.Float64, "total-energy counter since the cell started (monotonic)"),
+    "mem_power_w": (pl.Float64, "memory power where known, else null"),
+    "gpu_util_pct": (pl.Float64, "GPU utilisation %"),
+    "sm_clock_mhz": (pl.Float64, "SM clock"),
+    "mem_clock_mhz": (pl.Float64, "memory clock"),
+    "temperature_c": (pl.Float64, "GPU temperature"),
+    "power_limit_w": (pl.Float64, "enforced power limit"),
+    "throttle_reasons": (pl.Int64, "NVML clocks-event reason bitmask"),
+}
+
+SCHEMAS = {"requests": REQUESTS, "workflows": WORKFLOWS, "telemetry": TELEMETRY}
+CELL_FILES = ("requests.parquet", "workflows.parquet", "telemetry.parquet", "cell.json")
+
+
+def polars_schema(table: str) -> dict[str, pl.DataType]:
+    return {name: dtype for name, (dtype, _) in SCHEMAS[table].items()}
+
+
+def frame(table: str, rows: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
+    """Rows to a DataFrame with exactly the table's columns, order and dtypes."""
+    schema = polars_schema(table)
+    rows = list(rows)
+    if rows:
+        unknown = set(rows[0]) - set(schema)
+        if unknown:
+            raise KeyError(f"{table}: columns not in the schema: {sorted(unknown)}")
+    return pl.DataFrame(rows, schema=schema)
+
+
+def check_schema(table: str, df: pl.DataFrame) -> None:
+    """Raise if `df` does not have exactly the table's columns and dtypes."""
+    expected = polars_schema(table)
+    got = dict(df.schema)
+    if got != expected:
+        raise ValueError(f"{table}: schema mismatch\n expected {expected}\n got      {got}")
+
+
+def _atomic(path: Path, write) -> None:  # noqa: ANN001 - callable taking a temp path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_table(path: Path, table: str, df: pl.DataFrame) -> None:
+    check_schema(table, df)
+    _atomic(Path(path), lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    def _w(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+
+    _atomic(Path(path), _w)
+
+
+def schema_markdown() -> str:
+    """The README's schema section, generated so docs cannot drift from code."""
+    out = []
+    for table, cols in SCHEMAS.items():
+        out.append(f"#### `{table}.parquet`\n\n| column | type | meaning |\n|---|---|---|")
+        out += [f"| `{n}` | {d} | {doc} |" for n, (d, doc) in cols.items()]
+        out.append("")
+    return "\n".join(out)

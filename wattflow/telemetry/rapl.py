@@ -1,0 +1,75 @@
+"""CPU package and DRAM energy from Linux powercap (RAPL), for the host side of a cell.
+
+The counters wrap at max_energy_range_uj and, since CVE-2020-8694, are often readable by
+root only; both cases are handled, and a missing or unreadable tree is reported as
+unavailable instead of failing a cell.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DEFAULT_ROOT = Path("/sys/class/powercap")
+_ZONE = re.compile(r"^intel-rapl:(\d+)(?::(\d+))?$")
+
+
+class RaplReader:
+    """Reads package-N and dram-N zones (N is the package index)."""
+
+    def __init__(self, root: str | Path = DEFAULT_ROOT) -> None:
+        self.root = Path(root)
+        self.zones: dict[str, Path] = {}
+        self.ranges: dict[str, int] = {}
+        self.reason: str | None = None
+        self._discover()
+
+    def _discover(self) -> None:
+        if not self.root.is_dir():
+            self.reason = f"{self.root} does not exist"
+            return
+        for d in sorted(self.root.iterdir()):
+            m = _ZONE.match(d.name)
+            if not m or not (d / "energy_uj").exists():
+                continue
+            try:
+                name = (d / "name").read_text().strip()
+            except OSError:
+                continue
+            pkg = m.group(1)
+            if name.startswith("package"):
+                key = name  # already "package-N"
+            elif name == "dram":
+                key = f"dram-{pkg}"
+            else:
+                continue  # core/uncore are parts of the package; psys overlaps it
+            self.zones[key] = d
+            try:
+                self.ranges[key] = int((d / "max_energy_range_uj").read_text())
+            except (OSError, ValueError):
+                self.ranges[key] = 2**32
+        if not self.zones:
+            self.reason = f"no intel-rapl package or dram zones under {self.root}"
+            return
+        try:
+            self.read()
+        except PermissionError as exc:
+            self.reason = f"RAPL counters not readable ({exc.filename}): needs root"
+            self.zones.clear()
+
+    def available(self) -> bool:
+        return bool(self.zones)
+
+    def read(self) -> dict[str, float]:
+        """Counter values in joules (not since any start: use delta)."""
+        return {k: int((d / "energy_uj").read_text()) / 1e6 for k, d in self.zones.items()}
+
+    def delta(self, before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        """Energy between two reads, correcting one wraparound per zone."""
+        out = {}
+        for k in before.keys() & after.keys():
+            d = after[k] - before[k]
+            if d < 0:
+                d += self.ranges.get(k, 2**32) / 1e6
+            out[k] = d
+        return out

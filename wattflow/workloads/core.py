@@ -1,0 +1,74 @@
+"""Workflow DAG types shared by every workload generator, engine and the driver.
+
+A prompt is a tuple of segments rather than a list of token ids: segments with the same
+key are token-identical everywhere (so prefix caching is real on vLLM), token ids are only
+materialised when a real engine needs them, and the simulator can reason about shared
+prefixes without hashing thousands of ids per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A run of `length` tokens whose ids are a pure function of `key`."""
+
+    key: str
+    length: int
+
+    def token_ids(self, vocab_size: int) -> list[int]:
+        """Deterministic ids in [1, vocab_size); id 0 is left for padding/specials."""
+        seed = int.from_bytes(hashlib.blake2b(self.key.encode(), digest_size=8).digest(), "big")
+        rng = random.Random(seed)
+        return [rng.randrange(1, vocab_size) for _ in range(self.length)]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One LLM call: a node of a workflow DAG."""
+
+    node_id: str
+    prompt: tuple[Segment, ...]
+    max_tokens: int
+    parents: tuple[str, ...] = ()
+    think_time: float = 0.0  # seconds the application waits after its parents finish
+    stage: str = ""  # role or stage (e.g. "coder", "review") for per-stage analysis
+    latency_critical: bool = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(s.length for s in self.prompt)
+
+
+@dataclass(frozen=True, slots=True)
+class Workflow:
+    """A DAG of calls that arrives at `arrival` seconds after the cell starts."""
+
+    workflow_id: str
+    pattern: str
+    arrival: float
+    calls: tuple[Call, ...]
+    meta: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ids = [c.node_id for c in self.calls]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"workflow {self.workflow_id}: duplicate node ids")
+        seen: set[str] = set()
+        for c in self.calls:  # calls are topologically ordered by construction
+            missing = [p for p in c.parents if p not in seen]
+            if missing:
+                raise ValueError(
+                    f"workflow {self.workflow_id}: node {c.node_id} depends on "
+                    f"{missing}, which are not earlier nodes (cycle or unknown parent)"
+                )
+            seen.add(c.node_id)
+
+
+def output_segment(workflow_id: str, node_id: str, length: int) -> Segment:
+    """The tokens a call produced, reused verbatim as part of a child's prompt."""
+    return Segment(f"out:{workflow_id}:{node_id}", length)
