@@ -9,12 +9,13 @@ configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/servers.smk"
 include: "rules/cells.smk"
 include: "rules/analysis.smk"
 
 
 rule all:
+    default_target: True
     input:
         f"{RESULTS}/summary.parquet",
         f"{RESULTS}/report.html",
-    default_target: True

@@ -8,6 +8,8 @@ rule summary:
         f"{RESULTS}/summary.parquet",
     log:
         f"{RESULTS}/logs/summary.log",
+    conda:
+        "../envs/wattflow.yaml"
     script:
         "../scripts/aggregate.py"
 
@@ -22,10 +24,12 @@ rule figures:
             caption="../report/figures.rst",
             category="Figures",
         ),
-    params:
-        **analysis_params(),
     log:
         f"{RESULTS}/logs/figures.log",
+    conda:
+        "../envs/wattflow.yaml"
+    params:
+        **analysis_params(),
     script:
         "../scripts/plot.py"
 
@@ -35,10 +39,14 @@ rule report:
         summary=f"{RESULTS}/summary.parquet",
         figures=f"{RESULTS}/figures",
     output:
-        report(f"{RESULTS}/report.html", caption="../report/report.rst", category="Report"),
-    params:
-        **analysis_params(),
+        report(
+            f"{RESULTS}/report.html", caption="../report/report.rst", category="Report"
+        ),
     log:
         f"{RESULTS}/logs/report.log",
+    conda:
+        "../envs/wattflow.yaml"
+    params:
+        **analysis_params(),
     script:
         "../scripts/report.py"

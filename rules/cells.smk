@@ -14,12 +14,17 @@ rule cell:
         workflows=f"{CELL_DIR}/workflows.parquet",
         telemetry=f"{CELL_DIR}/telemetry.parquet",
         manifest=f"{CELL_DIR}/cell.json",
+    log:
+        f"{CELL_DIR}/cell.log",
+    priority: cell_priority
+    conda:
+        "../envs/wattflow.yaml"
+    resources:
+        gpu=cell_gpus,
     params:
         spec=cell_spec,
         knobs=lambda wc: json.dumps(cell_knobs(wc), sort_keys=True),
         python=PYTHON,
-    log:
-        f"{CELL_DIR}/cell.log",
     shell:
         "{params.python} scripts/run_cell.py --knobs {params.knobs:q} --spec {params.spec:q}"
         " --out $(dirname {output.manifest:q}) 2> {log:q}"

@@ -13,7 +13,7 @@ except wf_config.ConfigError as err:
 RESULTS = config["results"]
 PYTHON = sys.executable
 CELLS = wf_config.cells(config)
-CELL_DIR = f"{RESULTS}/cells/" + "/".join(f"{k}={{{k}}}" for k in KNOB_NAMES)
+CELL_DIR = wf_config.cell_dir_pattern(RESULTS)
 
 
 def cell_dirs():
@@ -22,14 +22,44 @@ def cell_dirs():
 
 def cell_knobs(wildcards):
     """The cell's knobs, typed, from its path wildcards."""
-    return wf_config.parse_path("/".join(f"{k}={wildcards[k]}" for k in KNOB_NAMES))
+    return wf_config.knobs_from_wildcards(wildcards)
 
 
 def cell_spec(wildcards):
     """Only the config slice this cell depends on: editing another workload or engine
     leaves this job's params, and so the job, untouched."""
-    return json.dumps(wf_config.cell_spec(config, cell_knobs(wildcards)), sort_keys=True)
+    return json.dumps(
+        wf_config.cell_spec(config, cell_knobs(wildcards)), sort_keys=True
+    )
 
 
 def analysis_params():
     return {"grid": config["grid"], "config_hash": wf_config.config_hash(config)}
+
+
+def is_real(engine):
+    return config["engines"][engine]["kind"] != "sim"
+
+
+REAL_ENGINES = sorted({c.knobs["engine"] for c in CELLS if is_real(c.knobs["engine"])})
+# Cells that share server-side knobs run back to back, so each server starts once: the
+# group's rank is the cell job's priority (higher first), groups in a fixed order.
+SERVER_GROUPS = sorted(
+    {
+        (c.knobs["engine"], c.knobs["max_num_seqs"])
+        for c in CELLS
+        if is_real(c.knobs["engine"])
+    },
+    key=lambda g: (g[0], -g[1]),
+)
+SERVER_RANK = {g: len(SERVER_GROUPS) - i for i, g in enumerate(SERVER_GROUPS)}
+
+
+def cell_priority(wildcards):
+    if not is_real(wildcards.engine):
+        return 0
+    return SERVER_RANK[(wildcards.engine, int(wildcards.max_num_seqs))]
+
+
+def cell_gpus(wildcards):
+    return 1 if is_real(wildcards.engine) else 0

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import itertools
 import json
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,15 @@ def cells(cfg: dict) -> list[Cell]:
         range(cfg["repetitions"]),
     ]
     return [Cell(dict(zip(KNOB_NAMES, combo, strict=True))) for combo in itertools.product(*axes)]
+
+
+def cell_dir_pattern(results: str) -> str:
+    """The cell directory with one Snakemake wildcard per knob."""
+    return posixpath.join(results, "cells", *(f"{k}={{{k}}}" for k in KNOB_NAMES))
+
+
+def knobs_from_wildcards(wildcards: Any) -> dict:
+    return parse_path(posixpath.join(*(f"{k}={wildcards[k]}" for k in KNOB_NAMES)))
 
 
 def parse_path(path: str) -> dict:
