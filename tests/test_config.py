@@ -99,3 +99,17 @@ def test_cell_spec_holds_only_its_slice(raw_config):
     assert C.cell_spec(cfg, knobs) == before
     cfg["workloads"][knobs["workload"]]["chunk_tokens"] = 999
     assert C.cell_spec(cfg, knobs) != before
+
+
+def test_defaults_without_snakemake_match_snakemake(raw_config, monkeypatch):
+    import copy
+    import sys
+
+    import yaml
+
+    with_smk = C.validate(copy.deepcopy(raw_config))
+    monkeypatch.setitem(sys.modules, "snakemake.utils", None)  # import now fails
+    without = C.validate(copy.deepcopy(raw_config))
+    assert without == with_smk
+    schema = yaml.safe_load(C.SCHEMA_PATH.read_text())
+    assert without["engines"]["sim"]["runtime"] == schema["$defs"]["engine"]["properties"]["runtime"]["default"]

@@ -55,9 +55,29 @@ def _schema_validate(cfg: dict) -> None:
         err = jsonschema.exceptions.best_match(errors)
         where = _key(err.absolute_path) or "(top level)"
         raise ConfigError(f"config key {where}: {err.message}")
-    from snakemake.utils import validate as smk_validate  # fills defaults
+    try:  # Snakemake's validator fills in the schema's defaults
+        from snakemake.utils import validate as smk_validate
+    except ImportError:  # e.g. on a GPU host that runs single cells without Snakemake
+        _fill_defaults(cfg, schema)
+    else:
+        smk_validate(cfg, str(SCHEMA_PATH), set_default=True)
 
-    smk_validate(cfg, str(SCHEMA_PATH), set_default=True)
+
+def _fill_defaults(cfg: dict, schema: dict) -> None:
+    """The same default filling as snakemake.utils.validate, for hosts without Snakemake."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    props = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # noqa: ANN001, ANN202
+        for name, sub in properties.items():
+            if isinstance(sub, dict) and "default" in sub and isinstance(instance, dict):
+                instance.setdefault(name, sub["default"])
+        yield from props(validator, properties, instance, schema)
+
+    filler = jsonschema.validators.extend(base, {"properties": set_defaults})
+    filler(schema).validate(cfg)
 
 
 def _key(path: Any) -> str:

@@ -1,0 +1,174 @@
+"""Measure the H100 proof cells with wattflow's own cell runner, one server per batch size.
+
+    python validation/h100/measure.py --mns 256 --deadline 540
+
+Runs on the GPU host, where vLLM is installed natively (no Snakemake there): every cell goes
+through `wattflow.cell.run`, the function the pipeline's `cell` rule calls, and the server
+pool starts one vLLM server per max_num_seqs and reuses it for that group's cells. Results
+land under $OUT as one tarball (rewritten after each cell, so a cut-off run still returns
+what it measured) plus the logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from wattflow import config as C  # noqa: E402
+from wattflow.cell import run  # noqa: E402
+from wattflow.engines import pool  # noqa: E402
+
+SINGLE = ["single-c1", "single-c8", "single-c32", "single-c128", "single-c256"]
+
+
+def cells(cfg: dict, mns: list[int]) -> list[dict]:
+    """(b) from the grid, plus (a) at max_num_seqs=256, grouped by server."""
+    grid = [c.knobs for c in C.cells(cfg)]
+    out = []
+    for m in mns:
+        if m == 256:
+            out += [dict(grid[0], workload=w, max_num_seqs=256) for w in SINGLE]
+        out += [k for k in grid if k["max_num_seqs"] == m]
+    return out
+
+
+def pack(src: Path, out: Path, name: str) -> None:
+    tmp = out / f"{name}.tar.gz.tmp"
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(src, arcname=name)
+    tmp.replace(out / f"{name}.tar.gz")
+
+
+def vllm_bench(state: Path, dest: Path, deadline: float) -> None:
+    """`vllm bench serve --dataset-name random` against the same server, for comparison."""
+    entries = pool.ServerPool(state).entries()
+    if not entries:
+        return
+    e = entries[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    for c in (1, 8, 32, 128, 256):
+        if time.monotonic() > deadline:
+            print(f"[measure] no time left for vllm bench at concurrency {c}", flush=True)
+            return
+        cmd = [
+            "vllm",
+            "bench",
+            "serve",
+            "--backend",
+            "vllm",
+            "--base-url",
+            e["base_url"],
+            "--model",
+            e["model_name"],
+            "--tokenizer",
+            e["model_dir"],
+            "--dataset-name",
+            "random",
+            "--random-input-len",
+            "1024",
+            "--random-output-len",
+            "256",
+            "--ignore-eos",
+            "--max-concurrency",
+            str(c),
+            "--num-prompts",
+            str(max(16, 2 * c)),
+            "--seed",
+            "0",
+            "--save-result",
+            "--result-dir",
+            str(dest),
+            "--result-filename",
+            f"bench-c{c}.json",
+        ]
+        env = dict(os.environ, OPENAI_API_KEY=e["api_key"])
+        try:
+            with open(dest / f"bench-c{c}.log", "w") as log:
+                subprocess.run(
+                    cmd,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    check=False,
+                    timeout=max(10.0, deadline - time.monotonic()),
+                )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            print(f"[measure] vllm bench serve c={c}: {exc}", flush=True)
+            return
+        print(f"[measure] vllm bench serve c={c} done", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--mns", default="256,64,8", help="max_num_seqs groups to run, in order")
+    p.add_argument("--deadline", type=float, default=540, help="seconds; stop before this")
+    a = p.parse_args()
+    t0 = time.monotonic()
+    out = Path(os.environ.get("OUT", "/tmp/out"))
+    out.mkdir(parents=True, exist_ok=True)
+    state = Path("/tmp/wattflow-state")
+    os.environ.update(WATTFLOW_OWNER_PID=str(os.getpid()), WATTFLOW_STATE_DIR=str(state))
+    cfg = C.load(ROOT / "validation" / "h100" / "config.yaml")
+    results = Path("/tmp/wattflow-results")
+    mns = [int(x) for x in a.mns.split(",")]
+    todo = cells(cfg, mns)
+    print(f"[measure] {len(todo)} cells, groups {mns}", flush=True)
+    current = None
+    try:
+        for i, knobs in enumerate(todo):
+            left = a.deadline - (time.monotonic() - t0)
+            starting = knobs["max_num_seqs"] != current
+            if left < (200 if starting else 45):
+                print(f"[measure] {left:.0f} s left: stopping before {knobs}", flush=True)
+                break
+            if starting and current is not None:
+                pool.stop_all(state)  # one GPU: the old server goes before the new one
+            current = knobs["max_num_seqs"]
+            cell = C.Cell(knobs)
+            spec = C.cell_spec(cfg, knobs)
+            t = time.monotonic()
+            try:
+                m = run(copy.deepcopy(spec), knobs, results / cell.path)
+                e = m["energy"]
+                print(
+                    f"[measure] {i + 1}/{len(todo)} {knobs['workload']} mns={current}: "
+                    f"{m['requests']} req, {m['duration_s']:.1f} s, {e['counter_j']:.0f} J, "
+                    f"disagreement {e['disagreement_pct']:.3f} %, valid={m['valid']}, "
+                    f"wall {time.monotonic() - t:.0f} s",
+                    flush=True,
+                )
+            except Exception as exc:  # noqa: BLE001 - keep measuring the other cells
+                print(f"[measure] cell {cell.path} failed: {type(exc).__name__}: {exc}", flush=True)
+            pack(results, out, "cells")
+            last_256 = knobs["max_num_seqs"] == 256 and (
+                i + 1 == len(todo) or todo[i + 1]["max_num_seqs"] != 256
+            )
+            if last_256:
+                vllm_bench(state, results.parent / "bench", t0 + a.deadline - 60)
+                pack(results.parent / "bench", out, "bench")
+    finally:
+        pool.stop_all(state)
+        logs = sorted(state.rglob("*.log"))
+        with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
+            for f in logs:
+                tar.add(f, arcname=f.name)
+        with contextlib.suppress(OSError):  # the card's settings, as found and as left
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,power.limit,power.draw,clocks.sm", "--format=csv"],
+                check=False,
+            )
+        print(f"[measure] done in {time.monotonic() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
