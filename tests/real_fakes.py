@@ -36,7 +36,9 @@ class FakeNvml:
         fail: set[str] | None = None,
         power_w: float = 250.0,
         mem_power: bool = False,
+        instant: bool = True,
     ) -> None:
+        self.instant = instant
         self.gpus = [{"limit_mw": 700_000, "locked": None} for _ in range(n)]
         self.state_file = Path(state_file) if state_file else None
         self.fail = set(fail or ())
@@ -56,6 +58,9 @@ class FakeNvml:
 
     def nvmlShutdown(self) -> None:  # noqa: N802
         self.inits -= 1
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        return len(self.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, i: int) -> int:  # noqa: N802
         return i
@@ -91,9 +96,18 @@ class FakeNvml:
         return 0x2 if self.gpus[h]["locked"] else 0x1
 
     def nvmlDeviceGetFieldValues(self, h: int, ids: list) -> list:  # noqa: N802
-        if not self.mem_power:
-            raise NVMLError("Not Supported")
-        return [SimpleNamespace(nvmlReturn=0, value=SimpleNamespace(uiVal=60_000))]
+        out = []
+        for fid in ids:
+            if isinstance(fid, tuple):  # (field, scope): memory power
+                if not self.mem_power:
+                    raise NVMLError("Not Supported")
+                mw = 60_000
+            else:  # the instantaneous power field; this fake's "average" lags by 10 W
+                if not self.instant:
+                    raise NVMLError("Not Supported")
+                mw = self.nvmlDeviceGetPowerUsage(h) + 10_000
+            out.append(SimpleNamespace(nvmlReturn=0, value=SimpleNamespace(uiVal=mw)))
+        return out
 
     def nvmlDeviceSetPowerManagementLimit(self, h: int, mw: int) -> None:  # noqa: N802
         self.calls.append(("set_limit", h, mw))

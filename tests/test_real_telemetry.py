@@ -36,7 +36,7 @@ def test_sampler_rows_counter_and_units():
         # counter grows at ~250 W
         assert e[-1] / (t[-1] - t[0]) == pytest.approx(250, rel=0.2)
     r = rows[0]
-    assert r["power_w"] == 250.0 and r["power_limit_w"] == 700.0
+    assert r["power_w"] == 260.0 and r["power_limit_w"] == 700.0  # the instant field
     assert r["sm_clock_mhz"] == 1980 and r["mem_clock_mhz"] == 2619
     assert r["gpu_util_pct"] == 42 and r["temperature_c"] == 41
     assert r["mem_power_w"] is None and r["throttle_reasons"] == 1
@@ -129,3 +129,13 @@ def test_tokenizer_round_trip(tmp_path):
     text = tok.decode(ids)
     assert text == "t5 t17 t499 t3"
     assert tok.encode(text, add_special_tokens=False).ids == ids
+
+
+def test_sampler_falls_back_to_average_power_without_the_instant_field():
+    fake = FakeNvml(1, instant=False)
+    s = NvmlSampler([0], 0.01, nvml=fake)
+    row = s.sample()[0]
+    assert row["power_w"] == 250.0 and s.power_source == "average"
+    fake2 = FakeNvml(1)
+    s2 = NvmlSampler([0], 0.01, nvml=fake2)
+    assert s2.sample()[0]["power_w"] == 260.0 and s2.power_source == "instant"

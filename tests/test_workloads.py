@@ -82,3 +82,9 @@ def test_shared_segments_are_token_identical():
 def test_cycle_or_unknown_parent_is_rejected():
     with pytest.raises(ValueError, match="node b depends on"):
         Workflow("w", "x", 0.0, (Call("b", (Segment("s", 1),), 1, ("a",)), Call("a", (), 1)))
+
+
+def test_salt_gives_each_cell_its_own_prompt_ids():
+    s = Segment("doc", 64)
+    assert s.token_ids(50_000, "cell-a") == s.token_ids(50_000, "cell-a")
+    assert s.token_ids(50_000, "cell-a") != s.token_ids(50_000, "cell-b")

@@ -57,7 +57,7 @@ WORKFLOWS: dict[str, tuple[pl.DataType, str]] = {
 TELEMETRY: dict[str, tuple[pl.DataType, str]] = {
     "t_s": (pl.Float64, "sample time, s since cell start"),
     "gpu": (pl.Int64, "GPU index (NVML order)"),
-    "power_w": (pl.Float64, "power as reported (NVML: averaged over its update period)"),
+    "power_w": (pl.Float64, "power: NVML instantaneous where supported, else its 1 s average"),
     "energy_j": (pl.Float64, "total-energy counter since the cell started (monotonic)"),
     "mem_power_w": (pl.Float64, "memory power where known, else null"),
     "gpu_util_pct": (pl.Float64, "GPU utilisation %"),

@@ -40,6 +40,7 @@ class OpenAIEngine:
         version: str = "",
         cache_segments: int = 4096,
         extra_body: dict[str, Any] | None = None,
+        salt: str = "",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
@@ -50,6 +51,7 @@ class OpenAIEngine:
         self.priority = priority  # only send `priority` to a server started with priority policy
         self.name, self.version = name, version
         self.extra_body = dict(extra_body or {})
+        self.salt = salt  # per-cell prompt ids: see Segment.token_ids
         self._cache: OrderedDict[tuple[str, int], list[int]] = OrderedDict()
         self._cache_max = cache_segments
         self._session: aiohttp.ClientSession | None = None
@@ -77,7 +79,7 @@ class OpenAIEngine:
         key = (seg.key, seg.length)
         ids = self._cache.get(key)
         if ids is None:
-            ids = seg.token_ids(self.vocab_size)
+            ids = seg.token_ids(self.vocab_size, self.salt)
             self._cache[key] = ids
             if len(self._cache) > self._cache_max:
                 self._cache.popitem(last=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,13 +31,12 @@ def _opt(v: Any) -> float | None:
 
 
 def gpu_indices(nvml: Any = None) -> list[int]:
-    """The first CUDA_VISIBLE_DEVICES entry as an NVML index (UUIDs resolved via NVML)."""
-    first = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
-    if first.lstrip("-").isdigit():
-        return [int(first)]
-    if nvml is None:
-        raise RuntimeError(f"CUDA_VISIBLE_DEVICES={first!r} is a UUID; resolving it needs NVML")
-    return [int(nvml.nvmlDeviceGetIndex(nvml.nvmlDeviceGetHandleByUUID(first)))]
+    """This cell's GPU as an NVML index: a slot from wattflow.gpus, held until the cell's
+    process exits, so concurrent cells never share a GPU; the server's CUDA_VISIBLE_DEVICES
+    is set to the same index. RuntimeError where there is no GPU list."""
+    from wattflow import gpus
+
+    return [gpus.cell_slot(nvml).index]
 
 
 def _nvml_sampler(indices_hint: list[int] | None, period_s: float) -> tuple[Any, str | None]:
@@ -64,24 +64,40 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
     period = float(os.environ.get("WATTFLOW_TELEMETRY_PERIOD_S", 0.1))
     baseline_s = float(os.environ.get("WATTFLOW_IDLE_BASELINE_S", 2.0))
 
+    salt = secrets.token_hex(8)  # this cell's prompt ids (recorded in cell.json)
     hint = None
     with contextlib.suppress(RuntimeError):
         hint = gpu_indices()
-    sampler, why = _nvml_sampler(hint, period)
-    if sampler is None and (kind == "vllm" or cap is not None or clock is not None):
-        raise RuntimeError(
-            f"engine {kind}: NVML is needed for GPU telemetry and knobs but is "
-            f"unavailable ({why}); no request was sent"
-        )
+    if e.get("telemetry", "nvml") == "none":  # explicit: latency only, no power
+        if cap is not None or clock is not None:
+            raise RuntimeError(
+                f"engine {kind}: telemetry none, but power caps and clock locks need NVML; "
+                "no request was sent"
+            )
+        sampler, why = None, "disabled by the engine's `telemetry: none`"
+    else:
+        sampler, why = _nvml_sampler(hint, period)
+        if sampler is None and (kind == "vllm" or cap is not None or clock is not None):
+            raise RuntimeError(
+                f"engine {kind}: NVML is needed for GPU telemetry and knobs but is "
+                f"unavailable ({why}); no request was sent (the engine's `telemetry: none` "
+                "measures latency without power)"
+            )
     indices = sampler.indices if sampler else (hint or [0])
 
     handle, info = None, {"name": kind}
     try:
         if kind == "vllm":
+            from wattflow.container import with_image
             from wattflow.engines.pool import ServerPool
 
+            # run the image the `image` rule built (its id, or the .sif), not a movable tag
+            e, image = with_image(knobs["engine"], e)
+
+            # the GPU is part of the server's identity: a cell reuses a server only on
+            # its own GPU, and servers on other GPUs (other cells') are left alone
             handle = ServerPool().acquire(
-                e, {"max_num_seqs": int(knobs["max_num_seqs"])}, gpus=indices
+                e, {"max_num_seqs": int(knobs["max_num_seqs"]), "gpus": indices}, gpus=indices
             )
             base_url, api_key, model = handle.base_url, handle.api_key, handle.model_name
             info = {
@@ -90,6 +106,8 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
                 "url": base_url,
                 "server_key": handle.key,
             }
+            if image is not None:
+                info["image"] = image
         elif kind == "openai":
             base_url, api_key = e["url"], os.environ.get("OPENAI_API_KEY")
             model = os.environ.get("WATTFLOW_OPENAI_MODEL")
@@ -103,6 +121,7 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
             int(e["model"]["vocab_size"]),
             float(e.get("request_timeout_s", 600)),
             name=info["name"],
+            salt=salt,
         )
         beat = handle.heartbeat() if handle else contextlib.nullcontext()
         with beat:
@@ -121,6 +140,8 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
     extra: dict[str, Any] = {
         "telemetry": "nvml" if sampler else f"unavailable: {why}",
         "gpu_indices": indices,
+        "prompt_salt": salt,
+        "power_source": getattr(sampler, "power_source", None),
         "rapl": out["rapl"] if rapl.available() else f"unavailable: {rapl.reason}",
     }
     return Measurement(

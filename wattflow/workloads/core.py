@@ -20,9 +20,13 @@ class Segment:
     key: str
     length: int
 
-    def token_ids(self, vocab_size: int) -> list[int]:
-        """Deterministic ids in [1, vocab_size); id 0 is left for padding/specials."""
-        seed = int.from_bytes(hashlib.blake2b(self.key.encode(), digest_size=8).digest(), "big")
+    def token_ids(self, vocab_size: int, salt: str = "") -> list[int]:
+        """Deterministic ids in [1, vocab_size); id 0 is left for padding/specials.
+
+        `salt` makes a cell's prompts its own: on a server that outlives the cell, the next
+        cell must not find the previous cell's prompts in the prefix cache."""
+        digest = hashlib.blake2b(f"{salt}\x00{self.key}".encode(), digest_size=8).digest()
+        seed = int.from_bytes(digest, "big")
         rng = random.Random(seed)
         return [rng.randrange(1, vocab_size) for _ in range(self.length)]
 
