@@ -21,7 +21,7 @@ from tests.conftest import ROOT, small_config
 
 pytestmark = pytest.mark.slow
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-COPY = ("Snakefile", "rules", "scripts", "wattflow", "config", "report", "profiles")
+COPY = ("Snakefile", "rules", "scripts", "wattflow", "config", "report", "profiles", "envs")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,97 @@
+"""The profiles (profiles/*/config.yaml): every key is an option of the installed Snakemake
+and plugins, and under the SLURM profile real cells ask for one GPU and simulator cells for
+none (the SLURM run itself: tests/test_slurm.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, small_config
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+PROFILES = ("default", "slurm", "kubernetes")
+COPY = ("Snakefile", "rules", "scripts", "wattflow", "config", "report", "profiles", "envs")
+
+
+def profile(name: str) -> dict:
+    return yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text())
+
+
+@cache
+def cli_options() -> set[str]:
+    out = subprocess.run([SNAKEMAKE, "--help"], capture_output=True, text=True, timeout=120)
+    return set(re.findall(r"--([a-z][a-z0-9-]+)", out.stdout))
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_keys_are_snakemake_options(name):
+    keys = set(profile(name))
+    if name == "kubernetes" and not importlib.util.find_spec(
+        "snakemake_executor_plugin_kubernetes"
+    ):
+        keys = {k for k in keys if not k.startswith("kubernetes-")}  # the optional [k8s]
+    assert keys <= cli_options(), sorted(keys - cli_options())
+
+
+def test_profiles_schedule_greedily():
+    for name in PROFILES:
+        assert profile(name)["scheduler"] == "greedy", name
+    assert profile("default")["resources"] == {"gpu": 1}
+    for name in ("slurm", "kubernetes"):  # a cluster bounds GPUs itself
+        assert "gpu" not in profile(name).get("resources", {}), name
+    cell = profile("slurm")["set-resources"]["cell"]
+    assert {"slurm_partition", "slurm_account", "runtime"} <= set(cell)
+    assert profile("kubernetes")["set-resources"]["cell"]["gpu_manufacturer"] == "nvidia"
+
+
+def test_slurm_profile_gpu_only_for_real_cells(tmp_path):
+    d = tmp_path / "p"
+    d.mkdir()
+    for n in COPY:
+        (shutil.copytree if (ROOT / n).is_dir() else shutil.copy)(ROOT / n, d / n)
+    cfg = small_config("results")
+    cfg["engines"]["ep"] = {
+        "kind": "openai",
+        "url": "http://127.0.0.1:9",
+        "model": cfg["engines"]["sim"]["model"],
+        "gpu": cfg["engines"]["sim"]["gpu"],
+    }
+    cfg["grid"]["engine"] = ["sim", "ep"]
+    (d / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out = subprocess.run(
+        [SNAKEMAKE, "-n", "--workflow-profile", "profiles/slurm"],
+        cwd=d,
+        env={**os.environ, "PYTHONPATH": str(d)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    gpus: dict[str, set[int]] = {}
+    for block in text.split("\nrule cell:")[1:]:
+        engine = re.search(r"wildcards: engine=(\w+)", block).group(1)
+        res = re.search(r"resources: (.*)", block).group(1)
+        gpus.setdefault(engine, set()).add(int(re.search(r"\bgpu=(\d+)", res).group(1)))
+        assert "slurm_partition=gpu" in res and "runtime=60" in res
+    assert gpus == {"sim": {0}, "ep": {1}}
+
+    # ... and the plugin turns gpu=1 into sbatch --gpus=1, gpu=0 into no GPU request
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    def job(**res):
+        return SimpleNamespace(resources=SimpleNamespace(get=res.get, **res))
+
+    assert set_gres_string(job(gpu=1)).strip() == "--gpus=1"
+    assert set_gres_string(job(gpu=0)) == ""
