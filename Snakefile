@@ -9,9 +9,19 @@ configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/container.smk"
 include: "rules/servers.smk"
 include: "rules/cells.smk"
 include: "rules/analysis.smk"
+
+
+# Cheap once-per-grid jobs stay on the submitting host under a cluster executor (the
+# `image` rule marks itself local).
+localrules:
+    all,
+    summary,
+    figures,
+    report,
 
 
 rule all:

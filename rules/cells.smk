@@ -9,6 +9,8 @@ wildcard_constraints:
 
 
 rule cell:
+    input:
+        image=image_manifest,
     output:
         requests=f"{CELL_DIR}/requests.parquet",
         workflows=f"{CELL_DIR}/workflows.parquet",

@@ -1,8 +1,10 @@
 # Helpers shared by the rules: config validation, the cell list, per-rule config slices.
 import json
+import os
 import sys
 
 from wattflow import config as wf_config
+from wattflow import container as wf_container
 from wattflow.knobs import KNOB_NAMES
 
 try:
@@ -63,3 +65,19 @@ def cell_priority(wildcards):
 
 def cell_gpus(wildcards):
     return 1 if is_real(wildcards.engine) else 0
+
+
+# Serving images of vllm engines (rules/container.smk): cells find the manifests here.
+IMAGES = f"{RESULTS}/images"
+os.environ[wf_container.IMAGES_ENV] = IMAGES
+
+
+def image_spec(engine):
+    return wf_container.image_spec(engine, config["engines"][engine])
+
+
+def image_manifest(wildcards):
+    """A cell's image manifest: vllm engines only ([] for the simulator and openai)."""
+    if config["engines"][wildcards.engine]["kind"] != "vllm":
+        return []
+    return f"{IMAGES}/{wildcards.engine}.json"

@@ -2,8 +2,15 @@
 # cells lease them from wattflow.engines.pool. This process owns them: a server's keeper
 # stops it as soon as this process is gone, and the hooks below stop them on the way out.
 import os
+import socket
 
 SERVER_STATE = f"{RESULTS}/.servers"
+if workflow.remote_exec:
+    # A cluster job (SLURM, Kubernetes) on some node: its servers live and die with the
+    # job, so this process owns them, in a registry of the job's own (the submitting
+    # host's pids, and other jobs' GPU indices, mean nothing here).
+    SERVER_STATE = f"{SERVER_STATE}/jobs/{socket.gethostname()}-{os.getpid()}"
+    os.environ.update(WATTFLOW_OWNER_PID=str(os.getpid()))
 os.environ.setdefault("WATTFLOW_OWNER_PID", str(os.getpid()))
 os.environ.update(WATTFLOW_STATE_DIR=SERVER_STATE)
 

@@ -112,4 +112,7 @@ def test_defaults_without_snakemake_match_snakemake(raw_config, monkeypatch):
     without = C.validate(copy.deepcopy(raw_config))
     assert without == with_smk
     schema = yaml.safe_load(C.SCHEMA_PATH.read_text())
-    assert without["engines"]["sim"]["runtime"] == schema["$defs"]["engine"]["properties"]["runtime"]["default"]
+    assert (
+        without["engines"]["sim"]["runtime"]
+        == schema["$defs"]["engine"]["properties"]["runtime"]["default"]
+    )

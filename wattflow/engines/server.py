@@ -53,6 +53,14 @@ def vllm_command() -> list[str]:
     return [str(beside)] if beside.exists() else ["vllm"]
 
 
+def serve_command(engine_spec: dict) -> list[str] | None:
+    """The engine's `command` (what replaces `vllm serve`), split; None when not set."""
+    cmd = engine_spec.get("command")
+    if not cmd:
+        return None
+    return shlex.split(cmd) if isinstance(cmd, str) else [str(c) for c in cmd]
+
+
 def server_args(
     engine_spec: dict,
     server_knobs: dict,
@@ -128,6 +136,7 @@ def docker_client(runtime: str) -> Any:
         try:
             client = docker.DockerClient(base_url=url, timeout=60)
             client.ping()
+            client.wattflow_url = url  # which socket answered (the SDK rewrites unix://)
             return client
         except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
             errors.append(f"{url} ({type(exc).__name__}: {exc})")
@@ -150,7 +159,7 @@ def check_runtime(engine_spec: dict) -> None:
                 "is not on PATH; use runtime: native or docker"
             )
     elif runtime == "native":
-        exe = vllm_command()[0]
+        exe = (serve_command(engine_spec) or vllm_command())[0]
         if not shutil.which(exe) and not Path(exe).exists():
             raise RuntimeUnavailable(
                 f"engine vllm: runtime native selected but `{exe}` is not "
@@ -228,7 +237,8 @@ class Server:
             self._start_container(args)
             return
         if self.runtime == "native":
-            cmd = vllm_command() + args[1:]
+            custom = serve_command(self.engine_spec)
+            cmd = custom + args[2:] if custom else vllm_command() + args[1:]
         elif self.runtime == "apptainer":
             if not shutil.which("apptainer"):
                 check_runtime(self.engine_spec)
@@ -242,7 +252,8 @@ class Server:
                 "--bind",
                 f"{self.model_dir}:{self.model_dir}:ro",
                 image,
-                *args,
+                *(serve_command(self.engine_spec) or args[:2]),
+                *args[2:],
             ]
         else:
             raise RuntimeUnavailable(f"engine vllm: unknown runtime {self.runtime!r}")
@@ -266,7 +277,9 @@ class Server:
         env = _server_env(self.gpus)
         env.pop("CUDA_VISIBLE_DEVICES")  # the container sees only its GPUs
         kw: dict[str, Any] = {}
-        if self.runtime == "podman":  # podman exposes GPUs through CDI names
+        if not self.engine_spec.get("container_gpus", True):
+            pass  # a CPU-only stand-in server (CI): no GPU passed in
+        elif self.runtime == "podman":  # podman exposes GPUs through CDI names
             kw["devices"] = [f"nvidia.com/gpu={i}" for i in self.gpus]
         else:
             kw["device_requests"] = [
@@ -274,10 +287,11 @@ class Server:
                     device_ids=[str(i) for i in self.gpus], capabilities=[["gpu"]]
                 )
             ]
+        cmd = serve_command(self.engine_spec) or args[:2]
         self.container = client.containers.run(
             self.engine_spec.get("image", "vllm/vllm-openai:v0.26.0"),
-            entrypoint=["vllm"],
-            command=args[1:],
+            entrypoint=cmd[:1],
+            command=cmd[1:] + args[2:],
             detach=True,
             auto_remove=True,
             network_mode="host",

@@ -1,0 +1,24 @@
+# The serving image of each vllm engine, built once before its cells (wattflow/container.py,
+# containers/). Its manifest (image id, digest, vLLM version) is every such cell's input
+# (image_manifest), and the cell runs the image id the manifest names. The simulator and
+# `openai` endpoints need no image: a grid without vllm engines has no `image` job and
+# needs no container runtime. The only input is the recipe (Dockerfile or .def): editing
+# package code rebuilds nothing (the build cache makes a forced rebuild cheap).
+
+
+rule image:
+    input:
+        recipe=lambda wc: wf_container.recipe_file(image_spec(wc.engine)),
+    output:
+        f"{IMAGES}/{{engine}}.json",
+    log:
+        f"{IMAGES}/{{engine}}.log",
+    localrule: True
+    conda:
+        "../envs/wattflow.yaml"
+    params:
+        spec=lambda wc: json.dumps(image_spec(wc.engine), sort_keys=True),
+        python=PYTHON,
+    shell:
+        "{params.python} scripts/build_image.py --spec {params.spec:q} --out {output:q}"
+        " --log {log:q}"
