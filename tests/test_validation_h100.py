@@ -1,0 +1,56 @@
+"""The committed H100 evidence (validation/h100/) matches the package's schemas and claims."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from tests.conftest import ROOT
+from wattflow import outputs
+from wattflow.config import parse_path
+
+H100 = ROOT / "validation" / "h100"
+CELLS = sorted(p.parent for p in (H100 / "cells").rglob("cell.json"))
+
+
+def test_all_cells_are_there():
+    workloads = {parse_path(str(c.relative_to(H100)))["workload"] for c in CELLS}
+    assert len(CELLS) == 17
+    assert {"single-c1", "single-c8", "single-c32", "single-c128", "single-c256"} <= workloads
+    for w in ("sequential", "interactive", "agentic", "composite"):
+        mns = {
+            parse_path(str(c.relative_to(H100)))["max_num_seqs"]
+            for c in CELLS
+            if parse_path(str(c.relative_to(H100)))["workload"] == w
+        }
+        assert mns == {8, 64, 256}, w
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: "/".join(c.parts[-7:-4]))
+def test_cell_files_match_schemas(cell):
+    for table in ("requests", "workflows", "telemetry"):
+        outputs.check_schema(table, pl.read_parquet(cell / f"{table}.parquet"))
+    m = json.loads((cell / "cell.json").read_text())
+    assert m["knobs"] == parse_path(str(cell.relative_to(H100)))
+    assert m["engine"]["name"] == "vllm" and m["engine"]["version"] == "0.26.0"
+    assert m["energy"]["counter_j"] > 0 and m["telemetry"] == "nvml"
+    tel = pl.read_parquet(cell / "telemetry.parquet")
+    # the card ran at its default power limit: nothing was changed on the shared GPU
+    assert tel["power_limit_w"].unique().to_list() == [700.0]
+    req = pl.read_parquet(cell / "requests.parquet")
+    assert (req["status"] == "ok").all() and req.height == m["requests"]
+    if m["knobs"]["workload"].startswith("single-c"):  # random ids, no shared prefix
+        assert req["cached_prompt_tokens"].sum() == 0
+    shares = req["energy_j"].sum()
+    assert shares == pytest.approx(m["energy"]["counter_j"], rel=0.01)
+
+
+def test_summary_covers_every_cell():
+    summary = pl.read_parquet(H100 / "summary.parquet")
+    assert summary.height == len(CELLS)
+    single = summary.filter(pl.col("workload").str.starts_with("single-c")).sort("requests")
+    # energy per output token falls as concurrency rises
+    j = single["j_per_output_token"].to_list()
+    assert j == sorted(j, reverse=True)
