@@ -1,0 +1,23 @@
+"""The README documents what the code does."""
+
+from __future__ import annotations
+
+from tests.conftest import ROOT
+from wattflow.knobs import KNOB_NAMES
+from wattflow.outputs import schema_markdown
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_schema_section_is_generated_from_the_code():
+    assert schema_markdown() in README
+
+
+def test_readme_lists_every_knob_and_the_quick_start():
+    for k in KNOB_NAMES:
+        assert f"| `{k}` |" in README, k
+    assert "make run" in README and "make test" in README
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
