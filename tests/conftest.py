@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,32 @@ def small_config(results: str) -> dict:
         max_output_tokens=[64],
     )
     return cfg
+
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+PIPELINE_FILES = (
+    "Snakefile", "rules", "scripts", "wattflow", "config", "report", "profiles", "envs",
+    "containers",
+)  # fmt: skip
+
+# A tiny Llama-shaped model for real-engine tests (fake servers, dummy bundles).
+TINY_MODEL = {
+    "name": "tiny",
+    "layers": 2,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "heads": 4,
+    "kv_heads": 2,
+    "vocab_size": 500,
+    "max_context": 4096,
+    "dtype": "bf16",
+}
+
+
+def copy_pipeline(dest: Path) -> Path:
+    """The pipeline's files in `dest`, so a test can edit code and config freely."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PIPELINE_FILES:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    return dest

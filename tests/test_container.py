@@ -15,25 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SNAKEMAKE, TINY_MODEL, copy_pipeline
 from wattflow import container
 from wattflow.engines import server as srv
 from wattflow.engines.server import RuntimeUnavailable
 
 NO_DOCKER = "unix:///nonexistent/wattflow-test/docker.sock"
 ENGINE = {"kind": "vllm", "model": "m", "gpu": "g", "runtime": "docker"}
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-COPY = (
-    "Snakefile",
-    "rules",
-    "scripts",
-    "wattflow",
-    "config",
-    "report",
-    "profiles",
-    "containers",
-    "envs",
-)
 
 
 def test_image_spec_defaults_and_recipe():
@@ -178,16 +166,7 @@ def test_container_command_and_gpus(tmp_path, monkeypatch):
     pytest.importorskip("docker")
     client = type("Client", (), {"containers": _FakeContainers()})()
     monkeypatch.setattr(srv, "docker_client", lambda _runtime: client)
-    model = {
-        "name": "tiny",
-        "layers": 2,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "heads": 4,
-        "kv_heads": 2,
-        "vocab_size": 500,
-        "max_context": 4096,
-    }
+    model = {k: v for k, v in TINY_MODEL.items() if k != "dtype"}
     base = {**ENGINE, "model": model, "runtime": "podman", "image": "sha256:abc"}
     for spec, entry, gpus in (
         (base, ["vllm"], True),
@@ -259,9 +238,7 @@ def _smk(d: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_pipeline_image_job_only_for_vllm_engines(tmp_path):
-    for name in COPY:
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    copy_pipeline(tmp_path)
     cfg_path = tmp_path / "config" / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
     # the shipped (simulator) grid: no image job, no runtime needed (DOCKER_HOST is dead)

@@ -30,21 +30,9 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SNAKEMAKE, TINY_MODEL, copy_pipeline
 
 pytestmark = pytest.mark.slow
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-COPY = (
-    "Snakefile",
-    "rules",
-    "scripts",
-    "wattflow",
-    "config",
-    "report",
-    "profiles",
-    "containers",
-    "envs",
-)
 PACKAGES = ("podman", "runc", "debootstrap")
 APT_PACKAGES = (*PACKAGES, "containernetworking-plugins")
 SUITE, INCLUDE = "bookworm", "python3,python3-aiohttp,python3-yaml"
@@ -164,17 +152,7 @@ def _config(results: str) -> dict:
             "request_timeout_s": 60,
         }
     }
-    cfg["models"] = {
-        "tiny": {
-            "layers": 2,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "heads": 4,
-            "kv_heads": 2,
-            "vocab_size": 500,
-            "max_context": 4096,
-        }
-    }
+    cfg["models"] = {"tiny": {k: v for k, v in TINY_MODEL.items() if k != "name"}}
     cfg["workloads"] = {
         "burst": {
             "pattern": "single",
@@ -215,11 +193,7 @@ def test_image_rule_and_cell_through_podman(tmp_path):
         start_new_session=True,
     )
     try:
-        work = tmp_path / "pipeline"
-        work.mkdir()
-        for name in COPY:
-            src = ROOT / name
-            (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+        work = copy_pipeline(tmp_path / "pipeline")
         (work / "config" / "config.yaml").write_text(yaml.safe_dump(_config("results")))
         deadline = time.monotonic() + 30
         while not sock.exists():

@@ -8,29 +8,22 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import ROOT, small_config
+from tests.conftest import SNAKEMAKE, copy_pipeline, small_config
 
 pytestmark = pytest.mark.slow
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-COPY = ("Snakefile", "rules", "scripts", "wattflow", "config", "report", "profiles", "envs")
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """A copy of the pipeline with a small grid, run once to completion."""
-    d = tmp_path_factory.mktemp("pipeline")
-    for name in COPY:
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, d / name)
+    d = copy_pipeline(tmp_path_factory.mktemp("pipeline"))
     write_config(d, small_config("results"))
     out = smk(d, "--cores", "2")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -77,6 +70,8 @@ def test_run_produces_cells_summary_figures_and_report(workdir):
     summary = pl.read_parquet(res / "summary.parquet")
     assert summary.height == 4 and summary["valid"].all()
     assert (summary["j_per_workflow"] > 0).all()
+    stages = pl.read_parquet(res / "stages.parquet")  # the summary rule's second output
+    assert stages["cell_dir"].n_unique() == 4 and (stages["energy_j"] > 0).all()
     figs = {p.suffix for p in (res / "figures").iterdir() if not p.name.startswith(".")}
     assert figs == {".png", ".svg", ".html"}
     assert "<img" in (res / "report.html").read_text()

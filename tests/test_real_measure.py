@@ -7,23 +7,14 @@ import io
 import pytest
 from real_fakes import FakeNvml, start_fake_server
 
+from tests.conftest import TINY_MODEL
 from wattflow.engines import real
 from wattflow.outputs import frame
 from wattflow.progress import Progress
 from wattflow.telemetry.nvml import NvmlSampler
 from wattflow.workloads.core import Call, Segment, Workflow, output_segment
 
-MODEL = {
-    "name": "tiny",
-    "layers": 2,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "heads": 4,
-    "kv_heads": 2,
-    "vocab_size": 500,
-    "max_context": 4096,
-    "dtype": "bf16",
-}
+MODEL = TINY_MODEL
 KNOBS = {
     "engine": "e",
     "workload": "w",

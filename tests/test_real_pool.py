@@ -8,21 +8,12 @@ import time
 
 import pytest
 
+from tests.conftest import TINY_MODEL
 from wattflow.engines import server as srv
 from wattflow.engines.pool import ServerPool, server_key, stop_all
 from wattflow.engines.server import RuntimeUnavailable, pid_alive, server_args, wait_gone
 
-MODEL = {
-    "name": "tiny",
-    "layers": 2,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "heads": 4,
-    "kv_heads": 2,
-    "vocab_size": 500,
-    "max_context": 4096,
-    "dtype": "bf16",
-}
+MODEL = TINY_MODEL
 SPEC = {
     "kind": "vllm",
     "runtime": "native",

@@ -26,12 +26,9 @@ import pytest
 import yaml
 from polars.testing import assert_frame_equal
 
-from tests.conftest import ROOT, small_config
+from tests.conftest import SNAKEMAKE, copy_pipeline, small_config
 
 pytestmark = pytest.mark.slow
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-COPY = ("Snakefile", "rules", "scripts", "wattflow", "config", "report", "profiles")
-OPTIONAL = ("envs", "containers")  # copied where present
 PACKAGES = ("slurm-wlm", "munge")
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 CONF = Path("/etc/slurm/slurm.conf")
@@ -210,11 +207,7 @@ def wait_for(cond, timeout_s: float, what: str, d: Path) -> None:
 
 
 def pipeline(root: Path, name: str) -> Path:
-    d = root / name
-    d.mkdir()
-    for n in COPY + tuple(o for o in OPTIONAL if (ROOT / o).exists()):
-        src = ROOT / n
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, d / n)
+    d = copy_pipeline(root / name)
     cfg = small_config("results")
     (d / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return d

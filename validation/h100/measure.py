@@ -27,19 +27,26 @@ sys.path.insert(0, str(ROOT))
 from wattflow import config as C  # noqa: E402
 from wattflow.cell import run  # noqa: E402
 from wattflow.engines import pool  # noqa: E402
+from wattflow.knobs import scheduling_policy  # noqa: E402
 
 SINGLE = ["single-c1", "single-c8", "single-c32", "single-c128", "single-c256"]
 
 
-def cells(cfg: dict, mns: list[int]) -> list[dict]:
-    """(b) from the grid, plus (a) at max_num_seqs=256, grouped by server."""
+def cells(cfg: dict, mns: list[int], single: bool) -> list[dict]:
+    """The grid's cells (plus (a) at max_num_seqs=256 when `single`), grouped by server:
+    batch size in the given order, then the scheduling policy the client mode implies."""
     grid = [c.knobs for c in C.cells(cfg)]
     out = []
     for m in mns:
-        if m == 256:
-            out += [dict(grid[0], workload=w, max_num_seqs=256) for w in SINGLE]
-        out += [k for k in grid if k["max_num_seqs"] == m]
+        if single and m == 256:
+            out += [dict(grid[0], workload=w, max_num_seqs=256, mode="naive") for w in SINGLE]
+        group = [k for k in grid if k["max_num_seqs"] == m]
+        out += sorted(group, key=lambda k: scheduling_policy(k["mode"]))  # stable: grid order
     return out
+
+
+def server_of(knobs: dict) -> tuple[int, str]:
+    return knobs["max_num_seqs"], scheduling_policy(knobs["mode"])
 
 
 def pack(src: Path, out: Path, name: str) -> None:
@@ -112,28 +119,31 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--mns", default="256,64,8", help="max_num_seqs groups to run, in order")
     p.add_argument("--deadline", type=float, default=540, help="seconds; stop before this")
+    p.add_argument("--config", default=str(ROOT / "validation" / "h100" / "config.yaml"))
+    p.add_argument("--single", action="store_true", help="add the (a) concurrency sweep")
     a = p.parse_args()
     t0 = time.monotonic()
     out = Path(os.environ.get("OUT", "/tmp/out"))
     out.mkdir(parents=True, exist_ok=True)
     state = Path("/tmp/wattflow-state")
     os.environ.update(WATTFLOW_OWNER_PID=str(os.getpid()), WATTFLOW_STATE_DIR=str(state))
-    cfg = C.load(ROOT / "validation" / "h100" / "config.yaml")
+    cfg = C.load(a.config)
     results = Path("/tmp/wattflow-results")
     mns = [int(x) for x in a.mns.split(",")]
-    todo = cells(cfg, mns)
+    todo = cells(cfg, mns, a.single)
     print(f"[measure] {len(todo)} cells, groups {mns}", flush=True)
     current = None
     try:
         for i, knobs in enumerate(todo):
             left = a.deadline - (time.monotonic() - t0)
-            starting = knobs["max_num_seqs"] != current
-            if left < (200 if starting else 45):
+            starting = server_of(knobs) != current
+            need = 45 if not starting else (300 if current is None else 150)  # cold / warm start
+            if left < need:
                 print(f"[measure] {left:.0f} s left: stopping before {knobs}", flush=True)
                 break
             if starting and current is not None:
                 pool.stop_all(state)  # one GPU: the old server goes before the new one
-            current = knobs["max_num_seqs"]
+            current = server_of(knobs)
             cell = C.Cell(knobs)
             spec = C.cell_spec(cfg, knobs)
             t = time.monotonic()
@@ -141,7 +151,8 @@ def main() -> None:
                 m = run(copy.deepcopy(spec), knobs, results / cell.path)
                 e = m["energy"]
                 print(
-                    f"[measure] {i + 1}/{len(todo)} {knobs['workload']} mns={current}: "
+                    f"[measure] {i + 1}/{len(todo)} {knobs['workload']} {knobs['mode']} "
+                    f"mns={knobs['max_num_seqs']}: "
                     f"{m['requests']} req, {m['duration_s']:.1f} s, {e['counter_j']:.0f} J, "
                     f"disagreement {e['disagreement_pct']:.3f} %, valid={m['valid']}, "
                     f"wall {time.monotonic() - t:.0f} s",
@@ -150,10 +161,8 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - keep measuring the other cells
                 print(f"[measure] cell {cell.path} failed: {type(exc).__name__}: {exc}", flush=True)
             pack(results, out, "cells")
-            last_256 = knobs["max_num_seqs"] == 256 and (
-                i + 1 == len(todo) or todo[i + 1]["max_num_seqs"] != 256
-            )
-            if last_256:
+            last_single = knobs["workload"] == SINGLE[-1]
+            if last_single:
                 vllm_bench(state, results.parent / "bench", t0 + a.deadline - 60)
                 pack(results.parent / "bench", out, "bench")
     finally:
