@@ -5,7 +5,8 @@ rule summary:
     input:
         cells=expand("{d}/cell.json", d=cell_dirs()),
     output:
-        f"{RESULTS}/summary.parquet",
+        summary=f"{RESULTS}/summary.parquet",
+        stages=f"{RESULTS}/stages.parquet",
     log:
         f"{RESULTS}/logs/summary.log",
     conda:

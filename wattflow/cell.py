@@ -19,7 +19,7 @@ from wattflow.attribution import attribute
 from wattflow.config import spec_hash
 from wattflow.engines.base import RequestRecord
 from wattflow.hardware import GpuSpec, ModelShape
-from wattflow.knobs import DEFAULT
+from wattflow.knobs import DEFAULT, scheduling_policy
 from wattflow.progress import Progress
 from wattflow.provenance import host_info, wattflow_info
 from wattflow.workloads import Workflow, build
@@ -46,6 +46,11 @@ def _gpu(spec: dict) -> GpuSpec:
     return GpuSpec(**spec["engine"]["gpu"])
 
 
+def client_rtt_s(spec: dict) -> float:
+    """The naive client's round trip (config `client.rtt_s`; in the spec only when set)."""
+    return float((spec.get("client") or {}).get("rtt_s", 0.0))
+
+
 def measure_sim(
     spec: dict, knobs: dict, workflows: list[Workflow], progress: Progress
 ) -> Measurement:
@@ -56,6 +61,7 @@ def measure_sim(
     from wattflow.telemetry import sim as sim_telemetry
 
     e, gpu = spec["engine"], _gpu(spec)
+    mode = knobs.get("mode", "naive")
     cap = None if knobs["power_cap_w"] == DEFAULT else float(knobs["power_cap_w"])
     clock = None if knobs["sm_clock_mhz"] == DEFAULT else float(knobs["sm_clock_mhz"])
     engine = SimEngine(
@@ -68,6 +74,7 @@ def measure_sim(
             sm_clock_mhz=clock,
             prefix_caching=e["prefix_caching"],
             gpu_memory_utilization=e["gpu_memory_utilization"],
+            scheduling_policy=scheduling_policy(mode),
         ),
     )
     records = run_virtual(
@@ -75,7 +82,9 @@ def measure_sim(
             workflows,
             engine,
             max_output_tokens=int(knobs["max_output_tokens"]),
+            client_rtt_s=client_rtt_s(spec),
             on_record=lambda _r: progress.advance(),
+            mode=mode,
         )
     )
     t_end = max((r.finish or r.dispatch for r in records), default=0.0)
@@ -88,7 +97,10 @@ def measure_sim(
         {"name": engine.name, "version": engine.version},
         power_limit_w=limit,
         idle_power_w=gpu.idle_w,
-        extra={"kv_capacity_tokens": engine.kv_capacity_tokens},
+        extra={
+            "kv_capacity_tokens": engine.kv_capacity_tokens,
+            "scheduling_policy": engine.knobs.scheduling_policy,
+        },
     )
 
 

@@ -21,6 +21,8 @@ import yaml
 
 from wattflow import MODEL_VERSION
 from wattflow.knobs import BY_NAME, DEFAULT, KNOB_NAMES
+from wattflow.workloads import spec as workload_spec
+from wattflow.workloads import trace as workload_trace
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 DEFAULT_CONFIG = Path("config/config.yaml")
@@ -161,12 +163,47 @@ def _check_workload(name: str, w: dict, workloads: dict) -> None:
     p = w["pattern"]
     if p == "sequential" and _bounds(w["doc_tokens"])[0] < 1:
         raise ConfigError(f"workloads.{name}.doc_tokens: documents need at least one token")
+    if p in ("spec", "trace"):
+        _check_file_workload(name, w)
     if p == "composite":
         for i, m in enumerate(w["members"]):
             if m not in workloads:
                 raise ConfigError(f"workloads.{name}.members[{i}]: unknown workload {m!r}")
             if workloads[m]["pattern"] == "composite":
                 raise ConfigError(f"workloads.{name}.members[{i}]: {m!r} is itself composite")
+            if workloads[m]["pattern"] == "trace":
+                raise ConfigError(
+                    f"workloads.{name}.members[{i}]: {m!r} is a trace, replayed as recorded; "
+                    "a composite cannot scale it"
+                )
+            if workloads[m]["pattern"] == "spec":
+                try:
+                    workload_spec.rate_and_count(_with_content(copy.deepcopy(workloads[m])))
+                except ValueError as exc:
+                    raise ConfigError(f"workloads.{name}.members[{i}]: {m!r}: {exc}") from None
+
+
+def _with_content(w: dict) -> dict:
+    """Add what a spec or trace workload's cells depend on beyond the config: the spec
+    file's parsed content, a trace file's hash. Editing the file reruns exactly its cells
+    (and a spec travels inside the cell's params to hosts without the file)."""
+    if w["pattern"] == "spec":
+        w["spec_doc"] = workload_spec.load_doc(w["file"])
+    elif w["pattern"] == "trace":
+        w["trace_sha256"] = workload_trace.file_sha256(workload_trace.trace_path(w["file"]))
+    return w
+
+
+def _check_file_workload(name: str, w: dict) -> None:
+    """Compile a spec (replay a trace) once, so an error surfaces before any cell runs."""
+    try:
+        sl = _with_content(copy.deepcopy(w))
+        if w["pattern"] == "spec":
+            workload_spec.check(sl)
+        else:
+            workload_trace.generate(sl)
+    except ValueError as exc:  # SpecError, TraceError
+        raise ConfigError(f"workloads.{name} ({w['file']}): {exc}") from None
 
 
 def max_prompt_tokens(w: dict, workloads: dict) -> int:
@@ -193,6 +230,10 @@ def max_prompt_tokens(w: dict, workloads: dict) -> int:
         return w["prompt_tokens"]
     if p == "composite":
         return max(max_prompt_tokens(workloads[m], workloads) for m in w["members"])
+    if p == "spec":
+        return workload_spec.max_prompt_tokens(_with_content(copy.deepcopy(w)))
+    if p == "trace":
+        return workload_trace.max_prompt_tokens(w)
     raise ConfigError(f"workloads: unknown pattern {p!r}")
 
 
@@ -248,10 +289,11 @@ def parse_path(path: str) -> dict:
 
 
 def workload_slice(cfg: dict, name: str) -> dict:
-    """What a workload's cells depend on: its own params (and its members', for composite)."""
-    w = copy.deepcopy(cfg["workloads"][name])
+    """What a workload's cells depend on: its own params (and its members', for composite;
+    a spec's file content, a trace's file hash)."""
+    w = _with_content(copy.deepcopy(cfg["workloads"][name]))
     if w["pattern"] == "composite":
-        w["members"] = {m: copy.deepcopy(cfg["workloads"][m]) for m in w["members"]}
+        w["members"] = {m: _with_content(copy.deepcopy(cfg["workloads"][m])) for m in w["members"]}
     return w
 
 
@@ -265,12 +307,17 @@ def engine_slice(cfg: dict, name: str) -> dict:
 def cell_spec(cfg: dict, knobs: dict) -> dict:
     """Everything one cell needs and nothing more: the rule's params, so that an edit
     elsewhere in the config does not rerun it."""
-    return {
+    spec = {
         "engine": engine_slice(cfg, knobs["engine"]),
         "workload": {"name": knobs["workload"], **workload_slice(cfg, knobs["workload"])},
         "seed": cfg["seed"],
         "model_version": MODEL_VERSION,
     }
+    rtt = (cfg.get("client") or {}).get("rtt_s", 0)
+    if rtt and knobs.get("mode", "naive") == "naive":
+        # only where it acts and only when set: cells without it keep their params
+        spec["client"] = {"rtt_s": rtt}
+    return spec
 
 
 def spec_hash(spec: dict) -> str:

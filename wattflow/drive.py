@@ -1,7 +1,8 @@
 """The workflow driver, written once for every engine and both time bases.
 
 It is plain asyncio: on the simulator's virtual-time loop every await resolves in simulated
-time, on the default loop in wall-clock time against an HTTP engine.
+time, on the default loop in wall-clock time against an HTTP engine. `mode` is the client
+mode knob: `naive` is below, `workflow-aware` is `wattflow.dispatch`.
 """
 
 from __future__ import annotations
@@ -36,10 +37,22 @@ async def drive(
     max_output_tokens: int,
     client_rtt_s: float = 0.0,
     on_record: Callable[[RequestRecord], None] | None = None,
+    mode: str = "naive",
 ) -> list[RequestRecord]:
     """Run `workflows` naively: the application issues each call once all its parents have
     returned, plus think time and one client round trip. Times in the records are seconds
-    since the drive started."""
+    since the drive started.
+
+    `mode="workflow-aware"` hands the DAGs to `wattflow.dispatch` instead (no client round
+    trip: the dispatcher releases calls as their inputs become ready)."""
+    if mode == "workflow-aware":
+        from wattflow.dispatch import dispatch
+
+        return await dispatch(
+            workflows, engine, max_output_tokens=max_output_tokens, on_record=on_record
+        )
+    if mode != "naive":
+        raise ValueError(f"unknown client mode {mode!r}; known: naive, workflow-aware")
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     records: list[RequestRecord] = []

@@ -35,7 +35,13 @@ class Knob:
 KNOBS: tuple[Knob, ...] = (
     Knob("engine", "server", "engine name from `engines:`"),
     Knob("workload", "client", "workload name from `workloads:`"),
-    Knob("mode", "client", "naive: the application issues each call after its parents return"),
+    Knob(
+        "mode",
+        "client",
+        "naive: the application issues each call after its parents return (plus the client "
+        "round trip); workflow-aware: a dispatcher gets the whole DAG and releases calls as "
+        "their inputs are ready, by critical path, with server priorities",
+    ),
     Knob("max_num_seqs", "server", "batch size: most sequences the engine runs at once"),
     Knob("power_cap_w", "gpu", "GPU power limit in W, or default", numeric_or_default=True),
     Knob("sm_clock_mhz", "gpu", "locked SM clock in MHz, or default", numeric_or_default=True),
@@ -45,4 +51,13 @@ KNOBS: tuple[Knob, ...] = (
 KNOB_NAMES = tuple(k.name for k in KNOBS)
 BY_NAME = {k.name: k for k in KNOBS}
 SERVER_KNOBS = tuple(k.name for k in KNOBS if k.scope == "server")
-MODES = ("naive",)
+MODES = ("naive", "workflow-aware")
+# The server-side scheduling policy each client mode runs against (vLLM's
+# --scheduling-policy; SimKnobs.scheduling_policy): part of a real server's identity.
+SCHEDULING_POLICY = {"naive": "fcfs", "workflow-aware": "priority"}
+
+
+def scheduling_policy(mode: str) -> str:
+    if mode not in SCHEDULING_POLICY:
+        raise ValueError(f"unknown client mode {mode!r}; known: {list(SCHEDULING_POLICY)}")
+    return SCHEDULING_POLICY[mode]

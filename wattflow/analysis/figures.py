@@ -1,6 +1,6 @@
 """The study's figures from the summary table, each as PNG, SVG and HTML.
 
-Three faceted charts rather than many small ones: one Vega-Lite spec per figure is
+A few faceted charts rather than many small ones: one Vega-Lite spec per figure is
 compiled once and rendered by vl-convert to PNG (scale 1, fast) and SVG. Each figure
 plots exactly the cells its finding checks (the `*_slice` helpers in findings.py), with
 repetitions averaged. A slice that is empty or has a single x value is skipped, and only
@@ -15,7 +15,14 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from wattflow.analysis.findings import batch_slice, length_fits, length_slice, power_slice
+from wattflow.analysis.findings import (
+    MODES,
+    batch_slice,
+    length_fits,
+    length_slice,
+    mode_slice,
+    power_slice,
+)
 
 PANEL_W, PANEL_H = 170, 120
 
@@ -117,6 +124,53 @@ def power_cap_chart(summary: pl.DataFrame, batch: int | None = None) -> alt.Face
     return _facet_lines(long, x, order, title, color=False)
 
 
+def mode_power_cap_chart(summary: pl.DataFrame) -> alt.FacetChart | None:
+    """J/workflow and makespan p50 vs the effective power cap, one line per client mode;
+    columns are (workload, max_num_seqs). None unless the grid has both modes and two caps."""
+    df = mode_slice(summary).filter(pl.col("mode").is_in(MODES))
+    if df.is_empty() or df["mode"].n_unique() < 2 or df["power_cap_w_effective"].n_unique() < 2:
+        return None
+    x = "power_cap_w_effective"
+    panels = {"j_per_workflow": "J/workflow", "makespan_p50_s": "Makespan p50 (s)"}
+    keys = ["workload", "max_num_seqs", "mode", x]
+    means = df.group_by(keys).agg(pl.col(list(panels)).mean())
+    long = (
+        means.unpivot(on=list(panels), index=keys, variable_name="col")
+        .with_columns(
+            pl.col("col").replace_strict(panels).alias("panel"),
+            pl.format("{} · max_num_seqs={}", "workload", "max_num_seqs").alias("series_key"),
+        )
+        .drop_nulls("value")
+        .sort("workload", "max_num_seqs", "mode", x)
+    )
+    columns = long.unique(["workload", "max_num_seqs"]).sort("workload", "max_num_seqs")
+    chart = (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X(f"{x}:Q", title="power cap (W)", scale=alt.Scale(zero=False)),
+            y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+            color=alt.Color("mode:N", title="client mode", sort=list(MODES)),
+            tooltip=[
+                "series_key:N",
+                "mode:N",
+                alt.Tooltip(f"{x}:Q", title="cap (W)"),
+                "panel:N",
+                alt.Tooltip("value:Q", format=".4g"),
+            ],
+        )
+        .properties(width=PANEL_W, height=PANEL_H)
+    )
+    return (
+        chart.facet(
+            row=alt.Row("panel:N", sort=list(panels.values()), title=None),
+            column=alt.Column("series_key:N", sort=columns["series_key"].to_list(), title=None),
+        )
+        .resolve_scale(y="independent")
+        .properties(title="Client mode vs power cap (default clock, longest outputs)")
+    )
+
+
 def _fit_label(fits: pl.DataFrame) -> dict[str, str]:
     return {
         r["workload"]: f"{r['workload']} (R²={r['r2']:.3f})" for r in fits.iter_rows(named=True)
@@ -184,6 +238,7 @@ def make_figures(summary: pl.DataFrame, out_dir: Path, batch: int | None = None)
         "batch_size": batch_size_chart(summary),
         "power_cap": power_cap_chart(summary, batch),
         "output_length": output_length_chart(summary, batch),
+        "mode_power_cap": mode_power_cap_chart(summary),
     }
     written: list[Path] = []
     for name, chart in charts.items():

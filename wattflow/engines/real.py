@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from wattflow.engines.openai_client import OpenAIEngine
-from wattflow.knobs import DEFAULT
+from wattflow.knobs import DEFAULT, scheduling_policy
 from wattflow.workloads.core import Workflow
 
 if TYPE_CHECKING:
@@ -28,6 +28,17 @@ if TYPE_CHECKING:
 
 def _opt(v: Any) -> float | None:
     return None if v in (None, DEFAULT) else float(v)
+
+
+def server_knobs(knobs: dict, indices: list[int]) -> dict:
+    """What decides a vLLM server's identity for a cell: batch size, GPUs and, for
+    workflow-aware cells, the priority scheduling policy (naive cells keep the keys they
+    always had, fcfs being vLLM's default)."""
+    out: dict[str, Any] = {"max_num_seqs": int(knobs["max_num_seqs"]), "gpus": indices}
+    policy = scheduling_policy(knobs.get("mode", "naive"))
+    if policy != "fcfs":
+        out["scheduling_policy"] = policy
+    return out
 
 
 def gpu_indices(nvml: Any = None) -> list[int]:
@@ -55,11 +66,13 @@ def _nvml_sampler(indices_hint: list[int] | None, period_s: float) -> tuple[Any,
 
 
 def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progress) -> Measurement:
-    from wattflow.cell import Measurement
+    from wattflow.cell import Measurement, client_rtt_s
     from wattflow.telemetry.rapl import RaplReader
 
     e = spec["engine"]
     kind = e["kind"]
+    mode = knobs.get("mode", "naive")
+    policy = scheduling_policy(mode)
     cap, clock = _opt(knobs.get("power_cap_w")), _opt(knobs.get("sm_clock_mhz"))
     period = float(os.environ.get("WATTFLOW_TELEMETRY_PERIOD_S", 0.1))
     baseline_s = float(os.environ.get("WATTFLOW_IDLE_BASELINE_S", 2.0))
@@ -96,9 +109,7 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
 
             # the GPU is part of the server's identity: a cell reuses a server only on
             # its own GPU, and servers on other GPUs (other cells') are left alone
-            handle = ServerPool().acquire(
-                e, {"max_num_seqs": int(knobs["max_num_seqs"]), "gpus": indices}, gpus=indices
-            )
+            handle = ServerPool().acquire(e, server_knobs(knobs, indices), gpus=indices)
             base_url, api_key, model = handle.base_url, handle.api_key, handle.model_name
             info = {
                 "name": "vllm",
@@ -122,11 +133,23 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
             float(e.get("request_timeout_s", 600)),
             name=info["name"],
             salt=salt,
+            # `priority` only goes to a server that schedules by it (an openai endpoint's
+            # policy is not ours to know: there, workflow-aware orders the release only)
+            priority=kind == "vllm" and policy == "priority",
         )
         beat = handle.heartbeat() if handle else contextlib.nullcontext()
         with beat:
             out = _run_cell(
-                engine, workflows, knobs, progress, sampler, indices, cap, clock, baseline_s
+                engine,
+                workflows,
+                knobs,
+                progress,
+                sampler,
+                indices,
+                cap,
+                clock,
+                baseline_s,
+                rtt_s=client_rtt_s(spec),
             )
         info["version"] = info.get("version") or out["version"]
         info["model"] = out["model"]
@@ -141,6 +164,7 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
         "telemetry": "nvml" if sampler else f"unavailable: {why}",
         "gpu_indices": indices,
         "prompt_salt": salt,
+        "scheduling_policy": policy if kind == "vllm" else None,
         "power_source": getattr(sampler, "power_source", None),
         "rapl": out["rapl"] if rapl.available() else f"unavailable: {rapl.reason}",
     }
@@ -159,6 +183,8 @@ def _run_cell(
     cap: float | None,
     clock: float | None,
     baseline_s: float,
+    *,
+    rtt_s: float = 0.0,
 ) -> dict[str, Any]:
     from wattflow.drive import drive
     from wattflow.telemetry.rapl import RaplReader
@@ -192,7 +218,9 @@ def _run_cell(
                     workflows,
                     engine,
                     max_output_tokens=int(knobs["max_output_tokens"]),
+                    client_rtt_s=rtt_s,
                     on_record=lambda _r: progress.advance(),
+                    mode=knobs.get("mode", "naive"),
                 )
             finally:
                 rows = sampler.stop() if sampler else []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import random
 
+from wattflow.workloads import spec as spec_mod
+from wattflow.workloads import trace as trace_mod
 from wattflow.workloads.core import Call, Segment, Workflow
 from wattflow.workloads.patterns import GENERATORS, composite
 
@@ -23,6 +25,10 @@ def build(spec: dict, seed: int, rep: int) -> list[Workflow]:
     pattern = spec["pattern"]
     if pattern == "composite":
         return composite(spec, rng)
+    if pattern == "spec":  # a YAML workflow spec (wattflow/workloads/spec.py)
+        return spec_mod.generate(spec, rng)
+    if pattern == "trace":  # a JSONL trace replayed as recorded
+        return trace_mod.generate(spec)
     if pattern not in GENERATORS:
         raise ValueError(f"workload {spec.get('name')!r}: unknown pattern {pattern!r}")
     return GENERATORS[pattern](spec, rng)

@@ -209,13 +209,21 @@ GENERATORS: dict[str, Callable[..., list[Workflow]]] = {
 def composite(p: dict, rng: random.Random) -> list[Workflow]:
     """The member workloads running concurrently, each with its own arrival process."""
     out: list[Workflow] = []
+    from wattflow.workloads import spec as spec_mod
+
     for name, member in p["members"].items():
         m = dict(member)  # scale thins each member's arrivals and its workflow count alike
-        m["arrival_rate"] = member["arrival_rate"] * p["scale"]
+        if member["pattern"] == "spec":  # a YAML spec: its own rate and count, or overrides
+            rate, count = spec_mod.rate_and_count(member)
+            generator = spec_mod.generate
+        else:
+            rate, count = member["arrival_rate"], member["workflows"]
+            generator = GENERATORS[m["pattern"]]
+        m["arrival_rate"] = rate * p["scale"]
         if p.get("duration_s"):
             m["workflows"] = max(1, round(m["arrival_rate"] * p["duration_s"]))
         else:
-            m["workflows"] = max(1, round(member["workflows"] * p["scale"]))
+            m["workflows"] = max(1, round(count * p["scale"]))
         sub = random.Random(rng.getrandbits(64))
-        out += GENERATORS[m["pattern"]](m, sub, prefix=name)
+        out += generator(m, sub, prefix=name)
     return sorted(out, key=lambda w: (w.arrival, w.workflow_id))
