@@ -54,3 +54,30 @@ def test_summary_covers_every_cell():
     # energy per output token falls as concurrency rises
     j = single["j_per_output_token"].to_list()
     assert j == sorted(j, reverse=True)
+
+
+SCHED = H100 / "scheduling"
+SCHED_CELLS = sorted(p.parent for p in (SCHED / "cells").rglob("cell.json"))
+
+
+def test_scheduling_cells_cover_both_modes_at_three_batch_sizes():
+    knobs = [parse_path(str(c.relative_to(SCHED))) for c in SCHED_CELLS]
+    combos = {(k["workload"], k["mode"], k["max_num_seqs"]) for k in knobs}
+    assert combos == {
+        (w, m, n)
+        for w in ("map_reduce", "agentic")
+        for m in ("naive", "workflow-aware")
+        for n in (8, 64, 256)
+    }
+
+
+@pytest.mark.parametrize("cell", SCHED_CELLS, ids=lambda c: "/".join(c.parts[-7:-4]))
+def test_scheduling_cells_match_schemas_and_policy(cell):
+    for table in ("requests", "workflows", "telemetry"):
+        outputs.check_schema(table, pl.read_parquet(cell / f"{table}.parquet"))
+    m = json.loads((cell / "cell.json").read_text())
+    want = "priority" if m["knobs"]["mode"] == "workflow-aware" else "fcfs"
+    assert m["scheduling_policy"] == want and m["valid"]
+    assert pl.read_parquet(cell / "telemetry.parquet")["power_limit_w"].unique().to_list() == [
+        700.0
+    ]
