@@ -30,7 +30,7 @@ import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from wattflow.drive import _resolve_prompt, _shift
+from wattflow.drive import _resolve_prompt, generate_record
 from wattflow.engines.base import Engine, Request, RequestRecord
 from wattflow.workloads.core import Call, Workflow
 
@@ -241,23 +241,7 @@ class Dispatcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _generate(self, w: int, req: Request, arrival: float) -> None:
-        try:
-            rec = await self.engine.generate(req)
-        except Exception as exc:  # an engine bug must not lose the rest of the cell
-            rec = RequestRecord(
-                req.request_id,
-                req.workflow_id,
-                req.node_id,
-                req.stage,
-                arrival,
-                arrival,
-                prompt_tokens=req.prompt_tokens,
-                status="error",
-                error=f"{type(exc).__name__}: {exc}",
-            )
-        else:
-            rec = _shift(rec, self._t0)
-            rec.arrival = arrival
+        rec = await generate_record(self.engine, req, arrival, self._t0)
         self._produced[w][req.node_id] = rec.output_tokens
         self._finish(w, req.node_id, rec)
 

@@ -94,25 +94,7 @@ async def drive(
                 stage=call.stage,
                 priority=0,
             )
-            arrival = loop.time() - t0
-            try:
-                rec = await engine.generate(req)
-            except Exception as exc:  # an engine bug must not lose the rest of the cell
-                now = loop.time() - t0
-                rec = RequestRecord(
-                    req.request_id,
-                    req.workflow_id,
-                    req.node_id,
-                    req.stage,
-                    arrival,
-                    arrival,
-                    prompt_tokens=req.prompt_tokens,
-                    status="error",
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-            else:
-                rec = _shift(rec, t0)
-                rec.arrival = arrival
+            rec = await generate_record(engine, req, loop.time() - t0, t0)
             produced[call.node_id] = rec.output_tokens
             records.append(rec)
             if on_record:
@@ -124,6 +106,28 @@ async def drive(
     await asyncio.gather(*(run_workflow(wf) for wf in workflows))
     records.sort(key=lambda r: (r.dispatch, r.request_id))
     return records
+
+
+async def generate_record(engine: Engine, req: Request, arrival: float, t0: float) -> RequestRecord:
+    """The engine's record with times relative to the drive's start; an engine exception
+    becomes an error record, so one bad call never loses the rest of the cell."""
+    try:
+        rec = await engine.generate(req)
+    except Exception as exc:
+        return RequestRecord(
+            req.request_id,
+            req.workflow_id,
+            req.node_id,
+            req.stage,
+            arrival,
+            arrival,
+            prompt_tokens=req.prompt_tokens,
+            status="error",
+            error=f"{type(exc).__name__}: {exc}",
+        )
+    rec = _shift(rec, t0)
+    rec.arrival = arrival
+    return rec
 
 
 def _shift(rec: RequestRecord, t0: float) -> RequestRecord:

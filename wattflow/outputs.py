@@ -112,6 +112,15 @@ def write_table(path: Path, table: str, df: pl.DataFrame) -> None:
     _atomic(Path(path), lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True))
 
 
+def write_frame(path: str | Path, df: pl.DataFrame) -> None:
+    """An analysis table (no fixed schema): Parquet, or CSV when the name ends in .csv."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        _atomic(path, df.write_csv)
+    else:
+        _atomic(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True))
+
+
 def write_json(path: Path, obj: Any) -> None:
     def _w(tmp: str) -> None:
         with open(tmp, "w") as f:

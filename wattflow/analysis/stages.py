@@ -26,6 +26,7 @@ import polars as pl
 
 from wattflow.analysis.summary import hive_schema
 from wattflow.knobs import KNOB_NAMES
+from wattflow.outputs import write_frame
 
 _FILE = "_file"
 
@@ -71,12 +72,5 @@ def stage_table(cell_dirs: Sequence[str | Path]) -> pl.DataFrame:
 def write_stages(cell_dirs: Sequence[str | Path], out_path: str | Path) -> pl.DataFrame:
     """stage_table as Parquet (CSV when `out_path` ends in .csv), written atomically."""
     df = stage_table(cell_dirs)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if out.suffix == ".csv":
-        df.write_csv(tmp)
-    else:
-        df.write_parquet(tmp, compression="zstd", statistics=True)
-    tmp.replace(out)
+    write_frame(out_path, df)
     return df

@@ -31,6 +31,7 @@ from typing import Any
 import polars as pl
 
 from wattflow.knobs import BY_NAME, DEFAULT, KNOB_NAMES, KNOBS
+from wattflow.outputs import write_frame
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 LATENCIES = ("ttft_s", "tpot_s", "e2e_s")
@@ -254,14 +255,7 @@ def summarize(cell_dirs: Sequence[str | Path]) -> pl.DataFrame:
 def write_summary(cell_dirs: Sequence[str | Path], out_path: str | Path) -> pl.DataFrame:
     """Summarize and write Parquet (or CSV when `out_path` ends in .csv), atomically."""
     df = summarize(cell_dirs)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if out.suffix == ".csv":
-        df.write_csv(tmp)
-    else:
-        df.write_parquet(tmp, compression="zstd", statistics=True)
-    tmp.replace(out)
+    write_frame(out_path, df)
     return df
 
 
