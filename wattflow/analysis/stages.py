@@ -24,11 +24,9 @@ from pathlib import Path
 
 import polars as pl
 
-from wattflow.analysis.summary import hive_schema
+from wattflow.analysis.summary import FILE_COLUMN, scan_cells
 from wattflow.knobs import KNOB_NAMES
 from wattflow.outputs import write_frame
-
-_FILE = "_file"
 
 
 def stage_table(cell_dirs: Sequence[str | Path]) -> pl.DataFrame:
@@ -37,15 +35,9 @@ def stage_table(cell_dirs: Sequence[str | Path]) -> pl.DataFrame:
     if not dirs:
         raise ValueError("stage_table: no cell directories given")
     files = [str(d / "requests.parquet") for d in dirs]
-    ids = pl.DataFrame({_FILE: files, "_cell": range(len(files)), "cell_dir": map(str, dirs)})
+    ids = pl.DataFrame({FILE_COLUMN: files, "_cell": range(len(files)), "cell_dir": map(str, dirs)})
     ok = pl.col("status") == "ok"
-    lf = pl.scan_parquet(
-        files,
-        hive_partitioning=True,
-        hive_schema=hive_schema(),
-        glob=False,
-        include_file_paths=_FILE,
-    ).join(ids.lazy(), on=_FILE, how="inner")
+    lf = scan_cells(files, ids)
     df = (
         lf.group_by("_cell", "cell_dir", *KNOB_NAMES, "stage")
         .agg(

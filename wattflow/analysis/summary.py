@@ -36,7 +36,7 @@ from wattflow.outputs import write_frame
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 LATENCIES = ("ttft_s", "tpot_s", "e2e_s")
 _CELL = "_cell"  # row index of the cell in the input list, the join key
-_FILE = "_file"
+FILE_COLUMN = "_file"  # the scanned file, to tag rows with their cell
 
 
 def hive_schema() -> dict[str, pl.DataType]:
@@ -60,20 +60,21 @@ def _percentiles(col: str) -> list[pl.Expr]:
     ]
 
 
-def _scan(files: list[str], cell_ids: pl.DataFrame) -> pl.LazyFrame:
-    """All cells' copies of one table in one scan, tagged with their cell index."""
+def scan_cells(files: list[str], cell_ids: pl.DataFrame) -> pl.LazyFrame:
+    """All cells' copies of one table in one scan (Hive knob columns), joined with
+    `cell_ids`, which maps FILE_COLUMN to whatever identifies the cell."""
     lf = pl.scan_parquet(
         files,
         hive_partitioning=True,
         hive_schema=hive_schema(),
         glob=False,
-        include_file_paths=_FILE,
+        include_file_paths=FILE_COLUMN,
     )
-    return lf.join(cell_ids.lazy(), on=_FILE, how="inner")
+    return lf.join(cell_ids.lazy(), on=FILE_COLUMN, how="inner")
 
 
 def _request_stats(files: list[str]) -> pl.LazyFrame:
-    ids = pl.DataFrame({_FILE: files, _CELL: range(len(files))})
+    ids = pl.DataFrame({FILE_COLUMN: files, _CELL: range(len(files))})
     ok = pl.col("status") == "ok"
     aggs = [
         pl.len().alias("requests"),
@@ -81,7 +82,7 @@ def _request_stats(files: list[str]) -> pl.LazyFrame:
         pl.col("output_tokens").filter(ok).sum().alias("output_tokens"),
         *[e for c in LATENCIES for e in _percentiles(c)],
     ]
-    lf = _scan(files, ids)
+    lf = scan_cells(files, ids)
     # Percentiles over ok requests only: filter the latency columns, not the rows, so the
     # counts above still see every request.
     lf = lf.with_columns([pl.when(ok).then(pl.col(c)).alias(c) for c in LATENCIES])
@@ -89,9 +90,9 @@ def _request_stats(files: list[str]) -> pl.LazyFrame:
 
 
 def _workflow_stats(files: list[str]) -> pl.LazyFrame:
-    ids = pl.DataFrame({_FILE: files, _CELL: range(len(files))})
+    ids = pl.DataFrame({FILE_COLUMN: files, _CELL: range(len(files))})
     done = pl.col("failed_calls").fill_null(0) == 0
-    lf = _scan(files, ids).with_columns(pl.when(done).then(pl.col("makespan_s")).alias("ms"))
+    lf = scan_cells(files, ids).with_columns(pl.when(done).then(pl.col("makespan_s")).alias("ms"))
     return lf.group_by(_CELL).agg(
         pl.len().alias("workflows"),
         (~done).sum().alias("failed_workflows"),
