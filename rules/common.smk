@@ -5,7 +5,7 @@ import sys
 
 from wattflow import config as wf_config
 from wattflow import container as wf_container
-from wattflow.knobs import KNOB_NAMES, scheduling_policy
+from wattflow.knobs import KNOB_NAMES
 
 try:
     wf_config.validate(config)
@@ -44,33 +44,13 @@ def is_real(engine):
 
 
 REAL_ENGINES = sorted({c.knobs["engine"] for c in CELLS if is_real(c.knobs["engine"])})
-# Cells that share server-side knobs (engine, batch size, and the scheduling policy the
-# client mode implies) run back to back, so each server starts once: the group's rank is
-# the cell job's priority (higher first), groups in a fixed order.
-SERVER_GROUPS = sorted(
-    {
-        (
-            c.knobs["engine"],
-            c.knobs["max_num_seqs"],
-            scheduling_policy(c.knobs["mode"]),
-        )
-        for c in CELLS
-        if is_real(c.knobs["engine"])
-    },
-    key=lambda g: (g[0], -g[1], g[2]),
-)
-SERVER_RANK = {g: len(SERVER_GROUPS) - i for i, g in enumerate(SERVER_GROUPS)}
+SERVER_RANK = wf_config.server_ranks(config, CELLS)
 
 
 def cell_priority(wildcards):
-    if not is_real(wildcards.engine):
-        return 0
-    group = (
-        wildcards.engine,
-        int(wildcards.max_num_seqs),
-        scheduling_policy(wildcards.mode),
-    )
-    return SERVER_RANK[group]
+    """Cells sharing a server run back to back (wattflow.config.server_ranks)."""
+    group = wf_config.server_group(config, cell_knobs(wildcards))
+    return 0 if group is None else SERVER_RANK[group]
 
 
 def cell_gpus(wildcards):

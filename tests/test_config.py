@@ -116,3 +116,22 @@ def test_defaults_without_snakemake_match_snakemake(raw_config, monkeypatch):
         without["engines"]["sim"]["runtime"]
         == schema["$defs"]["engine"]["properties"]["runtime"]["default"]
     )
+
+
+def test_server_ranks_group_real_cells_by_server(raw_config):
+    raw_config["engines"]["gpu"] = {"kind": "vllm", "model": "llama-3.1-8b", "gpu": "h100-sxm"}
+    raw_config["grid"].update(
+        engine=["sim", "gpu"],
+        mode=["naive", "workflow-aware"],
+        max_num_seqs=[8, 64],
+        power_cap_w=["default"],
+    )
+    cfg = C.validate(raw_config)
+    cells = C.cells(cfg)
+    ranks = C.server_ranks(cfg, cells)
+    assert set(ranks) == {("gpu", n, p) for n in (8, 64) for p in ("fcfs", "priority")}
+    assert sorted(ranks.values()) == [1, 2, 3, 4]
+    sim = next(c for c in cells if c.knobs["engine"] == "sim")
+    assert C.server_group(cfg, sim.knobs) is None
+    big_fcfs = ranks[("gpu", 64, "fcfs")]
+    assert big_fcfs == max(ranks.values())  # largest batch first, fcfs before priority

@@ -288,6 +288,24 @@ def parse_path(path: str) -> dict:
     return knobs
 
 
+def server_group(cfg: dict, knobs: dict) -> tuple | None:
+    """The server a real cell needs (engine, batch size, scheduling policy); None for the
+    simulator, which needs none."""
+    from wattflow.knobs import scheduling_policy
+
+    if cfg["engines"][knobs["engine"]]["kind"] == "sim":
+        return None
+    return (knobs["engine"], int(knobs["max_num_seqs"]), scheduling_policy(knobs["mode"]))
+
+
+def server_ranks(cfg: dict, all_cells: list[Cell]) -> dict[tuple, int]:
+    """A job priority per server group (higher runs first, in a fixed order), so the cells
+    that share a server run back to back and each server starts once."""
+    groups = {g for c in all_cells if (g := server_group(cfg, c.knobs)) is not None}
+    ordered = sorted(groups, key=lambda g: (g[0], -g[1], g[2]))
+    return {g: len(ordered) - i for i, g in enumerate(ordered)}
+
+
 def workload_slice(cfg: dict, name: str) -> dict:
     """What a workload's cells depend on: its own params (and its members', for composite;
     a spec's file content, a trace's file hash)."""
