@@ -97,9 +97,18 @@ def resolve_file(file: str) -> Path:
 
 
 def load_doc(file: str) -> dict:
+    """The parsed spec file. Parsed once per file version: Snakemake asks for every cell's
+    params, so a grid of thousands of spec cells would otherwise reparse it thousands of
+    times."""
     path = resolve_file(file)
+    st = path.stat()
+    return copy.deepcopy(_parse_doc(str(path), st.st_mtime_ns, st.st_size, file))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_doc(path: str, _mtime_ns: int, _size: int, file: str) -> dict:
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as exc:
         raise SpecError(f"spec file {file}: not valid YAML: {exc}") from None
     if not isinstance(doc, dict):

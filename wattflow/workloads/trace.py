@@ -19,6 +19,7 @@ Optional: `stage`, `latency_critical`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -53,6 +54,13 @@ def trace_path(file: str | Path) -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
+    """Hashed once per file version (Snakemake asks for it with every cell's params)."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, _mtime_ns: int, _size: int) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
