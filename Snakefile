@@ -1,11 +1,15 @@
 # wattflow: the whole pipeline. The same file runs on a laptop (simulator), a GPU box
-# (vLLM in a container) and a cluster (executor plugin); see README.md.
+# (vLLM natively or in a container) and a cluster (executor plugin); see README.md.
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# A config file is the whole configuration: config/config.yaml, or the file --configfile
+# names instead (not merged over config/config.yaml), as `wattflow --config FILE` reads it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"

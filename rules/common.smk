@@ -1,11 +1,12 @@
 # Helpers shared by the rules: config validation, the cell list, per-rule config slices.
+# Everything that knows an engine kind, a knob or a path layout lives in the package.
 import json
 import os
 import sys
 
 from wattflow import config as wf_config
 from wattflow import container as wf_container
-from wattflow.knobs import KNOB_NAMES
+from wattflow.engines.registry import backend
 
 try:
     wf_config.validate(config)
@@ -13,18 +14,20 @@ except wf_config.ConfigError as err:
     sys.exit(f"wattflow: invalid configuration: {err}")
 
 RESULTS = config["results"]
-PYTHON = sys.executable
 CELLS = wf_config.cells(config)
-CELL_DIR = wf_config.cell_dir_pattern(RESULTS)
+CELL_BY_PATH = {c.path: c for c in CELLS}
+# Jobs run this interpreter through the environment, not a param: moving the venv must
+# not change any job's params (which would rerun every finished cell).
+os.environ.update(WATTFLOW_PYTHON=sys.executable)
 
 
 def cell_dirs():
-    return [f"{RESULTS}/cells/{c.path}" for c in CELLS]
+    return [wf_config.cell_dir(RESULTS, c) for c in CELLS]
 
 
 def cell_knobs(wildcards):
-    """The cell's knobs, typed, from its path wildcards."""
-    return wf_config.knobs_from_wildcards(wildcards)
+    """The cell's knobs (every knob, defaults included) from its path."""
+    return wf_config.parse_path(wildcards.cell)
 
 
 def cell_spec(wildcards):
@@ -36,14 +39,20 @@ def cell_spec(wildcards):
 
 
 def analysis_params():
-    return {"grid": config["grid"], "config_hash": wf_config.config_hash(config)}
+    """The grid (axes at their knob's default left out, as in cell paths) and its hash."""
+    return {
+        "grid": wf_config.canonical(config)["grid"],
+        "config_hash": wf_config.config_hash(config),
+    }
 
 
-def is_real(engine):
-    return config["engines"][engine]["kind"] != "sim"
+def needs(engine):
+    return backend(config["engines"][engine]["kind"]).needs
 
 
-REAL_ENGINES = sorted({c.knobs["engine"] for c in CELLS if is_real(c.knobs["engine"])})
+SERVER_ENGINES = sorted(
+    {c.knobs["engine"] for c in CELLS if needs(c.knobs["engine"]).server}
+)
 SERVER_RANK = wf_config.server_ranks(config, CELLS)
 
 
@@ -54,20 +63,22 @@ def cell_priority(wildcards):
 
 
 def cell_gpus(wildcards):
-    return 1 if is_real(wildcards.engine) else 0
+    return 1 if needs(cell_knobs(wildcards)["engine"]).gpu else 0
 
 
-# Serving images of vllm engines (rules/container.smk): cells find the manifests here.
+# Serving images (rules/container.smk): cells find the manifests here.
 IMAGES = f"{RESULTS}/images"
 os.environ[wf_container.IMAGES_ENV] = IMAGES
 
 
 def image_spec(engine):
-    return wf_container.image_spec(engine, config["engines"][engine])
+    e = config["engines"][engine]
+    return wf_container.image_spec(
+        engine, e, backend(e["kind"]).launcher.version_probe()
+    )
 
 
 def image_manifest(wildcards):
-    """A cell's image manifest: vllm engines only ([] for the simulator and openai)."""
-    if config["engines"][wildcards.engine]["kind"] != "vllm":
-        return []
-    return f"{IMAGES}/{wildcards.engine}.json"
+    """A cell's image manifest: engines whose backend needs an image ([] otherwise)."""
+    engine = cell_knobs(wildcards)["engine"]
+    return [f"{IMAGES}/{engine}.json"] if needs(engine).image else []

@@ -1,8 +1,8 @@
-# The serving image of each vllm engine, built once before its cells (wattflow/container.py,
-# containers/). Its manifest (image id, digest, vLLM version) is every such cell's input
-# (image_manifest), and the cell runs the image id the manifest names. The simulator and
-# `openai` endpoints need no image: a grid without vllm engines has no `image` job and
-# needs no container runtime. The only input is the recipe (Dockerfile or .def): editing
+# The serving image of each engine whose backend needs one (vLLM's), built once before its
+# cells (wattflow/container.py, containers/). Its manifest (image id, digest, server
+# version) is every such cell's input (image_manifest), and the cell runs the image id the
+# manifest names. The simulator and external endpoints need no image: a grid without such
+# engines has no `image` job and needs no container runtime. The only input is the recipe (Dockerfile or .def): editing
 # package code rebuilds nothing (the build cache makes a forced rebuild cheap).
 
 
@@ -18,7 +18,6 @@ rule image:
         "../envs/wattflow.yaml"
     params:
         spec=lambda wc: json.dumps(image_spec(wc.engine), sort_keys=True),
-        python=PYTHON,
     shell:
-        "{params.python} scripts/build_image.py --spec {params.spec:q} --out {output:q}"
+        '"$WATTFLOW_PYTHON" scripts/build_image.py --spec {params.spec:q} --out {output:q}'
         " --log {log:q}"

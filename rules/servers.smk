@@ -1,4 +1,4 @@
-# Real engines' servers outlive single cells (a vLLM start takes minutes, a cell seconds):
+# Pooled servers outlive single cells (a vLLM start takes minutes, a cell seconds):
 # cells lease them from wattflow.engines.pool. This process owns them: a server's keeper
 # stops it as soon as this process is gone, and the hooks below stop them on the way out.
 import os
@@ -16,7 +16,7 @@ os.environ.update(WATTFLOW_STATE_DIR=SERVER_STATE)
 
 
 def stop_servers():
-    if REAL_ENGINES:
+    if SERVER_ENGINES:
         from wattflow.engines import pool
 
         pool.stop_all(SERVER_STATE)

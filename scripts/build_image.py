@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from wattflow.container import BuildError, build  # noqa: E402
-from wattflow.engines.server import RuntimeUnavailable  # noqa: E402
+from wattflow.engines.registry import backend  # noqa: E402
+from wattflow.engines.server import RuntimeUnavailable, native_program  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--spec", required=True, help="the engine's image spec as JSON")
@@ -30,9 +31,13 @@ def log(text: str) -> None:
     print(text, file=log_file, flush=True)
 
 
+program = native_program(spec, backend(spec["kind"]).launcher)
 try:
-    m = build(spec, args.out, root=Path.cwd(), log=log)
+    m = build(spec, args.out, program=program, root=Path.cwd(), log=log)
 except (RuntimeUnavailable, BuildError) as exc:
     log(f"ERROR: {exc}")
     sys.exit(f"wattflow: image for engine {spec.get('engine')!r}: {exc}")
-log(f"wrote {args.out}: {m.get('run_image') or 'no image (native)'}, vLLM {m.get('vllm_version')}")
+log(
+    f"wrote {args.out}: {m.get('run_image') or 'no image (native)'}, "
+    f"{spec['probe']} {m.get('server_version')}"
+)

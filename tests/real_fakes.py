@@ -12,6 +12,9 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+from wattflow import devices
+from wattflow.devices.nvml import NvmlLibrary
+
 
 class NVMLError(Exception):
     pass
@@ -127,6 +130,17 @@ class FakeNvml:
         self.calls.append(("reset", h))
         self.gpus[h]["locked"] = None
         self._save()
+
+
+def lib(fake: FakeNvml) -> NvmlLibrary:
+    """The NVML device library over a fake NVML module."""
+    return NvmlLibrary(fake)
+
+
+def use_fake_nvml(fake: FakeNvml) -> None:
+    """Make `wattflow.devices.library("nvml")` (what the cell's slot, sampler and settings
+    use) answer from `fake`, in this process. Undo with `devices._OVERRIDES.clear()`."""
+    devices._OVERRIDES["nvml"] = lambda: NvmlLibrary(fake)
 
 
 def free_port() -> int:

@@ -16,24 +16,15 @@ from wattflow.analysis import findings as fnd
 from wattflow.analysis.figures import make_figures
 from wattflow.analysis.report import write_report
 from wattflow.analysis.summary import summarize, write_summary
-from wattflow.knobs import KNOB_NAMES
+from wattflow.knobs import cell_path, complete
 from wattflow.outputs import frame, write_json, write_table
 
 GPU = {"name": "h100-sxm", "default_power_limit_w": 700, "max_sm_clock_mhz": 1980}
 
 
 def knobs(**over: Any) -> dict[str, Any]:
-    base = {
-        "engine": "sim",
-        "workload": "agentic",
-        "mode": "naive",
-        "max_num_seqs": 64,
-        "power_cap_w": "default",
-        "sm_clock_mhz": "default",
-        "max_output_tokens": 128,
-        "rep": 0,
-    }
-    return base | over
+    base = {"engine": "sim", "workload": "agentic", "max_num_seqs": 64, "max_output_tokens": 128}
+    return complete(base | over)
 
 
 def request(i: int, wf: str, e2e: float, ttft: float, out: int = 10, ok: bool = True) -> dict:
@@ -83,7 +74,7 @@ def make_cell(
     duration_s: float,
 ) -> Path:
     """Write one cell directory the way the driver does."""
-    d = root.joinpath(*(f"{n}={k[n]}" for n in KNOB_NAMES))
+    d = root / cell_path(k)
     write_table(d / "requests.parquet", "requests", frame("requests", requests))
     write_table(d / "workflows.parquet", "workflows", frame("workflows", workflows))
     write_table(d / "telemetry.parquet", "telemetry", frame("telemetry", []))
@@ -166,13 +157,14 @@ def test_summary_by_hand(hand_cells: list[Path]) -> None:
     assert c["j_per_workflow"] is None and c["avg_power_w"] is None
 
 
-def test_hive_columns(hand_cells: list[Path]) -> None:
+def test_knob_columns(hand_cells: list[Path]) -> None:
     s = summarize(hand_cells)
     assert s.schema["power_cap_w"] == pl.String
     assert s.schema["max_num_seqs"] == pl.Int64
     assert s["power_cap_w"].to_list() == ["default", "300", "default"]
     assert s["max_num_seqs"].to_list() == [64, 8, 64]
     assert s["workload"].to_list() == ["agentic"] * 3
+    assert s.schema["prefix_caching"] == pl.Boolean and s["prefix_caching"].all()
 
 
 def test_write_summary_and_mismatch(hand_cells: list[Path], tmp_path: Path) -> None:

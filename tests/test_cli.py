@@ -49,7 +49,9 @@ def test_cell_writes_the_pipelines_files(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     cells = list((tmp_path / "results" / "cells").rglob("cell.json"))
-    assert len(cells) == 1 and "workload=agentic/mode=naive/max_num_seqs=8" in str(cells[0])
+    assert len(cells) == 1 and "workload=agentic/max_num_seqs=8+max_output_tokens=64" in str(
+        cells[0]
+    )
     m = json.loads(cells[0].read_text())
     assert m["valid"] and {p.name for p in cells[0].parent.iterdir()} >= {
         "requests.parquet",

@@ -21,7 +21,7 @@ def test_shipped_config_is_valid_and_large_enough(raw_config):
     assert len(C.cells(cfg)) >= 400
     # defaults were filled in from the schema
     assert cfg["grid"]["mode"] == ["naive"]
-    assert cfg["engines"]["sim"]["request_timeout_s"] == 600
+    assert cfg["engines"]["sim"]["gpu_memory_utilization"] == 0.9
 
 
 def test_power_cap_outside_gpu_range(raw_config):
@@ -101,21 +101,20 @@ def test_cell_spec_holds_only_its_slice(raw_config):
     assert C.cell_spec(cfg, knobs) != before
 
 
-def test_defaults_without_snakemake_match_snakemake(raw_config, monkeypatch):
-    import copy
-    import sys
+def test_defaults_come_from_each_backends_declaration(raw_config):
+    raw_config["engines"]["gpu"] = {"kind": "vllm", "model": "llama-3.1-8b", "gpu": "h100-sxm"}
+    cfg = C.validate(raw_config)
+    from wattflow.engines.registry import backend
 
-    import yaml
-
-    with_smk = C.validate(copy.deepcopy(raw_config))
-    monkeypatch.setitem(sys.modules, "snakemake.utils", None)  # import now fails
-    without = C.validate(copy.deepcopy(raw_config))
-    assert without == with_smk
-    schema = yaml.safe_load(C.SCHEMA_PATH.read_text())
-    assert (
-        without["engines"]["sim"]["runtime"]
-        == schema["$defs"]["engine"]["properties"]["runtime"]["default"]
-    )
+    vllm = backend("vllm").schema
+    assert cfg["engines"]["gpu"]["runtime"] == vllm["runtime"]["default"] == "docker"
+    assert cfg["engines"]["gpu"]["request_timeout_s"] == vllm["request_timeout_s"]["default"]
+    # a key of one backend is not another's: the simulator has no runtime
+    assert "runtime" not in cfg["engines"]["sim"]
+    raw = {**cfg["engines"]["sim"], "runtime": "native"}
+    cfg["engines"]["sim"] = raw
+    with pytest.raises(C.ConfigError, match="runtime"):
+        C.validate(cfg)
 
 
 def test_server_ranks_group_real_cells_by_server(raw_config):
@@ -129,9 +128,13 @@ def test_server_ranks_group_real_cells_by_server(raw_config):
     cfg = C.validate(raw_config)
     cells = C.cells(cfg)
     ranks = C.server_ranks(cfg, cells)
-    assert set(ranks) == {("gpu", n, p) for n in (8, 64) for p in ("fcfs", "priority")}
+
+    def group(n: int, p: str) -> tuple:
+        return ("gpu", (("max_num_seqs", n), ("prefix_caching", True), ("scheduling_policy", p)))
+
+    assert set(ranks) == {group(n, p) for n in (8, 64) for p in ("fcfs", "priority")}
     assert sorted(ranks.values()) == [1, 2, 3, 4]
     sim = next(c for c in cells if c.knobs["engine"] == "sim")
     assert C.server_group(cfg, sim.knobs) is None
-    big_fcfs = ranks[("gpu", 64, "fcfs")]
+    big_fcfs = ranks[group(64, "fcfs")]
     assert big_fcfs == max(ranks.values())  # largest batch first, fcfs before priority

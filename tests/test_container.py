@@ -18,27 +18,42 @@ import yaml
 from tests.conftest import ROOT, SNAKEMAKE, TINY_MODEL, copy_pipeline
 from wattflow import container
 from wattflow.engines import server as srv
+from wattflow.engines.backends.vllm import COMMAND_ENV, VllmLauncher
 from wattflow.engines.server import RuntimeUnavailable
 
 NO_DOCKER = "unix:///nonexistent/wattflow-test/docker.sock"
-ENGINE = {"kind": "vllm", "model": "m", "gpu": "g", "runtime": "docker"}
+IMAGE = "vllm/vllm-openai:v0.26.0"
+ENGINE = {"kind": "vllm", "model": "m", "gpu": "g", "runtime": "docker", "image": IMAGE}
+LAUNCHER = VllmLauncher()
+
+
+def image_spec(name: str, engine: dict) -> dict:
+    return container.image_spec(name, engine, "vllm")
 
 
 def test_image_spec_defaults_and_recipe():
-    spec = container.image_spec("e", {**ENGINE, "image": "vllm/vllm-openai:v0.26.0"})
+    spec = image_spec("e", ENGINE)
     assert spec == {
         "engine": "e",
+        "kind": "vllm",
         "runtime": "docker",
-        "base": "vllm/vllm-openai:v0.26.0",
+        "probe": "vllm",
+        "base": IMAGE,
         "dockerfile": "containers/Dockerfile",
         "args": {},
         "tag": "wattflow/e:latest",
     }
     assert container.recipe_file(spec) == ["containers/Dockerfile"]
-    app = container.image_spec("e", {**ENGINE, "runtime": "apptainer"})
+    app = image_spec("e", {**ENGINE, "runtime": "apptainer"})
     assert app["dockerfile"] == "containers/wattflow.def"
-    native = container.image_spec("e", {**ENGINE, "runtime": "native"})
-    assert native == {"engine": "e", "runtime": "native", "command": None}
+    native = image_spec("e", {**ENGINE, "runtime": "native"})
+    assert native == {
+        "engine": "e",
+        "kind": "vllm",
+        "runtime": "native",
+        "probe": "vllm",
+        "command": None,
+    }
     assert container.recipe_file(native) == []
     for f in ("Dockerfile", "Dockerfile.sim-server", "wattflow.def"):
         assert (ROOT / "containers" / f).is_file()
@@ -58,7 +73,7 @@ def test_context_holds_only_package_and_containers():
 
 def test_docker_missing_is_a_clear_error_at_build_time(tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", NO_DOCKER)
-    spec = container.image_spec("gpu", ENGINE)
+    spec = image_spec("gpu", ENGINE)
     out = tmp_path / "images" / "gpu.json"
     with pytest.raises(RuntimeUnavailable, match=r"runtime docker selected but no Docker engine"):
         container.build(spec, out, root=ROOT, log=lambda _t: None)
@@ -73,26 +88,26 @@ def test_docker_missing_is_a_clear_error_at_build_time(tmp_path, monkeypatch):
         env={**os.environ, "DOCKER_HOST": NO_DOCKER},
     )
     assert run.returncode == 1 and not out.exists()
-    assert "wattflow: image for engine 'gpu': engine vllm: runtime docker" in run.stderr
+    assert "wattflow: image for engine 'gpu': engine gpu: runtime docker" in run.stderr
 
 
 def test_native_manifest(tmp_path, monkeypatch):
-    spec = container.image_spec("n", {**ENGINE, "runtime": "native"})
-    monkeypatch.setenv(srv.COMMAND_ENV, "definitely-not-a-vllm-binary")
+    spec = image_spec("n", {**ENGINE, "runtime": "native"})
+    monkeypatch.setenv(COMMAND_ENV, "definitely-not-a-vllm-binary")
     with pytest.raises(RuntimeUnavailable, match="runtime native"):
-        container.build(spec, tmp_path / "n.json")
-    monkeypatch.setenv(srv.COMMAND_ENV, f"{sys.executable} -m wattflow.engines.fake_server")
-    m = container.build(spec, tmp_path / "n.json")
+        container.build(spec, tmp_path / "n.json", program=srv.native_program(spec, LAUNCHER))
+    monkeypatch.setenv(COMMAND_ENV, f"{sys.executable} -m wattflow.engines.fake_server")
+    m = container.build(spec, tmp_path / "n.json", program=srv.native_program(spec, LAUNCHER))
     assert json.loads((tmp_path / "n.json").read_text()) == m
     assert m["run_image"] is None and m["spec"] == spec
     try:
         from importlib.metadata import version
 
-        assert m["vllm_version"] == version("vllm")
+        assert m["server_version"] == version("vllm")
     except ImportError:
         pass
     except Exception:  # noqa: BLE001 - PackageNotFoundError: vLLM is not installed here
-        assert m["vllm_version"] is None and "not installed" in m["vllm_version_reason"]
+        assert m["server_version"] is None and "not installed" in m["server_version_reason"]
 
 
 def test_apptainer_builds_a_sif_and_records_its_hash(tmp_path, monkeypatch):
@@ -103,24 +118,24 @@ def test_apptainer_builds_a_sif_and_records_its_hash(tmp_path, monkeypatch):
         'echo "$@" >> "$(dirname "$0")/calls"\n'
         'if [ "$1" = build ]; then for a; do out=$prev; prev=$a; done; '
         'echo "sif of $prev" > "$out"; exit 0; fi\n'
-        'if [ "$1" = exec ]; then echo vllm=0.26.0; fi\n'
+        'if [ "$1" = exec ]; then echo version=0.26.0; fi\n'
     )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
-    spec = container.image_spec("hpc", {**ENGINE, "runtime": "apptainer"})
+    spec = image_spec("hpc", {**ENGINE, "runtime": "apptainer"})
     m = container.build(spec, tmp_path / "images" / "hpc.json", root=ROOT, log=lambda _t: None)
     sif = tmp_path / "images" / "hpc.sif"
     assert m["run_image"] == m["sif"] == str(sif) and sif.read_text() == (
         "sif of containers/wattflow.def\n"
     )
-    assert m["sif_sha256"] == container.sha256_file(sif) and m["vllm_version"] == "0.26.0"
+    assert m["sif_sha256"] == container.sha256_file(sif) and m["server_version"] == "0.26.0"
     calls = (fake.parent / "calls").read_text()
     assert "--build-arg BASE=vllm/vllm-openai:v0.26.0" in calls
 
 
 def test_apptainer_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda *_a, **_k: None)
-    spec = container.image_spec("hpc", {**ENGINE, "runtime": "apptainer"})
+    spec = image_spec("hpc", {**ENGINE, "runtime": "apptainer"})
     with pytest.raises(RuntimeUnavailable, match="runtime apptainer"):
         container.build(spec, tmp_path / "hpc.json", root=ROOT)
 
@@ -129,28 +144,28 @@ def test_cell_runs_the_manifest_image(tmp_path, monkeypatch):
     monkeypatch.setenv(container.IMAGES_ENV, str(tmp_path))
     engine = {**ENGINE, "runtime": "podman", "image": "base:1"}
     with pytest.raises(RuntimeError, match=r"no image manifest at .*e\.json.*`image` rule"):
-        container.with_image("e", engine)
+        container.with_image("e", engine, "vllm")
     manifest = {
-        "spec": container.image_spec("e", engine),
+        "spec": image_spec("e", engine),
         "image_id": "sha256:abc",
         "run_image": "sha256:abc",
         "tag": "wattflow/e:latest",
         "digest": None,
-        "vllm_version": "0.26.0",
+        "server_version": "0.26.0",
     }
     (tmp_path / "e.json").write_text(json.dumps(manifest))
-    run_spec, info = container.with_image("e", engine)
+    run_spec, info = container.with_image("e", engine, "vllm")
     assert run_spec == {**engine, "image": "sha256:abc"} and engine["image"] == "base:1"
     assert info == {
         "image_id": "sha256:abc",
         "run_image": "sha256:abc",
         "tag": "wattflow/e:latest",
-        "vllm_version": "0.26.0",
+        "server_version": "0.26.0",
     }
     with pytest.raises(RuntimeError, match="was built for"):
-        container.with_image("e", {**engine, "image": "base:2"})
+        container.with_image("e", {**engine, "image": "base:2"}, "vllm")
     native = {**ENGINE, "runtime": "native"}
-    assert container.with_image("e", native) == (native, None)
+    assert container.with_image("e", native, "vllm") == (native, None)
 
 
 class _FakeContainers:
@@ -168,6 +183,7 @@ def test_container_command_and_gpus(tmp_path, monkeypatch):
     monkeypatch.setattr(srv, "docker_client", lambda _runtime: client)
     model = {k: v for k, v in TINY_MODEL.items() if k != "dtype"}
     base = {**ENGINE, "model": model, "runtime": "podman", "image": "sha256:abc"}
+    server = {"max_num_seqs": 4, "prefix_caching": True, "scheduling_policy": "fcfs"}
     for spec, entry, gpus in (
         (base, ["vllm"], True),
         (
@@ -177,25 +193,35 @@ def test_container_command_and_gpus(tmp_path, monkeypatch):
         ),
         ({**base, "container_gpus": False}, ["vllm"], False),
     ):
-        s = srv.Server(spec, {"max_num_seqs": 4}, tmp_path, gpus=[1], log_path=tmp_path / "l")
+        prepared = {"model_dir": str(tmp_path), "model_name": "wattflow"}
+        launch = LAUNCHER.launch_spec(spec, server, prepared, 8000, "k")
+        s = srv.Server(
+            spec,
+            launch,
+            native=srv.native_program(spec, LAUNCHER),
+            gpus=[1],
+            log_path=tmp_path / "l",
+            port=8000,
+            api_key="k",
+            model_name="wattflow",
+        )
         s.start()
         image, kw = client.containers.calls[-1]
         assert image == "sha256:abc" and kw["entrypoint"] == entry
-        assert (
-            kw["command"][: len(srv.serve_command(spec) or ["", "serve"]) - 1]
-            == (srv.serve_command(spec) or ["vllm", "serve"])[1:]
-        )
-        assert kw["command"][-len(s.args()) + 2 :] == s.args()[2:]
+        program = srv.serve_command(spec) or ["vllm", "serve"]
+        assert kw["command"] == program[1:] + launch.args
         assert ("devices" in kw) == gpus and kw["labels"]["wattflow"] == "1"
 
 
 def test_native_command_from_engine(monkeypatch):
-    monkeypatch.delenv(srv.COMMAND_ENV, raising=False)
+    monkeypatch.delenv(COMMAND_ENV, raising=False)
     assert srv.serve_command({}) is None
     assert srv.serve_command({"command": "python3 -m x serve"}) == ["python3", "-m", "x", "serve"]
-    srv.check_runtime({"runtime": "native", "command": f"{sys.executable} -m x serve"})
+    ok = {"runtime": "native", "command": f"{sys.executable} -m x serve"}
+    srv.check_runtime(ok, srv.native_program(ok, LAUNCHER))
+    bad = {"runtime": "native", "command": "no-such-vllm serve"}
     with pytest.raises(RuntimeUnavailable, match="runtime native"):
-        srv.check_runtime({"runtime": "native", "command": "no-such-vllm serve"})
+        srv.check_runtime(bad, srv.native_program(bad, LAUNCHER))
 
 
 def test_telemetry_none_measures_without_nvml(monkeypatch):
@@ -204,23 +230,23 @@ def test_telemetry_none_measures_without_nvml(monkeypatch):
     from real_fakes import start_fake_server
     from test_real_measure import KNOBS, _spec, _workflows
 
-    from wattflow.engines import real
+    from wattflow import cell, devices
     from wattflow.progress import Progress
 
-    def no_nvml(*_a):
+    def no_nvml():
         raise AssertionError("NVML must not be touched with telemetry: none")
 
-    monkeypatch.setattr(real, "_nvml_sampler", no_nvml)
+    monkeypatch.setitem(devices._OVERRIDES, "nvml", no_nvml)
     proc, url = start_fake_server("sk-test")
     try:
         spec = _spec(url)
         spec["engine"]["telemetry"] = "none"
-        m = real.measure(spec, KNOBS, _workflows(), Progress("t", 4, stream=io.StringIO()))
+        m = cell.measure(spec, KNOBS, _workflows(), Progress("t", 4, stream=io.StringIO()))
         assert all(r.status == "ok" for r in m.records) and m.telemetry == []
-        assert "telemetry: none" in m.extra["telemetry"]
+        assert m.extra["telemetry"] == {}
         capped = {**KNOBS, "power_cap_w": 300}
         with pytest.raises(RuntimeError, match="telemetry none, but power caps"):
-            real.measure(spec, capped, _workflows(), Progress("t", 4, stream=io.StringIO()))
+            cell.measure(spec, capped, _workflows(), Progress("t", 4, stream=io.StringIO()))
     finally:
         proc.terminate()
         proc.wait(10)
@@ -269,5 +295,5 @@ def test_pipeline_image_job_only_for_vllm_engines(tmp_path):
     out = _smk(tmp_path, "--cores", "1", "--until", "cell")
     assert out.returncode != 0
     text = out.stdout + out.stderr
-    assert "wattflow: image for engine 'gpu': engine vllm: runtime docker selected" in text
+    assert "wattflow: image for engine 'gpu': engine gpu: runtime docker selected" in text
     assert not (tmp_path / "results" / "cells").exists()

@@ -230,9 +230,10 @@ def test_image_rule_and_cell_through_podman(tmp_path):
         assert manifest["builder"]["api_url"].endswith(str(sock).lstrip("/"))
         assert manifest["builder"]["client"].startswith("docker SDK")
         assert "podman" in manifest["builder"]["server"].lower()
-        assert manifest["labels"]["org.wattflow.vllm-version"] == "none"
+        assert manifest["labels"]["org.wattflow.server-version"] == "none"
         assert (
-            manifest["vllm_version"] is None and "not installed" in manifest["vllm_version_reason"]
+            manifest["server_version"] is None
+            and "not installed" in manifest["server_version_reason"]
         )
         assert manifest["spec"]["base"] == BASE_IMAGE and BUILT_TAG in manifest["tags"]
         inspect = _run(["podman", "image", "inspect", manifest["image_id"]], env)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import ROOT
-from wattflow.knobs import KNOB_NAMES
+from wattflow.knobs import KNOB_NAMES, knob_markdown
 from wattflow.outputs import schema_markdown
 
 README = (ROOT / "README.md").read_text()
@@ -14,6 +14,7 @@ def test_readme_schema_section_is_generated_from_the_code():
 
 
 def test_readme_lists_every_knob_and_the_quick_start():
+    assert knob_markdown() in README  # generated from the declarations
     for k in KNOB_NAMES:
         assert f"| `{k}` |" in README, k
     assert "make run" in README and "make test" in README

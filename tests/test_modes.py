@@ -10,33 +10,35 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from real_fakes import FakeNvml, start_fake_server
+from real_fakes import FakeNvml, lib, start_fake_server
 from test_real_measure import MODEL, _workflows
 
 from tests.conftest import ROOT
+from wattflow import cell, devices
 from wattflow import config as wf_config
 from wattflow.analysis import findings as fnd
 from wattflow.analysis.figures import mode_power_cap_chart
 from wattflow.analysis.stages import stage_table, write_stages
 from wattflow.cell import run
-from wattflow.engines import openai_client, real
+from wattflow.devices import slots
+from wattflow.engines import openai_client
+from wattflow.engines.backends.vllm import server_args
 from wattflow.engines.pool import ServerHandle, ServerPool
-from wattflow.engines.server import server_args
+from wattflow.knobs import complete
 from wattflow.progress import Progress
-from wattflow.telemetry.nvml import NvmlSampler
 
 
 def _knobs(mode: str, mns: int = 8, cap: str | int = "default") -> dict:
-    return {
-        "engine": "sim",
-        "workload": "agentic",
-        "mode": mode,
-        "max_num_seqs": mns,
-        "power_cap_w": cap,
-        "sm_clock_mhz": "default",
-        "max_output_tokens": 128,
-        "rep": 0,
-    }
+    return complete(
+        {
+            "engine": "sim",
+            "workload": "agentic",
+            "mode": mode,
+            "max_num_seqs": mns,
+            "power_cap_w": cap,
+            "max_output_tokens": 128,
+        }
+    )
 
 
 AGENTIC = {  # the test's own workload, whatever the shipped config's agentic is
@@ -96,7 +98,7 @@ def test_stage_energy_sums_to_the_workflows_energy(sim_cells, tmp_path):
         req = pl.read_parquet(d / "requests.parquet")
         assert part["energy_j"].sum() == pytest.approx(wf["energy_j"].sum(), rel=1e-9)
         assert part["calls"].sum() == req.height and part["share"].sum() == pytest.approx(1.0)
-        assert part["mode"].n_unique() == 1  # Hive knob columns from the path
+        assert part["mode"].n_unique() == 1  # knob columns from cell.json
     coder = st.filter(pl.col("stage") == "coder").row(0, named=True)
     assert coder["calls"] == 4 * 4 and coder["j_per_call"] == pytest.approx(coder["energy_j"] / 16)
 
@@ -150,7 +152,7 @@ def server():
     proc.wait(10)
 
 
-def _vllm_measure(url: str, mode: str, monkeypatch) -> tuple[list, list]:
+def _vllm_measure(url: str, mode: str, monkeypatch, tmp_path) -> tuple[list, list]:
     acquired, bodies = [], []
 
     def acquire(self, engine_spec, server_knobs, **kw):  # noqa: ANN001, ANN202
@@ -166,41 +168,53 @@ def _vllm_measure(url: str, mode: str, monkeypatch) -> tuple[list, list]:
 
     monkeypatch.setattr(ServerPool, "acquire", acquire)
     monkeypatch.setattr(openai_client.OpenAIEngine, "body", spy)
-    monkeypatch.setattr("wattflow.container.with_image", lambda name, e: (e, None))
-    monkeypatch.setattr(real, "gpu_indices", lambda *a: [0])
-    monkeypatch.setattr(
-        real, "_nvml_sampler", lambda hint, period: (NvmlSampler([0], 0.01, nvml=FakeNvml(1)), None)
-    )
-    monkeypatch.setenv("WATTFLOW_IDLE_BASELINE_S", "0")
+    monkeypatch.setattr("wattflow.container.with_image", lambda name, e, probe: (e, None))
+    monkeypatch.setenv("WATTFLOW_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("WATTFLOW_GPUS", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setitem(devices._OVERRIDES, "nvml", lambda: lib(FakeNvml(1)))
+    slots._reset_cell_slot()
     spec = {
         "engine": {
             "kind": "vllm",
             "model": MODEL,
             "gpu": {"name": "h100", "max_power_limit_w": 700.0},
             "request_timeout_s": 30,
+            "idle_baseline_s": 0,
+            "telemetry_period_s": 0.01,
+            "telemetry": ["nvml"],
         }
     }
     knobs = _knobs(mode) | {"engine": "e", "max_output_tokens": 6}
-    m = real.measure(spec, knobs, _workflows(), Progress("t", 4, stream=io.StringIO()))
+    try:
+        m = cell.measure(spec, knobs, _workflows(), Progress("t", 4, stream=io.StringIO()))
+    finally:
+        slots._reset_cell_slot()
     assert all(r.status == "ok" for r in m.records), m.records
     assert m.extra["scheduling_policy"] == ("priority" if mode == "workflow-aware" else "fcfs")
     return acquired, bodies
 
 
-def test_vllm_workflow_aware_uses_a_priority_server_and_sends_priorities(server, monkeypatch):
-    acquired, bodies = _vllm_measure(server, "workflow-aware", monkeypatch)
-    assert acquired == [{"max_num_seqs": 8, "gpus": [0], "scheduling_policy": "priority"}]
+def test_vllm_workflow_aware_uses_a_priority_server_and_sends_priorities(
+    server, monkeypatch, tmp_path
+):
+    acquired, bodies = _vllm_measure(server, "workflow-aware", monkeypatch, tmp_path)
+    assert acquired == [
+        {"max_num_seqs": 8, "prefix_caching": True, "scheduling_policy": "priority", "gpus": [0]}
+    ]
     prio = {node: b["priority"] for node, b in bodies}
     assert set(prio) == {"plan", "do"} and 1 <= prio["plan"] < prio["do"]
-    args = server_args({"model": MODEL}, acquired[0], "/m", 8000, "k")
+    args = server_args({"model": MODEL}, acquired[0], "/m", 8000)
     assert args[args.index("--scheduling-policy") + 1] == "priority"
 
 
-def test_vllm_naive_keeps_its_server_identity_and_sends_no_priority(server, monkeypatch):
-    acquired, bodies = _vllm_measure(server, "naive", monkeypatch)
-    assert acquired == [{"max_num_seqs": 8, "gpus": [0]}]  # the key naive cells always had
+def test_vllm_naive_runs_on_an_fcfs_server_and_sends_no_priority(server, monkeypatch, tmp_path):
+    acquired, bodies = _vllm_measure(server, "naive", monkeypatch, tmp_path)
+    assert acquired == [
+        {"max_num_seqs": 8, "prefix_caching": True, "scheduling_policy": "fcfs", "gpus": [0]}
+    ]
     assert bodies and all("priority" not in b for _, b in bodies)
-    args = server_args({"model": MODEL}, acquired[0], "/m", 8000, "k")
+    args = server_args({"model": MODEL}, acquired[0], "/m", 8000)
     assert args[args.index("--scheduling-policy") + 1] == "fcfs"
 
 

@@ -81,7 +81,7 @@ def test_slurm_profile_gpu_only_for_real_cells(tmp_path):
     assert out.returncode == 0, text[-3000:]
     gpus: dict[str, set[int]] = {}
     for block in text.split("\nrule cell:")[1:]:
-        engine = re.search(r"wildcards: engine=(\w+)", block).group(1)
+        engine = re.search(r"wildcards: cell=engine=(\w+)", block).group(1)
         res = re.search(r"resources: (.*)", block).group(1)
         gpus.setdefault(engine, set()).add(int(re.search(r"\bgpu=(\d+)", res).group(1)))
         assert "slurm_partition=gpu" in res and "runtime=60" in res

@@ -1,4 +1,4 @@
-"""GpuKnobs with a fake NVML: set and restore on every exit path."""
+"""GPU settings (power cap, clock) with a fake NVML: set and restore on every exit path."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-from real_fakes import FakeNvml
+from real_fakes import FakeNvml, lib
 
-from wattflow.telemetry.knobs import GpuKnobs, KnobPermissionError
+from wattflow.devices.settings import GpuSettings, SettingPermissionError
 
 DEFAULT = [{"limit_mw": 700_000, "locked": None}]
 
 
 def test_set_and_restore():
     fake = FakeNvml(1)
-    with GpuKnobs(fake, [0], power_cap_w=300, sm_clock_mhz=1410):
+    with GpuSettings([0], lib=lib(fake), power_cap_w=300, sm_clock_mhz=1410):
         assert fake.gpus == [{"limit_mw": 300_000, "locked": 1410}]
         assert ("lock", 0, 1410, 1410) in fake.calls
     assert fake.gpus == DEFAULT and fake.inits == 0
@@ -30,17 +30,17 @@ def test_set_and_restore():
 
 def test_none_leaves_as_is():
     fake = FakeNvml(1)
-    with GpuKnobs(fake, [0], sm_clock_mhz=1000):
+    with GpuSettings([0], lib=lib(fake), sm_clock_mhz=1000):
         assert fake.gpus[0] == {"limit_mw": 700_000, "locked": 1000}
     assert not [c for c in fake.calls if c[0] == "set_limit"]
-    with GpuKnobs(fake, [0]):
+    with GpuSettings([0], lib=lib(fake)):
         pass
     assert fake.calls == [("lock", 0, 1000, 1000), ("reset", 0)]
 
 
 def test_restored_on_exception():
     fake = FakeNvml(2)
-    with pytest.raises(ZeroDivisionError), GpuKnobs(fake, [0, 1], power_cap_w=400):
+    with pytest.raises(ZeroDivisionError), GpuSettings([0, 1], lib=lib(fake), power_cap_w=400):
         assert fake.gpus[1]["limit_mw"] == 400_000
         1 / 0  # noqa: B018
     assert fake.gpus == DEFAULT * 2
@@ -48,7 +48,10 @@ def test_restored_on_exception():
 
 def test_restored_on_sigint():
     fake = FakeNvml(1)
-    with pytest.raises(KeyboardInterrupt), GpuKnobs(fake, [0], power_cap_w=300, sm_clock_mhz=900):
+    with (
+        pytest.raises(KeyboardInterrupt),
+        GpuSettings([0], lib=lib(fake), power_cap_w=300, sm_clock_mhz=900),
+    ):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(2)
     assert fake.gpus == DEFAULT
@@ -59,10 +62,10 @@ def test_restored_on_sigterm_in_subprocess(tmp_path: Path):
     state = tmp_path / "gpus.json"
     script = textwrap.dedent(f"""
         import time
-        from real_fakes import FakeNvml
-        from wattflow.telemetry.knobs import GpuKnobs
+        from real_fakes import FakeNvml, lib
+        from wattflow.devices.settings import GpuSettings
         fake = FakeNvml(1, state_file={str(state)!r})
-        with GpuKnobs(fake, [0], power_cap_w=250, sm_clock_mhz=1200):
+        with GpuSettings([0], lib=lib(fake), power_cap_w=250, sm_clock_mhz=1200):
             print("applied", flush=True)
             time.sleep(30)
     """)
@@ -77,7 +80,10 @@ def test_restored_on_sigterm_in_subprocess(tmp_path: Path):
 
 def test_permission_error_message_and_nothing_changed():
     fake = FakeNvml(1, fail={"power"})
-    with pytest.raises(KnobPermissionError) as ei, GpuKnobs(fake, [0], power_cap_w=300):
+    with (
+        pytest.raises(SettingPermissionError) as ei,
+        GpuSettings([0], lib=lib(fake), power_cap_w=300),
+    ):
         pass
     msg = str(ei.value)
     assert "root or CAP_SYS_ADMIN" in msg and "power_cap_w" in msg and "sudo" in msg
@@ -87,8 +93,8 @@ def test_permission_error_message_and_nothing_changed():
 
 def test_partial_failure_restores_power():
     fake = FakeNvml(1, fail={"clock"})
-    k = GpuKnobs(fake, [0])
-    with pytest.raises(KnobPermissionError, match="sm_clock_mhz"):
+    k = GpuSettings([0], lib=lib(fake))
+    with pytest.raises(SettingPermissionError, match="sm_clock_mhz"):
         k.apply(300, 1400)
     assert ("set_limit", 0, 300_000) in fake.calls
     assert fake.calls[-1] == ("set_limit", 0, 700_000)  # put back
@@ -98,5 +104,5 @@ def test_partial_failure_restores_power():
 def test_cap_out_of_range():
     fake = FakeNvml(1)
     with pytest.raises(ValueError, match="outside"):
-        GpuKnobs(fake, [0]).apply(900, None)
+        GpuSettings([0], lib=lib(fake)).apply(900, None)
     assert fake.gpus == DEFAULT and not fake.calls

@@ -1,30 +1,42 @@
-"""real.measure end to end: kind openai against the fake server, with and without NVML."""
+"""The cell runner (wattflow.cell.measure) end to end: kind openai against the fake server,
+with and without NVML."""
 
 from __future__ import annotations
 
 import io
 
 import pytest
-from real_fakes import FakeNvml, start_fake_server
+from real_fakes import FakeNvml, start_fake_server, use_fake_nvml
 
 from tests.conftest import TINY_MODEL
-from wattflow.engines import real
+from wattflow import cell, devices
+from wattflow.devices import slots
+from wattflow.knobs import complete
 from wattflow.outputs import frame
 from wattflow.progress import Progress
-from wattflow.telemetry.nvml import NvmlSampler
 from wattflow.workloads.core import Call, Segment, Workflow, output_segment
 
 MODEL = TINY_MODEL
-KNOBS = {
-    "engine": "e",
-    "workload": "w",
-    "mode": "naive",
-    "max_num_seqs": 8,
-    "power_cap_w": "default",
-    "sm_clock_mhz": "default",
-    "max_output_tokens": 6,
-    "rep": 0,
-}
+KNOBS = complete({"engine": "e", "workload": "w", "max_num_seqs": 8, "max_output_tokens": 6})
+
+
+class NoNvml(FakeNvml):
+    """NVML that is not there (no driver)."""
+
+    def nvmlInit(self) -> None:  # noqa: N802
+        raise RuntimeError("NVMLError_DriverNotLoaded: Driver Not Loaded")
+
+
+@pytest.fixture(autouse=True)
+def gpu_state(tmp_path, monkeypatch):
+    """Each test's own GPU lock folder, no slot carried over, no fake NVML left behind."""
+    monkeypatch.setenv("WATTFLOW_STATE_DIR", str(tmp_path / "state"))
+    for k in ("CUDA_VISIBLE_DEVICES", "WATTFLOW_GPUS", "SLURM_JOB_ID"):
+        monkeypatch.delenv(k, raising=False)
+    slots._reset_cell_slot()
+    yield
+    slots._reset_cell_slot()
+    devices._OVERRIDES.clear()
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +64,7 @@ def _workflows() -> list[Workflow]:
     return out
 
 
-def _spec(url: str) -> dict:
+def _spec(url: str, **engine) -> dict:
     return {
         "engine": {
             "kind": "openai",
@@ -60,27 +72,28 @@ def _spec(url: str) -> dict:
             "model": MODEL,
             "gpu": {"name": "h100", "max_power_limit_w": 700.0},
             "request_timeout_s": 30,
+            **engine,
         }
     }
 
 
-def _measure(url: str):
+def _measure(url: str, **engine):
     progress = Progress("t", 4, stream=io.StringIO())
-    m = real.measure(_spec(url), KNOBS, _workflows(), progress)
+    m = cell.measure(_spec(url, **engine), KNOBS, _workflows(), progress)
     assert progress.done == 4
     return m
 
 
 def test_measure_without_nvml(server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    monkeypatch.setattr(real, "_nvml_sampler", lambda *a: (None, "NVMLError: no driver"))
+    use_fake_nvml(NoNvml(1))
     m = _measure(server)
     assert len(m.records) == 4 and all(r.status == "ok" for r in m.records), m.records
     assert all(r.output_tokens == 6 for r in m.records)  # capped by max_output_tokens
     by = {r.request_id: r for r in m.records}
     for w in ("wf0", "wf1"):
         assert by[f"{w}/do"].dispatch >= by[f"{w}/plan"].finish  # the DAG was respected
-    assert m.telemetry == [] and m.extra["telemetry"].startswith("unavailable: NVMLError")
+    assert m.telemetry == [] and m.extra["telemetry"]["nvml"].startswith("unavailable")
     assert m.engine["name"] == "openai" and m.engine["version"] == "fake-0"
     assert m.engine["model"] == "wattflow" and m.power_limit_w == 700.0
     assert m.idle_power_w is None
@@ -88,11 +101,8 @@ def test_measure_without_nvml(server, monkeypatch):
 
 def test_measure_with_fake_nvml(server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    monkeypatch.setenv("WATTFLOW_IDLE_BASELINE_S", "0.1")
-    monkeypatch.setattr(
-        real, "_nvml_sampler", lambda hint, period: (NvmlSampler([0], 0.01, nvml=FakeNvml(1)), None)
-    )
-    m = _measure(server)
+    use_fake_nvml(FakeNvml(1))
+    m = _measure(server, idle_baseline_s=0.1, telemetry_period_s=0.01, telemetry=["nvml"])
     assert all(r.status == "ok" for r in m.records)
     tel = frame("telemetry", m.telemetry)
     t, e = tel["t_s"].to_list(), tel["energy_j"].to_list()
@@ -100,12 +110,13 @@ def test_measure_with_fake_nvml(server, monkeypatch):
     # telemetry and records share the driver's time origin
     assert t[0] <= 0.01 and t[-1] >= max(r.finish for r in m.records) - 0.01
     assert m.idle_power_w == pytest.approx(250, rel=0.2) and m.power_limit_w == 700.0
-    assert m.extra["telemetry"] == "nvml"
+    assert m.extra["telemetry"]["nvml"]["gpus"] == [0]
+    assert m.extra["idle_baseline_s"] == 0.1 and m.extra["telemetry_period_s"] == 0.01
 
 
-def test_vllm_kind_needs_nvml(monkeypatch):
-    monkeypatch.setattr(real, "_nvml_sampler", lambda *a: (None, "NVMLError: no driver"))
+def test_vllm_kind_needs_nvml():
+    use_fake_nvml(NoNvml(1))
     spec = _spec("http://127.0.0.1:1")
     spec["engine"]["kind"] = "vllm"
-    with pytest.raises(RuntimeError, match="NVML is needed.*no request was sent"):
-        real.measure(spec, KNOBS, _workflows(), Progress("t", 4, stream=io.StringIO()))
+    with pytest.raises(RuntimeError, match="nvml is unavailable.*no request was sent"):
+        cell.measure(spec, KNOBS, _workflows(), Progress("t", 4, stream=io.StringIO()))

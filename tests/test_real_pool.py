@@ -5,13 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import TINY_MODEL
 from wattflow.engines import server as srv
+from wattflow.engines.backends.vllm import COMMAND_ENV, VllmLauncher, server_args
+from wattflow.engines.bundle import write_dummy_model
 from wattflow.engines.pool import ServerPool, server_key, stop_all
-from wattflow.engines.server import RuntimeUnavailable, pid_alive, server_args, wait_gone
+from wattflow.engines.server import RuntimeUnavailable, pid_alive, wait_gone
+from wattflow.hardware import ModelShape
 
 MODEL = TINY_MODEL
 SPEC = {
@@ -21,15 +25,24 @@ SPEC = {
     "gpu": {"name": "fake"},
     "max_num_batched_tokens": 2048,
     "gpu_memory_utilization": 0.8,
-    "prefix_caching": True,
     "image": "vllm/vllm-openai:v0.26.0",
     "request_timeout_s": 60,
 }
+LAUNCHER = VllmLauncher()
+
+
+def ident(max_num_seqs: int, prefix_caching: bool = True, policy: str = "fcfs") -> dict:
+    """A server identity (what wattflow.knobs.server_identity gives)."""
+    return {
+        "max_num_seqs": max_num_seqs,
+        "prefix_caching": prefix_caching,
+        "scheduling_policy": policy,
+    }
 
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    monkeypatch.setenv(srv.COMMAND_ENV, f"{sys.executable} -m wattflow.engines.fake_server")
+    monkeypatch.setenv(COMMAND_ENV, f"{sys.executable} -m wattflow.engines.fake_server")
 
 
 def _pool(tmp_path, **kw) -> ServerPool:
@@ -37,17 +50,34 @@ def _pool(tmp_path, **kw) -> ServerPool:
     return ServerPool(tmp_path / "servers", **kw)
 
 
-def test_server_args(tmp_path):
-    from wattflow.engines.bundle import write_dummy_model
-    from wattflow.hardware import ModelShape
+def _acquire(pool: ServerPool, identity: dict, **kw):  # noqa: ANN202
+    return pool.acquire(SPEC, identity, launcher=LAUNCHER, **kw)
 
+
+def _server(tmp_path, engine: dict, gpus: list[int]) -> srv.Server:
+    prepared = {"model_dir": str(tmp_path.resolve()), "model_name": "wattflow"}
+    launch = LAUNCHER.launch_spec(engine, ident(4), prepared, 8555, "k")
+    return srv.Server(
+        engine,
+        launch,
+        native=srv.native_program(engine, LAUNCHER),
+        gpus=gpus,
+        log_path=tmp_path / "log",
+        port=8555,
+        api_key="k",
+        model_name="wattflow",
+        labels={"wattflow.key": "x"},
+    )
+
+
+def test_server_args(tmp_path):
     d = write_dummy_model(ModelShape(**MODEL), tmp_path / "m")
-    a = server_args(SPEC, {"max_num_seqs": 64}, d, 8123, "key")
-    assert a[:3] == ["vllm", "serve", str(d)]
+    a = server_args(SPEC, ident(64), d, 8123)
+    assert a[0] == str(d)
     joined = " ".join(a)
+    assert "--api-key" not in joined  # the key travels in the environment (VLLM_API_KEY)
     for part in (
         "--port 8123",
-        "--api-key key",
         "--max-num-seqs 64",
         "--max-num-batched-tokens 2048",
         "--gpu-memory-utilization 0.8",
@@ -60,26 +90,32 @@ def test_server_args(tmp_path):
         "--host 127.0.0.1",
     ):
         assert part in joined
-    off = server_args({**SPEC, "prefix_caching": False}, {"max_num_seqs": 1}, tmp_path, 1, "k")
+    off = server_args(SPEC, ident(1, prefix_caching=False), tmp_path, 1)
     assert "--no-enable-prefix-caching" in off and "--load-format" not in off
+    env = LAUNCHER.launch_spec(SPEC, ident(1), {"model_dir": str(d)}, 1, "secret").env
+    assert env["VLLM_API_KEY"] == "secret"
 
 
 def test_missing_runtime_is_clear(monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     with pytest.raises(RuntimeUnavailable, match="runtime docker selected but no Docker engine"):
-        srv.check_runtime({**SPEC, "runtime": "docker"})
-    monkeypatch.setenv(srv.COMMAND_ENV, "/nonexistent/vllm")
+        srv.check_runtime({**SPEC, "runtime": "docker"}, ["vllm"])
+    monkeypatch.setenv(COMMAND_ENV, "/nonexistent/vllm")
     with pytest.raises(RuntimeUnavailable, match="runtime native"):
-        srv.check_runtime(SPEC)
+        srv.check_runtime(SPEC, srv.native_program(SPEC, LAUNCHER))
 
 
 def test_reuse_replace_and_stop_all(tmp_path, fake_vllm):
     pool = _pool(tmp_path)
-    a = pool.acquire(SPEC, {"max_num_seqs": 8}, gpus=[0])
-    b = pool.acquire(SPEC, {"max_num_seqs": 8}, gpus=[0])
+    a = _acquire(pool, ident(8), gpus=[0])
+    b = _acquire(pool, ident(8), gpus=[0])
     assert a.server_pid and a.server_pid == b.server_pid and a.base_url == b.base_url
-    assert a.version == "fake-0" and a.key == server_key(SPEC, {"max_num_seqs": 8})
-    c = pool.acquire(SPEC, {"max_num_seqs": 16}, gpus=[0])
+    assert a.version == "fake-0" and a.key == server_key(SPEC, ident(8))
+    # the API key is not on the server's command line (`ps` shows it to every user), yet
+    # the warm-up requests authenticated with it
+    cmdline = Path(f"/proc/{a.server_pid}/cmdline").read_bytes().decode()
+    assert a.api_key not in cmdline and "fake_server" in cmdline
+    c = _acquire(pool, ident(16), gpus=[0])
     assert c.server_pid != a.server_pid
     assert not pid_alive(a.server_pid) and not pid_alive(a.keeper_pid)
     assert [e["key"] for e in pool.entries()] == [c.key]
@@ -91,7 +127,7 @@ def test_reuse_replace_and_stop_all(tmp_path, fake_vllm):
 def test_keeper_stops_when_owner_dies(tmp_path, fake_vllm):
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     pool = _pool(tmp_path, owner_pid=owner.pid)
-    h = pool.acquire(SPEC, {"max_num_seqs": 4})
+    h = _acquire(pool, ident(4))
     assert pid_alive(h.server_pid)
     owner.kill()
     owner.wait()
@@ -100,7 +136,7 @@ def test_keeper_stops_when_owner_dies(tmp_path, fake_vllm):
 
 
 def test_keeper_stops_when_idle(tmp_path, fake_vllm):
-    h = _pool(tmp_path, idle_timeout_s=0.5).acquire(SPEC, {"max_num_seqs": 4})
+    h = _acquire(_pool(tmp_path, idle_timeout_s=0.5), ident(4))
     time.sleep(0.3)
     assert pid_alive(h.server_pid)
     assert wait_gone(h.server_pid, 10)
@@ -108,10 +144,10 @@ def test_keeper_stops_when_idle(tmp_path, fake_vllm):
 
 def test_failed_start_reports_log(tmp_path, monkeypatch):
     monkeypatch.setenv(
-        srv.COMMAND_ENV, f"{sys.executable} -c \"import sys; print('boom: no GPU'); sys.exit(3)\""
+        COMMAND_ENV, f"{sys.executable} -c \"import sys; print('boom: no GPU'); sys.exit(3)\""
     )
     with pytest.raises(RuntimeError, match="did not start") as ei:
-        _pool(tmp_path).acquire(SPEC, {"max_num_seqs": 4})
+        _acquire(_pool(tmp_path), ident(4))
     assert "boom: no GPU" in str(ei.value) and "status 3" in str(ei.value)
 
 
@@ -160,22 +196,14 @@ def test_container_runtime_request(tmp_path, monkeypatch, runtime):
     monkeypatch.setitem(sys.modules, "docker", _FakeDocker)
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     _FakeDocker.runs.clear()
-    s = srv.Server(
-        {**SPEC, "runtime": runtime},
-        {"max_num_seqs": 4},
-        tmp_path,
-        gpus=[3],
-        log_path=tmp_path / "log",
-        port=8555,
-        api_key="k",
-        labels={"wattflow.key": "x"},
-    )
+    s = _server(tmp_path, {**SPEC, "runtime": runtime}, [3])
     s.start()
     (run,) = _FakeDocker.runs
     assert run["image"] == "vllm/vllm-openai:v0.26.0" and run["entrypoint"] == ["vllm"]
     assert run["command"][:2] == ["serve", str(tmp_path.resolve())] and "--port" in run["command"]
     assert run["network_mode"] == "host" and run["auto_remove"] and run["detach"]
     assert run["labels"] == {"wattflow": "1", "wattflow.key": "x"}
+    assert run["environment"]["VLLM_API_KEY"] == "k" and "k" not in run["command"]
     assert run["volumes"] == {
         str(tmp_path.resolve()): {"bind": str(tmp_path.resolve()), "mode": "ro"}
     }
@@ -202,8 +230,9 @@ def test_apptainer_command(tmp_path, monkeypatch):
     monkeypatch.setattr(srv.shutil, "which", lambda exe: f"/usr/bin/{exe}")
     monkeypatch.setattr(srv.subprocess, "Popen", P)
     spec = {**SPEC, "runtime": "apptainer", "image": "/images/vllm.sif"}
-    srv.Server(spec, {"max_num_seqs": 4}, tmp_path, gpus=[1], log_path=tmp_path / "log").start()
+    _server(tmp_path, spec, [1]).start()
     assert seen["cmd"][:3] == ["apptainer", "exec", "--nv"]
     assert "/images/vllm.sif" in seen["cmd"] and seen["cmd"][6:8] == ["vllm", "serve"]
     assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "1"
     assert seen["env"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert seen["env"]["VLLM_API_KEY"] == "k" and "k" not in seen["cmd"]

@@ -6,18 +6,18 @@ import json
 import time
 
 import pytest
-from real_fakes import FakeNvml
+from real_fakes import FakeNvml, lib
 
 from wattflow.engines import bundle
 from wattflow.hardware import ModelShape
 from wattflow.outputs import TELEMETRY, frame
-from wattflow.telemetry.nvml import NvmlSampler
+from wattflow.telemetry.gpu import GpuSampler
 from wattflow.telemetry.rapl import RaplReader
 
 
 def test_sampler_rows_counter_and_units():
     fake = FakeNvml(2, power_w=250.0)
-    s = NvmlSampler([0, 1], period_s=0.02, nvml=fake)
+    s = GpuSampler([0, 1], period_s=0.02, lib=lib(fake))
     t0 = time.monotonic()
     s.start(t0)
     time.sleep(0.25)
@@ -44,13 +44,13 @@ def test_sampler_rows_counter_and_units():
 
 def test_sampler_memory_power_and_context_manager():
     fake = FakeNvml(1, mem_power=True)
-    with NvmlSampler([0], period_s=0.02, nvml=fake) as s:
+    with GpuSampler([0], period_s=0.02, lib=lib(fake)) as s:
         time.sleep(0.05)
     assert s.rows and s.rows[0]["mem_power_w"] == 60.0
 
 
 def test_idle_baseline_from_counter():
-    s = NvmlSampler([0], period_s=0.02, nvml=FakeNvml(1, power_w=80.0))
+    s = GpuSampler([0], period_s=0.02, lib=lib(FakeNvml(1, power_w=80.0)))
     assert s.idle_baseline(0.2) == pytest.approx(80, rel=0.15)
     s.close()
 
@@ -133,9 +133,9 @@ def test_tokenizer_round_trip(tmp_path):
 
 def test_sampler_falls_back_to_average_power_without_the_instant_field():
     fake = FakeNvml(1, instant=False)
-    s = NvmlSampler([0], 0.01, nvml=fake)
+    s = GpuSampler([0], 0.01, lib=lib(fake))
     row = s.sample()[0]
     assert row["power_w"] == 250.0 and s.power_source == "average"
     fake2 = FakeNvml(1)
-    s2 = NvmlSampler([0], 0.01, nvml=fake2)
+    s2 = GpuSampler([0], 0.01, lib=lib(fake2))
     assert s2.sample()[0]["power_w"] == 260.0 and s2.power_source == "instant"

@@ -1,5 +1,10 @@
-"""Run one cell: build its workflows, drive them against its engine, record telemetry,
-attribute energy, and write the cell's four files atomically.
+"""Run one cell: build its workflows, run them against its engine in its client mode,
+record telemetry, attribute energy, and write the cell's four files atomically.
+
+The order of a cell: a GPU slot (engines on a device) -> the engine session (a server from
+the pool) -> telemetry sources -> GPU settings (power cap, clock) -> idle baseline ->
+sources start -> workflows -> sources stop -> settings restored. Nothing here names an
+engine kind: the backend declares what it needs (wattflow.engines.base.Backend).
 
 `run` is what the Snakemake rule and `wattflow cell` both call, so a cell debugged by hand
 is byte-for-byte the cell the pipeline computes.
@@ -7,6 +12,8 @@ is byte-for-byte the cell the pipeline computes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import time
 from dataclasses import dataclass, field
@@ -14,20 +21,29 @@ from pathlib import Path
 
 import numpy as np
 
-from wattflow import outputs
+from wattflow import outputs, telemetry
 from wattflow.attribution import attribute
-from wattflow.config import spec_hash
-from wattflow.engines.base import RequestRecord
-from wattflow.hardware import GpuSpec, ModelShape
-from wattflow.knobs import DEFAULT, scheduling_policy
+from wattflow.client import registry as client_registry
+from wattflow.client.executor import execute
+from wattflow.devices import names as device_libraries
+from wattflow.devices import slots
+from wattflow.devices.settings import GpuSettings
+from wattflow.engines import registry
+from wattflow.engines.base import Backend, RequestRecord
+from wattflow.engines.sim.clock import run_virtual
+from wattflow.knobs import DEFAULT, complete
 from wattflow.progress import Progress
-from wattflow.provenance import host_info, wattflow_info
+from wattflow.provenance import host_info, spec_hash, wattflow_info
+from wattflow.telemetry import Source, SourceContext, SourceUnavailable
 from wattflow.workloads import Workflow, build
+
+DEFAULT_PERIOD_S = 0.1  # NVML's power and energy readings update every 100 ms on an H100
+DEFAULT_BASELINE_S = 2.0
 
 
 @dataclass
 class Measurement:
-    """What an engine backend hands back; everything after this is engine-agnostic."""
+    """What a cell measured; everything after this is engine-agnostic."""
 
     records: list[RequestRecord]
     telemetry: list[dict]
@@ -37,91 +53,152 @@ class Measurement:
     extra: dict = field(default_factory=dict)
 
 
-def _model(spec: dict) -> ModelShape:
-    m = dict(spec["engine"]["model"])
-    return ModelShape(**m)
-
-
-def _gpu(spec: dict) -> GpuSpec:
-    return GpuSpec(**spec["engine"]["gpu"])
-
-
 def client_rtt_s(spec: dict) -> float:
     """The naive client's round trip (config `client.rtt_s`; in the spec only when set)."""
     return float((spec.get("client") or {}).get("rtt_s", 0.0))
 
 
-def measure_sim(
-    spec: dict, knobs: dict, workflows: list[Workflow], progress: Progress
-) -> Measurement:
-    """The embedded simulator: virtual time, modelled power."""
-    from wattflow.drive import drive
-    from wattflow.engines.sim.clock import run_virtual
-    from wattflow.engines.sim.engine import SimEngine, SimKnobs
-    from wattflow.telemetry import sim as sim_telemetry
+def _opt(v: object) -> float | None:
+    return None if v in (None, DEFAULT) else float(v)  # type: ignore[arg-type]
 
-    e, gpu = spec["engine"], _gpu(spec)
-    mode = knobs.get("mode", "naive")
-    cap = None if knobs["power_cap_w"] == DEFAULT else float(knobs["power_cap_w"])
-    clock = None if knobs["sm_clock_mhz"] == DEFAULT else float(knobs["sm_clock_mhz"])
-    engine = SimEngine(
-        _model(spec),
-        gpu,
-        SimKnobs(
-            max_num_seqs=int(knobs["max_num_seqs"]),
-            max_num_batched_tokens=e["max_num_batched_tokens"],
-            power_cap_w=cap,
-            sm_clock_mhz=clock,
-            prefix_caching=e["prefix_caching"],
-            gpu_memory_utilization=e["gpu_memory_utilization"],
-            scheduling_policy=scheduling_policy(mode),
-        ),
-    )
-    records = run_virtual(
-        drive(
-            workflows,
-            engine,
-            max_output_tokens=int(knobs["max_output_tokens"]),
-            client_rtt_s=client_rtt_s(spec),
-            on_record=lambda _r: progress.advance(),
-            mode=mode,
+
+def telemetry_names(engine: dict, backend: Backend) -> list[str]:
+    """The telemetry sources the engine's config names (default: the backend's)."""
+    chosen = engine.get("telemetry")
+    if chosen == "none":
+        return []
+    return list(chosen) if chosen else list(backend.default_telemetry)
+
+
+def _cell_gpus(
+    backend: Backend, names: list[str], cap: float | None, clock: float | None
+) -> list[int]:
+    """This cell's GPU (a slot held until the process exits), or [] where it has none.
+    An engine whose GPU is optional (an endpoint), or one measured without telemetry
+    (`telemetry: none`, a stand-in server in CI), runs without a known GPU."""
+    required = _gpu_required(backend, names, cap, clock)
+    measures_gpu = bool(set(names) & set(device_libraries()))
+    wanted = (backend.needs.gpu and (backend.needs.gpu_required or measures_gpu)) or required
+    if not wanted:
+        return []
+    try:
+        return [slots.cell_slot().index]
+    except slots.NoGpu as exc:
+        if required:
+            raise RuntimeError(f"{exc}; no request was sent") from exc
+        return []
+
+
+def _gpu_required(
+    backend: Backend, names: list[str], cap: float | None, clock: float | None
+) -> bool:
+    """Whether the cell must fail without a GPU (and a GPU telemetry source) of its own."""
+    measured = backend.needs.gpu and backend.needs.gpu_required and bool(names)
+    return measured or cap is not None or clock is not None
+
+
+def _open_sources(
+    names: list[str], ctx: SourceContext, required: bool, kind: str
+) -> tuple[list[Source], dict]:
+    """Open the sources; {name: info or 'unavailable: why'}. A GPU source is required where
+    the engine needs a GPU or the cell sets GPU knobs."""
+    opened: list[Source] = []
+    notes: dict = {}
+    for name in names:
+        try:
+            opened.append(telemetry.source(name).open(ctx))
+            notes[name] = "open"
+        except SourceUnavailable as exc:
+            notes[name] = f"unavailable: {exc}"
+    if required and not any(s.gpu for s in opened):
+        for s in opened:
+            s.close()
+        why = "; ".join(f"{n}: {v}" for n, v in notes.items()) or "`telemetry: none`"
+        raise RuntimeError(
+            f"engine {kind}: GPU telemetry is needed (a GPU engine, or a power cap or clock "
+            f"lock in the cell) but no GPU source is available ({why}); no request was sent"
         )
-    )
-    t_end = max((r.finish or r.dispatch for r in records), default=0.0)
-    engine.close(t_end)
-    limit = cap or gpu.max_power_limit_w
-    rows = sim_telemetry.sample(engine.power_trace, gpu, limit, t_end)
-    return Measurement(
-        records,
-        rows,
-        {"name": engine.name, "version": engine.version},
-        power_limit_w=limit,
-        idle_power_w=gpu.idle_w,
-        extra={
-            "kv_capacity_tokens": engine.kv_capacity_tokens,
-            "scheduling_policy": engine.knobs.scheduling_policy,
-        },
-    )
+    return opened, notes
 
 
-BACKENDS = {"sim": measure_sim}
+def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progress) -> Measurement:
+    """Run the workflows against the cell's engine, with its telemetry and GPU settings."""
+    e = spec["engine"]
+    backend = registry.backend(e["kind"])
+    policy_cls = client_registry.policy(knobs["mode"])
+    cap, clock = _opt(knobs["power_cap_w"]), _opt(knobs["sm_clock_mhz"])
+    physical = not backend.virtual_time  # a real device runs it: GPU knobs set through it
+    names = telemetry_names(e, backend)
+    if physical and (cap is not None or clock is not None) and not names:
+        raise RuntimeError(
+            f"engine {e['kind']}: telemetry none, but power caps and clock locks need the "
+            "GPU's device library; no request was sent"
+        )
+    gpus = _cell_gpus(backend, names, cap, clock) if physical else []
+    period = float(e.get("telemetry_period_s", DEFAULT_PERIOD_S))
+    baseline_s = float(e.get("idle_baseline_s", DEFAULT_BASELINE_S)) if physical else 0.0
+    with contextlib.ExitStack() as stack:
+        session = stack.enter_context(backend.open(spec, knobs, gpus))
+        ctx = SourceContext(gpus, period, session, spec)
+        required = physical and _gpu_required(backend, names, cap, clock)
+        sources, notes = _open_sources(names, ctx, required, e["kind"])
+        for s in sources:
+            stack.callback(s.close)
+        if physical and (cap is not None or clock is not None):
+            stack.enter_context(GpuSettings(gpus, power_cap_w=cap, sm_clock_mhz=clock))
+            time.sleep(0.5)  # let the new limit/clock take effect before the baseline
+        # The baseline comes after the settings: a locked clock raises idle power, and
+        # static energy should be that of the cell's own configuration.
+        gpu_sources = [s for s in sources if s.gpu]
+        idle = gpu_sources[0].idle_baseline(baseline_s) if gpu_sources else None
+        stack.enter_context(session.keepalive)
+
+        async def cell() -> tuple[list[RequestRecord], list[dict]]:
+            await session.prepare()
+            t0 = asyncio.get_running_loop().time()
+            for s in sources:
+                s.start(t0)
+            records: list[RequestRecord] = []
+            try:
+                records = await execute(
+                    workflows,
+                    session.engine,
+                    policy_cls,
+                    max_output_tokens=int(knobs["max_output_tokens"]),
+                    client_rtt_s=client_rtt_s(spec),
+                    on_record=lambda _r: progress.advance(),
+                    t0=t0,
+                )
+            finally:
+                t_end = max((r.finish or r.dispatch for r in records), default=0.0)
+                rows = [row for s in sources for row in s.stop(t_end)]
+                await session.aclose()
+            return records, rows
+
+        records, rows = (run_virtual if backend.virtual_time else asyncio.run)(cell())
+    limits = [r["power_limit_w"] for r in rows if r["power_limit_w"] is not None]
+    limit = limits[-1] if limits else (cap or float(e["gpu"]["max_power_limit_w"]))
+    extra: dict = {**session.extra}
+    if physical:
+        extra.update(
+            telemetry={**notes, **{s.name: s.info() for s in sources}},
+            gpu_indices=gpus,
+            telemetry_period_s=period,
+            idle_baseline_s=baseline_s,
+        )
+    info = {**session.info}
+    return Measurement(records, rows, info, limit, idle, extra)
 
 
 def run(spec: dict, knobs: dict, out_dir: str | Path, *, quiet: bool = False) -> dict:
     """Measure one cell and write requests/workflows/telemetry Parquet and cell.json."""
     out_dir = Path(out_dir)
+    knobs = complete(knobs)
     started, wall0 = dt.datetime.now(dt.UTC), time.monotonic()
     workflows = build(spec["workload"], spec["seed"], int(knobs["rep"]))
     n_calls = sum(len(w.calls) for w in workflows)
     progress = Progress(f"cell {out_dir}", n_calls, after_s=float("inf") if quiet else 3.0)
-    kind = spec["engine"]["kind"]
-    if kind not in BACKENDS:
-        from wattflow.engines import real
-
-        backend = real.measure
-    else:
-        backend = BACKENDS[kind]
-    m = backend(spec, knobs, workflows, progress)
+    m = measure(spec, knobs, workflows, progress)
     manifest = write(out_dir, spec, knobs, workflows, m)
     manifest["started_at"] = started.isoformat()
     manifest["ended_at"] = dt.datetime.now(dt.UTC).isoformat()

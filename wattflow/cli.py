@@ -1,25 +1,31 @@
 """`wattflow`: validate a config, list its cells, or run one cell outside Snakemake.
 
 `wattflow cell` writes exactly the files the pipeline's `cell` rule writes, so one cell can
-be debugged (or profiled) by hand.
+be debugged (or profiled) by hand. User errors end with one line on stderr and exit
+status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from wattflow import config as wf_config
-from wattflow.knobs import KNOB_NAMES
+from wattflow.knobs import BY_NAME, GRID_KNOBS, KNOB_NAMES, KnobError, complete
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; printed as one line."""
 
 
 def _load(path: str) -> dict:
     try:
         return wf_config.load(path)
     except wf_config.ConfigError as err:
-        sys.exit(f"wattflow: invalid configuration {path}: {err}")
+        raise UserError(f"invalid configuration {path}: {err}") from None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -35,41 +41,40 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_cells(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     for c in wf_config.cells(cfg):
-        print(f"{cfg['results']}/cells/{c.path}")
+        print(wf_config.cell_dir(cfg["results"], c))
     return 0
 
 
 def _knobs_from_args(cfg: dict, args: argparse.Namespace) -> dict:
+    """The cell's knobs: from a cell path, or `--set KNOB=VALUE` pairs (others: the grid's
+    first value), validated as if the cell were the whole grid."""
+    if args.path and args.set:
+        raise UserError("give a cell path or --set KNOB=VALUE pairs, not both")
     if args.path:
-        knobs = wf_config.parse_path(args.path)
-    else:  # knob=value pairs; unspecified knobs take the grid's first value
+        try:
+            knobs = wf_config.parse_path(args.path)
+        except wf_config.ConfigError as err:
+            raise UserError(f"{args.path} is not a cell path: {err}") from None
+    else:
         g = cfg["grid"]
-        knobs = {k: (g[k][0] if k in g else 0) for k in KNOB_NAMES}
-        from wattflow.knobs import BY_NAME
-
+        given = {k.name: g[k.name][0] for k in GRID_KNOBS}
         for kv in args.set or []:
-            if "=" not in kv or kv.split("=", 1)[0] not in BY_NAME:
-                sys.exit(
-                    f"wattflow: --set expects KNOB=VALUE, KNOB in {list(KNOB_NAMES)}; got {kv!r}"
-                )
-            k, v = kv.split("=", 1)
-            knobs[k] = BY_NAME[k].parse(v)
-    # Validate the single cell as if it were the whole grid: same checks, same messages.
+            k, eq, v = kv.partition("=")
+            if not eq or k not in BY_NAME:
+                raise UserError(f"--set expects KNOB=VALUE, KNOB in {list(KNOB_NAMES)}; got {kv!r}")
+            try:
+                given[k] = BY_NAME[k].parse(v, f"--set {k}")
+            except KnobError as err:
+                raise UserError(str(err)) from None
+        knobs = complete(given)
     probe = json.loads(json.dumps(cfg))
-    for k in (
-        "engine",
-        "workload",
-        "mode",
-        "max_num_seqs",
-        "power_cap_w",
-        "sm_clock_mhz",
-        "max_output_tokens",
-    ):
-        probe["grid"][k] = [knobs[k]]
+    for k in GRID_KNOBS:
+        probe["grid"][k.name] = [knobs[k.name]]
+    probe["repetitions"] = max(cfg["repetitions"], int(knobs["rep"]) + 1)
     try:
         wf_config.validate(probe)
     except wf_config.ConfigError as err:
-        sys.exit(f"wattflow: invalid cell: {err}")
+        raise UserError(f"invalid cell: {err}") from None
     return knobs
 
 
@@ -79,17 +84,30 @@ def cmd_cell(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     knobs = _knobs_from_args(cfg, args)
     cell = wf_config.Cell(knobs)
-    out = Path(args.out) if args.out else Path(cfg["results"]) / "cells" / cell.path
+    out = Path(args.out) if args.out else Path(wf_config.cell_dir(cfg["results"], cell))
+    _check_writable(out)
     manifest = run(wf_config.cell_spec(cfg, knobs), knobs, out)
     e = manifest["energy"]
+    joules = "no energy measured" if e["counter_j"] is None else f"{e['counter_j']:.0f} J"
     print(
         f"{out}: {manifest['requests']} requests, {manifest['workflows']} workflows, "
-        f"{manifest['duration_s']:.1f} s, {e['counter_j']:.0f} J, valid={manifest['valid']}"
+        f"{manifest['duration_s']:.1f} s, {joules}, valid={manifest['valid']}"
     )
     return 0 if manifest["valid"] else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def _check_writable(out: Path) -> None:
+    """Fail before measuring if the output folder cannot be written."""
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"--out {out}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {probe} is not writable")
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wattflow", description=__doc__)
     p.add_argument("--config", default=str(wf_config.DEFAULT_CONFIG), help="config YAML")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -98,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser("cells", help="list every cell's output directory").set_defaults(fn=cmd_cells)
     c = sub.add_parser("cell", help="run one cell and write its files")
-    c.add_argument("path", nargs="?", help="a cell path (…/engine=sim/workload=…/rep=0)")
+    c.add_argument("path", nargs="?", help="a cell path (…/engine=sim/workload=…)")
     c.add_argument(
         "--set",
         action="append",
@@ -107,8 +125,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     c.add_argument("--out", help="output directory (default: the cell's path under results/)")
     c.set_defaults(fn=cmd_cell)
-    args = p.parse_args(argv)
-    return args.fn(args)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as err:
+        print(f"wattflow: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # the reader went away (`wattflow cells | head`): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,88 +1,193 @@
 """Load, validate and expand the configuration into cells.
 
-Validation happens twice over, both before any cell runs: the JSON Schema (through
-`snakemake.utils.validate`, which also fills in defaults) catches types, ranges and unknown
-keys; `check` catches what a schema cannot: cross-references (grid → engines → models/gpus)
-and physical limits (power caps inside the GPU's range, outputs inside the context).
+Validation happens twice over, both before any cell runs: the JSON Schema (which also
+fills in defaults) catches types, ranges, unknown keys and bad names; `check` catches what
+a schema cannot: cross-references (grid -> engines -> models/gpus) and physical limits
+(power caps inside the GPU's range, outputs inside the context). The schema is built from
+wattflow/schema.yaml plus what the extension points declare: the grid from the knobs
+(wattflow.knobs), each engine kind's keys from its backend (wattflow.engines.backends).
+
+A configuration file is the whole configuration: `wattflow --config F` and `snakemake
+--configfile F` both read F alone, with defaults from the schema (the Snakefile reads
+config/config.yaml only when no --configfile is given).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
 import posixpath
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 
-from wattflow import MODEL_VERSION
-from wattflow.knobs import BY_NAME, DEFAULT, KNOB_NAMES
+from wattflow import MODEL_VERSION, telemetry
+from wattflow.client.registry import POLICIES
+from wattflow.engines.registry import backend, backends
+from wattflow.knobs import (
+    BY_NAME,
+    GRID_KNOBS,
+    KNOB_NAMES,
+    KNOBS,
+    NAME_PATTERN,
+    NAME_RULE,
+    KnobError,
+    cell_path,
+    complete,
+)
+from wattflow.knobs import parse_path as knobs_parse_path
 from wattflow.workloads import spec as workload_spec
 from wattflow.workloads import trace as workload_trace
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 DEFAULT_CONFIG = Path("config/config.yaml")
+NAMED_SECTIONS = ("engines", "models", "gpus", "workloads")
 
 
 class ConfigError(ValueError):
-    """A configuration problem, always naming the offending key."""
+    """A configuration problem, always naming the offending key (or file and line)."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; ConfigError naming the file and line for a syntax error."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a config file")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        hint = " (YAML does not allow tabs for indentation)" if "\t" in text else ""
+        raise ConfigError(f"{where}: not valid YAML: {problem}{hint}") from None
 
 
 def load(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
+    cfg = read_yaml(path)
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return validate(cfg)
 
 
 def validate(cfg: dict) -> dict:
     """Schema-validate (filling defaults) and check cross-references; returns `cfg`."""
+    _check_names(cfg)
     _schema_validate(cfg)
+    _coerce_grid(cfg)
     check(cfg)
     return cfg
 
 
-def _schema_validate(cfg: dict) -> None:
-    import jsonschema
-
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(cfg))
-    if errors:
-        err = jsonschema.exceptions.best_match(errors)
-        where = _key(err.absolute_path) or "(top level)"
-        raise ConfigError(f"config key {where}: {err.message}")
-    try:  # Snakemake's validator fills in the schema's defaults
-        from snakemake.utils import validate as smk_validate
-    except ImportError:  # e.g. on a GPU host that runs single cells without Snakemake
-        _fill_defaults(cfg, schema)
-    else:
-        smk_validate(cfg, str(SCHEMA_PATH), set_default=True)
+# ----------------------------------------------------------------------------- schema
 
 
-def _fill_defaults(cfg: dict, schema: dict) -> None:
-    """The same default filling as snakemake.utils.validate, for hosts without Snakemake."""
-    import jsonschema
+@functools.cache
+def schema() -> dict:
+    """The full JSON Schema: schema.yaml plus the knobs' grid and the backends' engines."""
+    s = yaml.safe_load(SCHEMA_PATH.read_text())
+    defs = s["$defs"]
+    defs["grid"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [k.name for k in GRID_KNOBS if k.default is None],
+        "properties": {k.name: k.axis_schema() for k in GRID_KNOBS},
+    }
+    common = {"kind": {}, "model": {"type": "string"}, "gpu": {"type": "string"}}
+    defs["engine"] = {
+        "type": "object",
+        "required": ["kind", "model", "gpu"],
+        "properties": {"kind": {"enum": sorted(backends())}},
+        "allOf": [
+            {
+                "if": {"properties": {"kind": {"const": kind}}},
+                "then": {
+                    "additionalProperties": False,
+                    "required": list(b.required),
+                    "properties": {**common, **b.schema},
+                },
+            }
+            for kind, b in sorted(backends().items())
+        ],
+    }
+    return s
 
+
+def _with_defaults() -> type:
+    """A validator that fills in `default`s, as it validates, where a value is missing."""
     base = jsonschema.Draft202012Validator
     props = base.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):  # noqa: ANN001, ANN202
         for name, sub in properties.items():
             if isinstance(sub, dict) and "default" in sub and isinstance(instance, dict):
-                instance.setdefault(name, sub["default"])
+                instance.setdefault(name, copy.deepcopy(sub["default"]))
         yield from props(validator, properties, instance, schema)
 
-    filler = jsonschema.validators.extend(base, {"properties": set_defaults})
-    filler(schema).validate(cfg)
+    return jsonschema.validators.extend(base, {"properties": set_defaults})
 
 
-def _key(path: Any) -> str:
+def _schema_validate(cfg: dict) -> None:
+    errors = list(jsonschema.Draft202012Validator(schema()).iter_errors(cfg))
+    if errors:
+        err = jsonschema.exceptions.best_match(errors)
+        where = _key(err.absolute_path) or "(top level)"
+        raise ConfigError(f"config key {where}: {err.message}")
+    _with_defaults()(schema()).validate(cfg)
+
+
+def _check_names(cfg: dict) -> None:
+    """Names become paths, wildcards, shell words and column values: check them first,
+    with a message that says what a name may be. Engine keys that became knobs say so."""
+    pattern = re.compile(NAME_PATTERN)
+    for section in NAMED_SECTIONS:
+        entries = cfg.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for name in entries:
+            if not isinstance(name, str) or not pattern.match(name):
+                raise ConfigError(f"{section}: {name!r} {NAME_RULE}")
+    for name, e in (cfg.get("engines") or {}).items():
+        for key in set(e if isinstance(e, dict) else ()) & set(BY_NAME):
+            raise ConfigError(
+                f"engines.{name}.{key}: {key} is a knob: list its values under "
+                f"grid.{key} (default: {BY_NAME[key].format(BY_NAME[key].default)})"
+            )
+
+
+def _coerce_grid(cfg: dict) -> None:
+    """Grid values in canonical form (on/off switches as booleans, 250.0 W as 250)."""
+    for k in GRID_KNOBS:
+        values = cfg["grid"][k.name]
+        try:
+            coerced = [k.coerce(v, f"grid.{k.name}[{i}]") for i, v in enumerate(values)]
+        except KnobError as exc:
+            raise ConfigError(str(exc)) from None
+        if len(set(map(json.dumps, coerced))) != len(coerced):
+            raise ConfigError(f"grid.{k.name}: a value is listed twice ({values})")
+        cfg["grid"][k.name] = coerced
+
+
+def _key(path: Iterable[Any]) -> str:
     out = ""
     for p in path:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
@@ -91,6 +196,32 @@ def _key(path: Any) -> str:
 
 def _bounds(v: Any) -> tuple[float, float]:
     return (v[0], v[1]) if isinstance(v, list) else (v, v)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+class _Context:
+    """What knobs' cross-checks may ask of the configuration (wattflow.knobs.CheckContext)."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = cfg
+
+    def engine(self, engine: str) -> dict:
+        return self.cfg["engines"][engine]
+
+    def gpu(self, engine: str) -> dict:
+        return self.cfg["gpus"][self.engine(engine)["gpu"]]
+
+    def model(self, engine: str) -> dict:
+        return self.cfg["models"][self.engine(engine)["model"]]
+
+    def longest_prompt(self, workload: str) -> int:
+        w = self.cfg["workloads"]
+        return max_prompt_tokens(w[workload], w)
+
+    def telemetry_measures_power(self, engine: str) -> bool:
+        return self.engine(engine).get("telemetry") != "none"
 
 
 def check(cfg: dict) -> None:
@@ -113,46 +244,41 @@ def check(cfg: dict) -> None:
             raise ConfigError(
                 f"engines.{name}.gpu: unknown GPU {e['gpu']!r}; known: {sorted(gpus)}"
             )
-        if e["kind"] == "openai" and not e.get("url"):
-            raise ConfigError(f"engines.{name}.url: required for kind openai")
+        _check_telemetry(name, e)
+        try:
+            backend(e["kind"]).check(name, e, cfg)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     for name, w in workloads.items():
         _check_workload(name, w, workloads)
     grid = cfg["grid"]
-    for i, e in enumerate(grid["engine"]):
-        if e not in engines:
-            raise ConfigError(
-                f"grid.engine[{i}]: unknown engine {e!r}; declared: {sorted(engines)}"
-            )
-    for i, w in enumerate(grid["workload"]):
-        if w not in workloads:
-            raise ConfigError(
-                f"grid.workload[{i}]: unknown workload {w!r}; declared: {sorted(workloads)}"
-            )
-    for e in grid["engine"]:
-        gpu, model = gpus[engines[e]["gpu"]], models[engines[e]["model"]]
-        for i, cap in enumerate(grid["power_cap_w"]):
-            lo, hi = gpu["min_power_limit_w"], gpu["max_power_limit_w"]
-            if cap != DEFAULT and not lo <= cap <= hi:
+    for section, knob in (("engines", "engine"), ("workloads", "workload")):
+        for i, v in enumerate(grid[knob]):
+            if v not in cfg[section]:
                 raise ConfigError(
-                    f"grid.power_cap_w[{i}]: {cap} W is outside {engines[e]['gpu']}'s "
-                    f"settable range {lo}-{hi} W"
+                    f"grid.{knob}[{i}]: unknown {knob} {v!r}; declared: {sorted(cfg[section])}"
                 )
-        for i, clk in enumerate(grid["sm_clock_mhz"]):
-            lo, hi = gpu["min_sm_clock_mhz"], gpu["max_sm_clock_mhz"]
-            if clk != DEFAULT and not lo <= clk <= hi:
+    ctx = _Context(cfg)
+    for k in GRID_KNOBS:
+        if k.check is None:
+            continue
+        for e in grid["engine"]:
+            for i, value in enumerate(grid[k.name]):
+                try:
+                    k.check(ctx, e, grid["workload"], value, f"grid.{k.name}[{i}]")
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from None
+
+
+def _check_telemetry(name: str, e: dict) -> None:
+    chosen = e.get("telemetry")
+    if isinstance(chosen, list):
+        known = telemetry.sources()
+        for i, s in enumerate(chosen):
+            if s not in known:
                 raise ConfigError(
-                    f"grid.sm_clock_mhz[{i}]: {clk} MHz is outside {engines[e]['gpu']}'s "
-                    f"range {lo}-{hi} MHz"
+                    f"engines.{name}.telemetry[{i}]: unknown source {s!r}; known: {sorted(known)}"
                 )
-        for i, out in enumerate(grid["max_output_tokens"]):
-            for w in grid["workload"]:
-                longest = max_prompt_tokens(workloads[w], workloads)
-                if longest + out > model["max_context"]:
-                    raise ConfigError(
-                        f"grid.max_output_tokens[{i}]: {out} output tokens after prompts of up "
-                        f"to {longest} tokens (workload {w}) exceed model "
-                        f"{engines[e]['model']}'s context of {model['max_context']}"
-                    )
 
 
 def _check_workload(name: str, w: dict, workloads: dict) -> None:
@@ -242,67 +368,59 @@ def max_prompt_tokens(w: dict, workloads: dict) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Cell:
-    knobs: dict  # knob name -> value, in KNOB_NAMES order
+    knobs: dict  # every declared knob -> value, in declaration order
 
     @property
     def path(self) -> str:
-        return "/".join(f"{k}={BY_NAME[k].format(self.knobs[k])}" for k in KNOB_NAMES)
+        """`engine=E/workload=W/` and the knobs not at their default (wattflow.knobs)."""
+        return cell_path(self.knobs)
 
 
 def cells(cfg: dict) -> list[Cell]:
-    """Every (engine, workload, mode, batch, cap, clock, output length, rep) combination."""
+    """Every combination of the grid's knob values (and repetitions)."""
     g = cfg["grid"]
-    axes = [
-        g["engine"],
-        g["workload"],
-        g["mode"],
-        g["max_num_seqs"],
-        g["power_cap_w"],
-        g["sm_clock_mhz"],
-        g["max_output_tokens"],
-        range(cfg["repetitions"]),
-    ]
+    axes = [g[k.name] if k.in_grid else range(cfg["repetitions"]) for k in KNOBS]
     return [Cell(dict(zip(KNOB_NAMES, combo, strict=True))) for combo in itertools.product(*axes)]
 
 
-def cell_dir_pattern(results: str) -> str:
-    """The cell directory with one Snakemake wildcard per knob."""
-    return posixpath.join(results, "cells", *(f"{k}={{{k}}}" for k in KNOB_NAMES))
-
-
-def knobs_from_wildcards(wildcards: Any) -> dict:
-    return parse_path(posixpath.join(*(f"{k}={wildcards[k]}" for k in KNOB_NAMES)))
+def cell_dir(results: str, cell: Cell) -> str:
+    return posixpath.join(results, "cells", cell.path)
 
 
 def parse_path(path: str) -> dict:
-    """Inverse of Cell.path, for wildcards and for the CLI."""
-    knobs = {}
-    for part in Path(path).parts:
-        if "=" in part:
-            k, v = part.split("=", 1)
-            if k in BY_NAME:
-                knobs[k] = BY_NAME[k].parse(v)
-    missing = [k for k in KNOB_NAMES if k not in knobs]
-    if missing:
-        raise ConfigError(f"cell path {path!r} lacks knobs {missing}")
-    return knobs
+    """The knobs of a canonical cell path (wattflow.knobs.parse_path), as a ConfigError."""
+    try:
+        return knobs_parse_path(path)
+    except KnobError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def server_group(cfg: dict, knobs: dict) -> tuple | None:
-    """The server a real cell needs (engine, batch size, scheduling policy); None for the
-    simulator, which needs none."""
-    from wattflow.knobs import scheduling_policy
-
-    if cfg["engines"][knobs["engine"]]["kind"] == "sim":
+    """The server a cell needs (engine + its backend's server identity); None where the
+    backend runs no server (the simulator, an external endpoint)."""
+    engine = cfg["engines"][knobs["engine"]]
+    ident = backend(engine["kind"]).server_identity(engine, knobs)
+    if ident is None:
         return None
-    return (knobs["engine"], int(knobs["max_num_seqs"]), scheduling_policy(knobs["mode"]))
+    return (knobs["engine"], tuple(ident.items()))
+
+
+def _group_order(group: tuple) -> tuple:
+    """Engines by name, then the largest batch (numbers descending) first."""
+    return (
+        group[0],
+        tuple(
+            -v if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
+            for _, v in group[1]
+        ),
+    )
 
 
 def server_ranks(cfg: dict, all_cells: list[Cell]) -> dict[tuple, int]:
     """A job priority per server group (higher runs first, in a fixed order), so the cells
     that share a server run back to back and each server starts once."""
     groups = {g for c in all_cells if (g := server_group(cfg, c.knobs)) is not None}
-    ordered = sorted(groups, key=lambda g: (g[0], -g[1], g[2]))
+    ordered = sorted(groups, key=_group_order)
     return {g: len(ordered) - i for i, g in enumerate(ordered)}
 
 
@@ -324,7 +442,8 @@ def engine_slice(cfg: dict, name: str) -> dict:
 
 def cell_spec(cfg: dict, knobs: dict) -> dict:
     """Everything one cell needs and nothing more: the rule's params, so that an edit
-    elsewhere in the config does not rerun it."""
+    elsewhere in the config does not rerun it. (The knobs are in the cell's path.)"""
+    knobs = complete(knobs)
     spec = {
         "engine": engine_slice(cfg, knobs["engine"]),
         "workload": {"name": knobs["workload"], **workload_slice(cfg, knobs["workload"])},
@@ -332,15 +451,24 @@ def cell_spec(cfg: dict, knobs: dict) -> dict:
         "model_version": MODEL_VERSION,
     }
     rtt = (cfg.get("client") or {}).get("rtt_s", 0)
-    if rtt and knobs.get("mode", "naive") == "naive":
+    if rtt and POLICIES[knobs["mode"]].uses_rtt:
         # only where it acts and only when set: cells without it keep their params
         spec["client"] = {"rtt_s": rtt}
     return spec
 
 
-def spec_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+def canonical(cfg: dict) -> dict:
+    """The config without grid axes that hold only their knob's default: what it was before
+    such a knob existed, so declaring a knob changes no job's params."""
+    out = copy.deepcopy(cfg)
+    out["grid"] = {
+        k: v
+        for k, v in cfg["grid"].items()
+        if not (k in BY_NAME and v == [BY_NAME[k].default] and k not in ("engine", "workload"))
+    }
+    return out
 
 
 def config_hash(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    blob = json.dumps(canonical(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

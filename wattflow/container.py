@@ -1,17 +1,20 @@
-"""The serving image of a real engine: build it and describe it in a manifest.
+"""The serving image of an engine whose backend needs one: build it and describe it in a
+manifest.
 
-The `image` rule (rules/container.smk, scripts/build_image.py) calls `build` once per vLLM
-engine; every cell of that engine takes the manifest as input and runs the image it names
-(`run_image`: the built image's id, or the .sif file), never a tag that may have moved.
+The `image` rule (rules/container.smk, scripts/build_image.py) calls `build` once per such
+engine (vLLM's: FROM the official vLLM image); every cell of that engine takes the manifest
+as input and runs the image it names (`run_image`: the built image's id, or the .sif file),
+never a tag that may have moved. The server's version is probed by asking python3 in the
+image for the version of the backend's distribution (`probe`, e.g. vllm).
 
     runtime docker | podman   the Dockerfile (containers/Dockerfile) built through the
                               `docker` SDK against the Docker daemon or podman's
                               Docker-compatible API socket ($DOCKER_HOST, else the default
                               socket); then the image is inspected (id, digest, labels) and
-                              asked for its vLLM version
+                              asked for its server's version
     runtime apptainer         `apptainer build` of containers/wattflow.def into a .sif next
                               to the manifest (sha256 recorded)
-    runtime native            nothing to build: vLLM from the current environment
+    runtime native            nothing to build: the server from the current environment
 
 Nothing here runs for the simulator: a sim-only grid has no `image` job.
 """
@@ -21,20 +24,24 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import tarfile
 import time
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from wattflow import outputs
 from wattflow.engines.server import RuntimeUnavailable, check_runtime, docker_client
 
 DEFAULT_DOCKERFILE = "containers/Dockerfile"
 DEFAULT_DEFFILE = "containers/wattflow.def"
-VERSION_LABEL = "org.wattflow.vllm-version"
+VERSION_LABEL = "org.wattflow.server-version"
 IMAGES_ENV = "WATTFLOW_IMAGES_DIR"  # where cells find the manifests (set by the Snakefile)
 DEFAULT_IMAGES_DIR = Path("results/images")
 ISOLATION_ENV = "WATTFLOW_BUILD_ISOLATION"  # podman's RUN isolation; default chroot
@@ -43,9 +50,9 @@ ISOLATION_ENV = "WATTFLOW_BUILD_ISOLATION"  # podman's RUN isolation; default ch
 CONTEXT_PATHS = ("containers", "wattflow")
 _SKIP = ("__pycache__", ".pyc", ".egg-info", ".DS_Store")
 _PROBE = (
-    "import importlib.metadata as m\n"
-    "try:\n    print('vllm=' + m.version('vllm'))\n"
-    "except m.PackageNotFoundError:\n    print('vllm=')\n"
+    "import importlib.metadata as m, sys\n"
+    "try:\n    print('version=' + m.version(sys.argv[1]))\n"
+    "except m.PackageNotFoundError:\n    print('version=')\n"
 )
 
 Log = Callable[[str], None]
@@ -55,17 +62,19 @@ class BuildError(RuntimeError):
     """The image build itself failed (the runtime was reachable)."""
 
 
-def image_spec(name: str, engine: dict) -> dict:
-    """The slice of an engine's config the image depends on: the `image` rule's params."""
+def image_spec(name: str, engine: dict, probe: str) -> dict:
+    """The slice of an engine's config the image depends on: the `image` rule's params.
+    `probe`: the Python distribution whose version is the server's (the backend's)."""
     runtime = engine.get("runtime", "docker")
     build = dict(engine.get("build") or {})
-    spec: dict[str, Any] = {"engine": name, "runtime": runtime}
+    spec: dict[str, Any] = {"engine": name, "kind": engine["kind"], "runtime": runtime}
+    spec["probe"] = probe
     if runtime == "native":
         spec["command"] = engine.get("command")
         return spec
     default = DEFAULT_DEFFILE if runtime == "apptainer" else DEFAULT_DOCKERFILE
     spec.update(
-        base=engine.get("image", "vllm/vllm-openai:v0.26.0"),
+        base=engine["image"],
         dockerfile=build.get("dockerfile", default),
         args=dict(build.get("args") or {}),
         tag=build.get("tag", f"wattflow/{name}:latest"),
@@ -120,6 +129,8 @@ def build_image(
     runtime: str,
     buildargs: dict[str, str] | None = None,
     *,
+    probe: str,
+    who: str = "image",
     log: Log = print,
     client: Any = None,
 ) -> dict:
@@ -129,9 +140,11 @@ def build_image(
     if runtime not in ("docker", "podman"):
         raise ValueError(f"build_image: runtime {runtime!r} is not docker or podman")
     own = client is None
-    client = client or docker_client(runtime)
+    client = client or docker_client(runtime, who)
     try:
-        return _build(client, Path(context_dir), dockerfile, tag, runtime, buildargs or {}, log)
+        return _build(
+            client, Path(context_dir), dockerfile, tag, runtime, buildargs or {}, probe, log
+        )
     finally:
         if own:
             client.close()
@@ -144,6 +157,7 @@ def _build(
     tag: str,
     runtime: str,
     buildargs: dict[str, str],
+    dist: str,
     log: Log,
 ) -> dict:
     if not (root / dockerfile).is_file():
@@ -188,7 +202,7 @@ def _build(
     attrs = image.attrs
     labels = dict(attrs.get("Config", {}).get("Labels") or {})
     repo_digests = list(attrs.get("RepoDigests") or [])
-    probe = _probe_version(lambda: _run_probe(client, image.id))
+    probe = _probe_version(lambda: _run_probe(client, image.id, dist), dist)
     return {
         "image_id": image.id,
         "run_image": image.id,
@@ -199,7 +213,7 @@ def _build(
         "labels": labels,
         "created": attrs.get("Created"),
         "size_bytes": attrs.get("Size"),
-        **_version_fields(probe, labels.get(VERSION_LABEL)),
+        **_version_fields(probe, labels.get(VERSION_LABEL), dist),
         "builder": {
             "client": f"docker SDK {_sdk_version()}",
             "api_url": url,
@@ -216,11 +230,11 @@ def _sdk_version() -> str:
     return docker.__version__
 
 
-def _run_probe(client: Any, image_id: str) -> str:
+def _run_probe(client: Any, image_id: str, dist: str) -> str:
     out = client.containers.run(
         image_id,
         entrypoint=["python3", "-c", _PROBE],
-        command=[],
+        command=[dist],
         remove=True,
         network_mode="none",
         labels={"wattflow": "1", "wattflow.role": "version-probe"},
@@ -228,31 +242,31 @@ def _run_probe(client: Any, image_id: str) -> str:
     return out.decode(errors="replace") if isinstance(out, bytes) else str(out)
 
 
-def _probe_version(run: Callable[[], str]) -> tuple[str | None, str | None]:
+def _probe_version(run: Callable[[], str], dist: str) -> tuple[str | None, str | None]:
     """(version, None), (None, why) — running python3 in the image."""
     try:
         out = run()
     except Exception as exc:  # noqa: BLE001 - no python3 in the image, runtime error ...
         return None, f"probe failed: {type(exc).__name__}: {str(exc)[:300]}"
     for line in out.splitlines():
-        if line.startswith("vllm="):
-            v = line[len("vllm=") :].strip()
-            return (v, None) if v else (None, "vllm is not installed in the image")
+        if line.startswith("version="):
+            v = line[len("version=") :].strip()
+            return (v, None) if v else (None, f"{dist} is not installed in the image")
     return None, f"probe printed no version: {out[-300:]!r}"
 
 
-def _version_fields(probe: tuple[str | None, str | None], label: str | None) -> dict:
+def _version_fields(probe: tuple[str | None, str | None], label: str | None, dist: str) -> dict:
     version, why = probe
-    fields: dict[str, Any] = {"vllm_version_label": label}
+    fields: dict[str, Any] = {"server_version_label": label}
     if version:
-        fields.update(vllm_version=version, vllm_version_source="python3 in the image")
+        fields.update(server_version=version, server_version_source="python3 in the image")
         if label and label not in (version, "none"):
             fields["warnings"] = [
-                f"label {VERSION_LABEL}={label} but the image has vLLM {version}: "
-                "set build.args.VLLM_VERSION with a new base image"
+                f"label {VERSION_LABEL}={label} but the image has {dist} {version}: "
+                "set build.args.SERVER_VERSION with a new base image"
             ]
     else:
-        fields.update(vllm_version=None, vllm_version_source=None, vllm_version_reason=why)
+        fields.update(server_version=None, server_version_source=None, server_version_reason=why)
     return fields
 
 
@@ -260,13 +274,19 @@ def _version_fields(probe: tuple[str | None, str | None], label: str | None) -> 
 
 
 def build_sif(
-    root: str | Path, deffile: str, sif: str | Path, buildargs: dict[str, str], *, log: Log = print
+    root: str | Path,
+    deffile: str,
+    sif: str | Path,
+    buildargs: dict[str, str],
+    *,
+    probe: str,
+    log: Log = print,
 ) -> dict:
     """`apptainer build` the definition file into `sif` (atomically) and describe it."""
     exe = shutil.which("apptainer")
     if not exe:
         raise RuntimeUnavailable(
-            "engine vllm: runtime apptainer selected but `apptainer` is not on PATH; "
+            "image: runtime apptainer selected but `apptainer` is not on PATH; "
             "use runtime: native, docker or podman"
         )
     root, sif = Path(root), Path(sif).resolve()
@@ -286,16 +306,18 @@ def build_sif(
         tmp.unlink(missing_ok=True)
         raise BuildError(f"apptainer build failed ({out.returncode}): {out.stderr[-2000:]}")
     os.replace(tmp, sif)
-    probe = _probe_version(
+    dist = probe
+    version = _probe_version(
         lambda: (
             subprocess.run(
-                [exe, "exec", str(sif), "python3", "-c", _PROBE],
+                [exe, "exec", str(sif), "python3", "-c", _PROBE, dist],
                 capture_output=True,
                 text=True,
                 check=True,
                 timeout=300,
             ).stdout
-        )
+        ),
+        dist,
     )
     digest = sha256_file(sif)
     return {
@@ -304,7 +326,7 @@ def build_sif(
         "sif": str(sif),
         "sif_sha256": digest,
         "digest": None,
-        **_version_fields(probe, None),
+        **_version_fields(version, None, dist),
         "builder": {"client": exe},
         "build_s": round(time.monotonic() - t0, 3),
     }
@@ -313,20 +335,19 @@ def build_sif(
 # --------------------------------------------------------------------------- native
 
 
-def native_manifest(spec: dict) -> dict:
-    """No image: vLLM runs from this environment (RuntimeUnavailable when it cannot)."""
-    engine = {"runtime": "native", **({"command": spec["command"]} if spec.get("command") else {})}
-    check_runtime(engine)
-    from importlib import metadata
-
+def native_manifest(spec: dict, program: list[str]) -> dict:
+    """No image: the server runs from this environment as `program` (RuntimeUnavailable
+    when it cannot)."""
+    check_runtime({"runtime": "native"}, program, f"engine {spec['engine']}")
+    dist = spec["probe"]
     try:
-        fields = {"vllm_version": metadata.version("vllm"), "vllm_version_source": "metadata"}
+        fields = {"server_version": metadata.version(dist), "server_version_source": "metadata"}
     except metadata.PackageNotFoundError:
         fields = {
-            "vllm_version": None,
-            "vllm_version_source": None,
-            "vllm_version_reason": "vllm is not installed in this environment "
-            "(a `command` or $WATTFLOW_VLLM_COMMAND serves instead)",
+            "server_version": None,
+            "server_version_source": None,
+            "server_version_reason": f"{dist} is not installed in this environment "
+            f"(`{shlex.join(program)}` serves instead)",
         }
     return {"image_id": None, "run_image": None, "digest": None, **fields}
 
@@ -334,23 +355,40 @@ def native_manifest(spec: dict) -> dict:
 # --------------------------------------------------------------------------- the rule
 
 
-def build(spec: dict, out: str | Path, *, root: str | Path = ".", log: Log = print) -> dict:
+def build(
+    spec: dict,
+    out: str | Path,
+    *,
+    program: list[str] | None = None,
+    root: str | Path = ".",
+    log: Log = print,
+) -> dict:
     """What the `image` rule does: build per the engine's image spec, write the manifest
-    to `out` atomically, return it."""
-    from wattflow import outputs
-
+    to `out` atomically, return it. `program`: what runtime native runs."""
     runtime, out, root = spec["runtime"], Path(out), Path(root)
     started = _now()
+    dist = spec["probe"]
     if runtime in ("docker", "podman"):
         args = {"BASE": spec["base"], **spec["args"]}
-        part = build_image(root, spec["dockerfile"], spec["tag"], runtime, args, log=log)
+        part = build_image(
+            root,
+            spec["dockerfile"],
+            spec["tag"],
+            runtime,
+            args,
+            probe=dist,
+            who=f"engine {spec['engine']}",
+            log=log,
+        )
     elif runtime == "apptainer":
         args = {"BASE": spec["base"], **spec["args"]}
-        part = build_sif(root, spec["dockerfile"], out.with_suffix(".sif"), args, log=log)
+        part = build_sif(
+            root, spec["dockerfile"], out.with_suffix(".sif"), args, probe=dist, log=log
+        )
     elif runtime == "native":
-        part = native_manifest(spec)
+        part = native_manifest(spec, program or [])
     else:
-        raise RuntimeUnavailable(f"engine vllm: unknown runtime {runtime!r}")
+        raise RuntimeUnavailable(f"engine {spec['engine']}: unknown runtime {runtime!r}")
     recipe = recipe_file(spec)
     manifest = {
         "spec": spec,
@@ -370,15 +408,13 @@ def images_dir() -> Path:
     return Path(os.environ.get(IMAGES_ENV) or DEFAULT_IMAGES_DIR)
 
 
-def load_manifest(name: str, engine: dict) -> dict | None:
+def load_manifest(name: str, engine: dict, probe: str) -> dict | None:
     """The manifest the `image` rule wrote for engine `name` (None for runtime native,
     which needs none); a clear error when it is missing or describes another build."""
     runtime = engine.get("runtime", "docker")
     if runtime == "native":
         return None
     path = images_dir() / f"{name}.json"
-    import json
-
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -386,7 +422,7 @@ def load_manifest(name: str, engine: dict) -> dict | None:
             f"engine {name}: no image manifest at {path} ({exc}); the `image` rule builds "
             f"it (snakemake {path}); by hand, set {IMAGES_ENV} to its folder"
         ) from exc
-    want = image_spec(name, engine)
+    want = image_spec(name, engine, probe)
     if manifest.get("spec") != want:
         raise RuntimeError(
             f"engine {name}: the image manifest {path} was built for {manifest.get('spec')}, "
@@ -395,15 +431,15 @@ def load_manifest(name: str, engine: dict) -> dict | None:
     return manifest
 
 
-def with_image(name: str, engine: dict) -> tuple[dict, dict | None]:
+def with_image(name: str, engine: dict, probe: str) -> tuple[dict, dict | None]:
     """The engine spec with `image` set to what the manifest says to run, and the image
     facts a cell records."""
-    manifest = load_manifest(name, engine)
+    manifest = load_manifest(name, engine, probe)
     if manifest is None:
         return engine, None
     info = {
         k: manifest.get(k)
-        for k in ("image_id", "tag", "digest", "sif", "vllm_version", "run_image")
+        for k in ("image_id", "tag", "digest", "sif", "server_version", "run_image")
         if manifest.get(k) is not None
     }
     return {**engine, "image": manifest["run_image"]}, info

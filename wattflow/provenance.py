@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import platform
 import subprocess
 from pathlib import Path
@@ -44,3 +46,8 @@ def host_info() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def spec_hash(spec: dict) -> str:
+    """A short hash of a cell's config slice (its params)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]

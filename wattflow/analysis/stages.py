@@ -3,8 +3,8 @@
 A cell's `requests.parquet` already carries each request's attributed energy (`energy_j`,
 see wattflow.attribution: the measured energy split among the requests in flight in
 proportion to the tokens each processed, so it sums to the cell's measured energy). This
-module sums it per stage, for an explicit list of cell directories (one scan, Hive knob
-columns from the paths, as in summary.py):
+module sums it per stage, for an explicit list of cell directories (one scan, knob columns
+from each cell.json, as in summary.py):
 
 - `calls`, `failed_calls`: requests of the stage (all statuses) and those not ok;
 - `prompt_tokens`, `output_tokens`: over the stage's requests;
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import polars as pl
 
-from wattflow.analysis.summary import FILE_COLUMN, scan_cells
+from wattflow.analysis.summary import FILE_COLUMN, cell_knobs, scan_cells
 from wattflow.knobs import KNOB_NAMES
 from wattflow.outputs import write_frame
 
@@ -35,7 +35,15 @@ def stage_table(cell_dirs: Sequence[str | Path]) -> pl.DataFrame:
     if not dirs:
         raise ValueError("stage_table: no cell directories given")
     files = [str(d / "requests.parquet") for d in dirs]
-    ids = pl.DataFrame({FILE_COLUMN: files, "_cell": range(len(files)), "cell_dir": map(str, dirs)})
+    ids = pl.concat(
+        [
+            pl.DataFrame(
+                {FILE_COLUMN: files, "_cell": range(len(files)), "cell_dir": map(str, dirs)}
+            ),
+            cell_knobs(dirs),
+        ],
+        how="horizontal",
+    )
     ok = pl.col("status") == "ok"
     lf = scan_cells(files, ids)
     df = (

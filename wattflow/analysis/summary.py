@@ -1,9 +1,10 @@
 """One row per cell: knobs, latency percentiles, throughput and energy metrics.
 
 All cells' `requests.parquet` and `workflows.parquet` are read in one scan each (explicit
-file lists, Hive knob columns from the paths), aggregated per file, then joined with what
-each `cell.json` holds (duration, energy, GPU limits, validity). One scan instead of one
-read per cell keeps ~500 cells well under a few seconds.
+file lists), aggregated per file, then joined with what each `cell.json` holds (its knobs,
+duration, energy, GPU limits, validity). One scan instead of one read per cell keeps ~500
+cells well under a few seconds. The knob columns and their types follow the knob
+declarations (wattflow.knobs).
 
 Metric definitions (the README's glossary points here):
 
@@ -30,7 +31,7 @@ from typing import Any
 
 import polars as pl
 
-from wattflow.knobs import BY_NAME, DEFAULT, KNOB_NAMES, KNOBS
+from wattflow.knobs import BY_NAME, DEFAULT, KNOB_NAMES, KNOBS, KnobError, parse_path
 from wattflow.outputs import write_frame
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
@@ -39,13 +40,12 @@ _CELL = "_cell"  # row index of the cell in the input list, the join key
 FILE_COLUMN = "_file"  # the scanned file, to tag rows with their cell
 
 
-def hive_schema() -> dict[str, pl.DataType]:
-    """Dtypes of the Hive path columns; number-or-default knobs stay strings."""
-    out: dict[str, pl.DataType] = {}
-    for k in KNOBS:
-        text = k.numeric_or_default or k.name in ("engine", "workload", "mode")
-        out[k.name] = pl.String() if text else pl.Int64()
-    return out
+_DTYPES = {"str": pl.String(), "int": pl.Int64(), "bool": pl.Boolean()}
+
+
+def knob_schema() -> dict[str, pl.DataType]:
+    """The knob columns' dtypes, from the declarations."""
+    return {k.name: _DTYPES[k.dtype] for k in KNOBS}
 
 
 def _pct_name(col: str, tag: str) -> str:
@@ -61,16 +61,42 @@ def _percentiles(col: str) -> list[pl.Expr]:
 
 
 def scan_cells(files: list[str], cell_ids: pl.DataFrame) -> pl.LazyFrame:
-    """All cells' copies of one table in one scan (Hive knob columns), joined with
-    `cell_ids`, which maps FILE_COLUMN to whatever identifies the cell."""
-    lf = pl.scan_parquet(
-        files,
-        hive_partitioning=True,
-        hive_schema=hive_schema(),
-        glob=False,
-        include_file_paths=FILE_COLUMN,
-    )
+    """All cells' copies of one table in one scan, joined with `cell_ids`, which maps
+    FILE_COLUMN to whatever identifies the cell (its knobs, its row)."""
+    lf = pl.scan_parquet(files, glob=False, include_file_paths=FILE_COLUMN)
     return lf.join(cell_ids.lazy(), on=FILE_COLUMN, how="inner")
+
+
+def cell_knobs(cell_dirs: Sequence[Path]) -> pl.DataFrame:
+    """One row per cell: its knobs from cell.json (the declared default for a knob the
+    cell predates), checked against its path."""
+    rows = []
+    for d in cell_dirs:
+        meta = json.loads((d / "cell.json").read_text())
+        knobs = {k.name: meta["knobs"].get(k.name, k.default) for k in KNOBS}
+        _check_path(d, knobs)
+        rows.append({k.name: k.column_value(knobs[k.name]) for k in KNOBS})
+    return pl.DataFrame(rows, schema=knob_schema())
+
+
+def _check_path(cell_dir: Path, knobs: dict) -> None:
+    """Raise if a cell's path disagrees with its cell.json (a misplaced cell). Paths of an
+    older layout (a folder per knob, every knob in the path) are read too."""
+    try:
+        in_path = parse_path(str(cell_dir))
+    except KnobError:
+        in_path = {}
+        for part in cell_dir.parts:
+            for item in part.split("+"):
+                k, eq, v = item.partition("=")
+                if eq and k in BY_NAME:
+                    in_path[k] = BY_NAME[k].parse(v)
+    for k, v in in_path.items():
+        if BY_NAME[k].format(v) != BY_NAME[k].format(knobs[k]):
+            raise ValueError(
+                f"{cell_dir}: knob {k}={BY_NAME[k].format(v)} in the path "
+                f"but {BY_NAME[k].format(knobs[k])} in cell.json"
+            )
 
 
 def _request_stats(files: list[str]) -> pl.LazyFrame:
@@ -86,7 +112,7 @@ def _request_stats(files: list[str]) -> pl.LazyFrame:
     # Percentiles over ok requests only: filter the latency columns, not the rows, so the
     # counts above still see every request.
     lf = lf.with_columns([pl.when(ok).then(pl.col(c)).alias(c) for c in LATENCIES])
-    return lf.group_by(_CELL, *KNOB_NAMES).agg(aggs)
+    return lf.group_by(_CELL).agg(aggs)
 
 
 def _workflow_stats(files: list[str]) -> pl.LazyFrame:
@@ -101,11 +127,6 @@ def _workflow_stats(files: list[str]) -> pl.LazyFrame:
             for tag, q in QUANTILES.items()
         ],
     )
-
-
-def _knob_text(name: str, value: Any) -> str:
-    """A cell.json knob value as it appears in the Hive path."""
-    return BY_NAME[name].format(value) if name in BY_NAME else str(value)
 
 
 def _cell_meta(i: int, cell_dir: Path) -> dict[str, Any]:
@@ -124,7 +145,6 @@ def _cell_meta(i: int, cell_dir: Path) -> dict[str, Any]:
         "_max_clock_mhz": gpu.get("max_sm_clock_mhz"),
         "valid": bool(meta.get("valid", False)),
         "engine_version": meta.get("engine", {}).get("version"),
-        **{f"_json_{k}": _knob_text(k, v) for k, v in meta["knobs"].items() if k in BY_NAME},
     }
 
 
@@ -140,7 +160,6 @@ _META_SCHEMA = {
     "_max_clock_mhz": pl.Float64,
     "valid": pl.Boolean,
     "engine_version": pl.String,
-    **{f"_json_{k}": pl.String for k in KNOB_NAMES},
 }
 
 
@@ -173,27 +192,6 @@ def _derived() -> list[pl.Expr]:
         _ratio(energy, done_wf).alias("j_per_workflow"),
         _ratio(energy, pl.col("output_tokens")).alias("j_per_output_token"),
         _ratio(energy, dur).alias("avg_power_w"),
-    ]
-
-
-def _check_knobs(df: pl.DataFrame) -> None:
-    """Raise if a cell's Hive path disagrees with its cell.json (a misplaced cell)."""
-    for k in KNOB_NAMES:
-        bad = df.filter(pl.col(k).cast(pl.String) != pl.col(f"_json_{k}"))
-        if not bad.is_empty():
-            row = bad.row(0, named=True)
-            raise ValueError(
-                f"{row['cell_dir']}: knob {k}={row[k]!r} in the path "
-                f"but {row[f'_json_{k}']!r} in cell.json"
-            )
-
-
-def _fill_knobs() -> list[pl.Expr]:
-    """Knobs of cells with no request rows (no Hive values to read) come from cell.json."""
-    schema = hive_schema()
-    return [
-        pl.coalesce(k, pl.col(f"_json_{k}").cast(schema[k], strict=False)).alias(k)
-        for k in KNOB_NAMES
     ]
 
 
@@ -234,6 +232,7 @@ def summarize(cell_dirs: Sequence[str | Path]) -> pl.DataFrame:
     if not dirs:
         raise ValueError("summarize: no cell directories given")
     meta = pl.DataFrame([_cell_meta(i, d) for i, d in enumerate(dirs)], schema=_META_SCHEMA)
+    meta = pl.concat([meta, cell_knobs(dirs)], how="horizontal")
     req = _request_stats([str(d / "requests.parquet") for d in dirs])
     wf = _workflow_stats([str(d / "workflows.parquet") for d in dirs])
     req_df, wf_df = pl.collect_all([req, wf])
@@ -244,12 +243,10 @@ def summarize(cell_dirs: Sequence[str | Path]) -> pl.DataFrame:
             pl.col("requests", "failed_requests", "output_tokens").fill_null(0),
             pl.col("workflows", "failed_workflows").fill_null(0),
         )
-        .with_columns(_fill_knobs())
         .with_columns(_derived())
         .with_columns((pl.col("j_per_workflow") * pl.col("makespan_p50_s")).alias("edp_js"))
         .sort(_CELL)
     )
-    _check_knobs(df)
     return df.select(summary_columns())
 
 

@@ -1,14 +1,21 @@
-"""The engine seam: every engine (simulator, vLLM, any OpenAI endpoint) implements this.
+"""The engine seam: what every engine is to the executor, and what every backend declares.
 
-The driver awaits `generate`; the simulator resolves that await in virtual time, HTTP
-engines in wall-clock time. Both return the same `RequestRecord`, so metrics, energy
+The executor awaits `Engine.generate`; the simulator resolves that await in virtual time,
+HTTP engines in wall-clock time. Both return the same `RequestRecord`, so metrics, energy
 attribution and Parquet writing never ask which engine produced a record.
+
+A backend (one module in wattflow/engines/backends/, defining `BACKEND`) declares what it
+needs (a GPU, a serving image, a pooled server), what identifies its server, the config
+keys of its engines (a JSON Schema fragment) and how it opens a session that yields an
+`Engine`. Nothing outside its module names an engine kind.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 from wattflow.workloads.core import Segment
 
@@ -57,3 +64,57 @@ class Engine(Protocol):
     version: str
 
     async def generate(self, request: Request) -> RequestRecord: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """What a backend's cells need from the host and the pipeline."""
+
+    gpu: bool = False  # a GPU slot of its own (Snakemake resource gpu=1), one cell per GPU
+    gpu_required: bool = True  # without a GPU the cell fails (else it runs unmeasured)
+    image: bool = False  # a serving image, built by the `image` rule
+    server: bool = False  # a pooled server that outlives single cells
+
+
+@dataclass
+class Session:
+    """An engine opened for one cell."""
+
+    engine: Engine
+    info: dict = field(default_factory=dict)  # name, version, url, server key ... (cell.json)
+    extra: dict = field(default_factory=dict)  # more cell.json fields
+    keepalive: Any = field(default_factory=contextlib.nullcontext)  # held while the cell runs
+
+    async def prepare(self) -> None:
+        """Anything to ask the engine before the workflows start (model name, version)."""
+
+    async def aclose(self) -> None:
+        """Release what `prepare` and the requests opened (HTTP sessions)."""
+
+
+class Backend:
+    """Base class of engine backends; see the module doc. Subclasses set the ClassVars."""
+
+    kind: ClassVar[str]
+    doc: ClassVar[str]
+    needs: ClassVar[Needs] = Needs()
+    virtual_time: ClassVar[bool] = False  # runs on the simulator's virtual-time loop
+    # Telemetry sources a cell opens when the engine's config names none.
+    default_telemetry: ClassVar[tuple[str, ...]] = ()
+    # JSON Schema of the engine-entry keys this kind accepts (besides kind, model, gpu).
+    schema: ClassVar[dict[str, dict]] = {}
+    required: ClassVar[tuple[str, ...]] = ()
+    launcher: ClassVar[Any] = None  # a wattflow.engines.launcher.Launcher, for servers
+
+    def check(self, name: str, engine: dict, cfg: dict) -> None:
+        """Cross-checks a schema cannot express; raise ValueError naming the key."""
+
+    def server_identity(self, engine: dict, knobs: dict) -> dict | None:
+        """What identifies the server a cell needs (None: the backend runs no server)."""
+        return None
+
+    @contextlib.contextmanager
+    def open(self, spec: dict, knobs: dict, gpus: list[int]) -> Iterator[Session]:
+        """A session for one cell on `gpus` (device indices; [] without a GPU)."""
+        raise NotImplementedError
+        yield  # pragma: no cover

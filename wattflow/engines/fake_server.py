@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("positional", nargs="*", help="ignored: `serve MODEL` as vllm takes them")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
+    # the key comes through the environment, as vLLM reads VLLM_API_KEY (never in `ps`)
+    p.add_argument(
+        "--api-key", default=os.environ.get("VLLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    )
     p.add_argument("--served-model-name", default="wattflow")
     p.add_argument("--token-delay-s", type=float, default=0.002)
     p.add_argument("--ttft-s", type=float, default=0.0)

@@ -1,4 +1,4 @@
-"""The keeper: a detached process that owns one vLLM server for the pool.
+"""The keeper: a detached process that owns one pooled server (vLLM, or any backend's).
 
     python -m wattflow.engines.keeper <state-dir>/<key>.json
 
@@ -20,7 +20,8 @@ import traceback
 from pathlib import Path
 
 from wattflow.engines.pool import read_json, write_json
-from wattflow.engines.server import Server, pid_alive
+from wattflow.engines.registry import backend
+from wattflow.engines.server import Server, native_program, pid_alive
 
 POLL_S = 0.25
 
@@ -68,22 +69,29 @@ def run(entry_path: Path) -> int:
             },
         )
 
+    engine = entry["engine_spec"]
+    launcher = backend(engine["kind"]).launcher
+    launch = launcher.launch_spec(
+        engine, entry["server_knobs"], entry["prepared"], entry["port"], entry["api_key"]
+    )
     server = Server(
-        entry["engine_spec"],
-        entry["server_knobs"],
-        entry["model_dir"],
+        engine,
+        launch,
+        native=native_program(engine, launcher),
         gpus=entry["gpus"],
         log_path=entry["log"],
         port=entry["port"],
         api_key=entry["api_key"],
+        model_name=entry["model_name"],
         labels={"wattflow.key": entry["key"]},
     )
+    vocab = int(engine["model"]["vocab_size"])
     failed = False
     try:
         report("starting")
         server.start()
         report("starting")
-        asyncio.run(_ready_or_stop(server, float(entry["start_timeout_s"]), stop))
+        asyncio.run(_ready_or_stop(server, float(entry["start_timeout_s"]), vocab, stop))
         if stop.is_set():
             raise RuntimeError("stopped while starting")
         ready_at = time.time()
@@ -115,8 +123,10 @@ def run(entry_path: Path) -> int:
     return 1 if failed else 0
 
 
-async def _ready_or_stop(server: Server, timeout_s: float, stop: threading.Event) -> None:
-    task = asyncio.create_task(server.ready(timeout_s))
+async def _ready_or_stop(
+    server: Server, timeout_s: float, vocab: int, stop: threading.Event
+) -> None:
+    task = asyncio.create_task(server.ready(timeout_s, vocab))
     while not task.done():
         if stop.is_set():
             task.cancel()

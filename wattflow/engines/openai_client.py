@@ -194,6 +194,24 @@ class OpenAIEngine:
                 )
             await asyncio.sleep(poll_s)
 
+    async def first_model(self) -> str:
+        """The served model's name, for endpoints whose name the config does not give.
+        Bounded by the engine's request timeout."""
+        url = f"{self.base_url}/v1/models"
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+            async with self._get_session().get(url, timeout=timeout) as r:
+                if r.status != 200:
+                    raise _Status(f"HTTP {r.status}: {(await r.text())[:200]}")
+                return str((await r.json(content_type=None))["data"][0]["id"])
+        except TimeoutError:
+            why = f"no answer within {self.timeout_s:g} s"
+        except (_Status, aiohttp.ClientError, OSError, ValueError, KeyError, IndexError) as exc:
+            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise EngineUnhealthy(
+            f"cannot list models at {url} ({why}); set the engine's `served_model`"
+        )
+
     async def server_version(self) -> str | None:
         """vLLM answers GET /version; other servers may not."""
         try:

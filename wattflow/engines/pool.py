@@ -1,6 +1,8 @@
-"""Server reuse across cells: a registry of running vLLM servers in a state directory.
+"""Server reuse across cells: a registry of running servers in a state directory.
 
-Starting vLLM takes minutes, so cells that share the server-side knobs share a server. Each
+Starting a server (vLLM) takes minutes, so cells that share the server-side knobs share a
+server. What a server runs is its backend's launcher's business (wattflow.engines.launcher);
+the pool only keeps the registry. Each
 server is owned by a detached keeper process (wattflow.engines.keeper) that stops it when
 asked, when no cell has touched its lease for `idle_timeout_s`, or when the owner (the
 Snakemake process, WATTFLOW_OWNER_PID) is gone; a crash of any cell therefore never leaves
@@ -28,11 +30,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wattflow.engines.launcher import Launcher
 from wattflow.engines.server import (
-    MODEL_NAME,
     _signal_group,
     check_runtime,
     free_port,
+    native_program,
     pid_alive,
     wait_gone,
 )
@@ -46,8 +49,8 @@ def state_dir(path: str | Path | None = None) -> Path:
     return Path(path or os.environ.get(STATE_ENV) or DEFAULT_STATE_DIR)
 
 
-def server_key(engine_spec: dict, server_knobs: dict) -> str:
-    blob = json.dumps({"engine": engine_spec, "knobs": server_knobs}, sort_keys=True, default=str)
+def server_key(engine_spec: dict, identity: dict) -> str:
+    blob = json.dumps({"engine": engine_spec, "knobs": identity}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -163,13 +166,16 @@ class ServerPool:
         engine_spec: dict,
         server_knobs: dict,
         *,
+        launcher: Launcher,
         gpus: list[int] | None = None,
-        model_dir: str | Path | None = None,
     ) -> ServerHandle:
-        """A healthy server for these knobs: the registered one, or a new one that replaces
-        any other server on the same GPUs."""
+        """A healthy server for this engine and identity (`server_knobs`: what the backend's
+        `server_identity` says): the registered one, or a new one that replaces any other
+        server on the same GPUs."""
         gpus = list(gpus if gpus is not None else [0])
-        check_runtime(engine_spec)  # a clear error before touching any running server
+        # a clear error before touching any running server
+        who = f"engine {engine_spec['kind']}"
+        check_runtime(engine_spec, native_program(engine_spec, launcher), who)
         key = server_key(engine_spec, server_knobs)
         with self.locked():
             entries = {e["key"]: e for e in self.entries()}
@@ -182,7 +188,7 @@ class ServerPool:
             for e in entries.values():
                 if set(e.get("gpus", [])) & set(gpus):
                     self._stop_entry(e)
-            return self._launch(key, engine_spec, server_knobs, gpus, model_dir)
+            return self._launch(key, engine_spec, server_knobs, gpus, launcher)
 
     def _reuse(self, e: dict) -> ServerHandle | None:
         paths = self._paths(e["key"])
@@ -197,25 +203,12 @@ class ServerPool:
         return self._handle(e, state)
 
     def _launch(
-        self,
-        key: str,
-        engine_spec: dict,
-        server_knobs: dict,
-        gpus: list[int],
-        model_dir: str | Path | None,
+        self, key: str, engine_spec: dict, server_knobs: dict, gpus: list[int], launcher: Launcher
     ) -> ServerHandle:
-        from wattflow.engines import bundle
-        from wattflow.hardware import ModelShape
-
         paths = self._paths(key)
         for p in (paths["state"],):
             p.unlink(missing_ok=True)
-        if model_dir is None:
-            model_dir = bundle.model_dir(
-                ModelShape(**engine_spec["model"]),
-                self.dir / "models",
-                os.environ.get("WATTFLOW_MODEL_DIR"),
-            )
+        prepared = launcher.prepare(engine_spec, self.dir)
         port = free_port()
         e = {
             "key": key,
@@ -226,8 +219,8 @@ class ServerPool:
             "port": port,
             "base_url": f"http://127.0.0.1:{port}",
             "api_key": secrets.token_hex(16),
-            "model_name": MODEL_NAME,
-            "model_dir": str(Path(model_dir).resolve()),
+            "model_name": prepared["model_name"],
+            "prepared": prepared,
             "owner_pid": self.owner_pid,
             "idle_timeout_s": self.idle_timeout_s,
             "start_timeout_s": self.start_timeout_s,
@@ -248,7 +241,7 @@ class ServerPool:
             why = state.get("error") or f"keeper exited while the server was {state.get('status')}"
             self._stop_entry(e)
             raise RuntimeError(
-                f"vLLM server {key} did not start: {why}\n"
+                f"{engine_spec['kind']} server {key} did not start: {why}\n"
                 f"server log: {paths['log']}\n{_tail(paths['log'])}"
             )
         return self._handle(e, state)
@@ -363,10 +356,6 @@ def _tail(path: Path, n: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
     except OSError:
         return ""
-
-
-def acquire(engine_spec: dict, server_knobs: dict, **kw: object) -> ServerHandle:
-    return ServerPool().acquire(engine_spec, server_knobs, **kw)  # type: ignore[arg-type]
 
 
 def stop_all(path: str | Path | None = None) -> int:

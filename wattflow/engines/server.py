@@ -1,8 +1,9 @@
-"""vLLM server lifecycle: the command line, the runtimes, and one server process.
+"""One server process or container, whatever its backend: runtimes, start, health, stop.
 
 A server belongs to a group of cells that share its server-side knobs; the pool
-(wattflow.engines.pool) decides when to start and stop one. Nothing here runs for the
-simulator: the container SDK is imported only when a container runtime is selected.
+(wattflow.engines.pool) decides when to start and stop one, the backend's launcher
+(wattflow.engines.launcher) what it runs. Nothing here runs for the simulator: the
+container SDK is imported only when a container runtime is selected.
 """
 
 from __future__ import annotations
@@ -10,28 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from wattflow.engines import bundle
+from wattflow.engines.base import Request
+from wattflow.engines.launcher import Launcher, LaunchSpec
+from wattflow.engines.openai_client import OpenAIEngine
+from wattflow.workloads.core import Segment
 
-MODEL_NAME = "wattflow"
-COMMAND_ENV = "WATTFLOW_VLLM_COMMAND"  # e.g. "python -m wattflow.engines.fake_server" in tests
-_DTYPE = {
-    "bf16": ["--dtype", "bfloat16"],
-    "fp16": ["--dtype", "float16"],
-    "fp32": ["--dtype", "float32"],
-    "fp8": ["--dtype", "bfloat16", "--quantization", "fp8"],
-}
+RUNTIMES = ("docker", "podman", "apptainer", "native")
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -44,68 +39,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def vllm_command() -> list[str]:
-    """$WATTFLOW_VLLM_COMMAND, else `vllm` next to this interpreter (an unactivated venv),
-    else `vllm` on PATH."""
-    if os.environ.get(COMMAND_ENV):
-        return shlex.split(os.environ[COMMAND_ENV])
-    beside = Path(sys.executable).parent / "vllm"
-    return [str(beside)] if beside.exists() else ["vllm"]
-
-
-def serve_command(engine_spec: dict) -> list[str] | None:
-    """The engine's `command` (what replaces `vllm serve`), split; None when not set."""
-    cmd = engine_spec.get("command")
+def serve_command(engine: dict) -> list[str] | None:
+    """The engine's `command` (what replaces the launcher's program), split; None if unset."""
+    cmd = engine.get("command")
     if not cmd:
         return None
     return shlex.split(cmd) if isinstance(cmd, str) else [str(c) for c in cmd]
 
 
-def server_args(
-    engine_spec: dict,
-    server_knobs: dict,
-    model_dir: str | Path,
-    port: int,
-    api_key: str,
-    *,
-    host: str = "127.0.0.1",
-) -> list[str]:
-    """`vllm serve ...` for vLLM 0.26 (without the leading executable's runtime wrapper)."""
-    model = engine_spec["model"]
-    args = [
-        "vllm",
-        "serve",
-        str(model_dir),
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--api-key",
-        api_key,
-        "--served-model-name",
-        MODEL_NAME,
-        "--max-num-seqs",
-        str(int(server_knobs["max_num_seqs"])),
-        "--max-num-batched-tokens",
-        str(int(engine_spec.get("max_num_batched_tokens", 8192))),
-        "--gpu-memory-utilization",
-        str(engine_spec.get("gpu_memory_utilization", 0.9)),
-        "--max-model-len",
-        str(int(model["max_context"])),
-        "--enable-prefix-caching"
-        if engine_spec.get("prefix_caching", True)
-        else "--no-enable-prefix-caching",
-        "--enable-prompt-tokens-details",
-        "--scheduling-policy",
-        server_knobs.get("scheduling_policy", "fcfs"),
-        "--disable-uvicorn-access-log",  # one log line per request costs API-server CPU
-        "--seed",
-        "0",
-        *_DTYPE.get(model.get("dtype", "bf16"), []),
-    ]
-    if bundle.is_dummy(model_dir):
-        args += ["--load-format", "dummy"]
-    return args
+def native_program(engine: dict, launcher: Launcher) -> list[str]:
+    """What runtime native runs for this engine: its `command`, else its launcher's."""
+    return serve_command(engine) or launcher.program(engine)
 
 
 # --------------------------------------------------------------------------- runtimes
@@ -122,13 +66,13 @@ def _docker_url(runtime: str) -> list[str]:
     return urls
 
 
-def docker_client(runtime: str) -> Any:
+def docker_client(runtime: str, who: str = "engine") -> Any:
     """A docker SDK client for docker or podman, or RuntimeUnavailable saying why not."""
     try:
         import docker  # noqa: PLC0415 - only for container runtimes
     except ImportError as exc:
         raise RuntimeUnavailable(
-            f"engine vllm: runtime {runtime} needs the `docker` Python "
+            f"{who}: runtime {runtime} needs the `docker` Python "
             "package; pip install docker, or use runtime: native"
         ) from exc
     errors = []
@@ -142,67 +86,73 @@ def docker_client(runtime: str) -> Any:
             errors.append(f"{url} ({type(exc).__name__}: {exc})")
     other = "podman" if runtime == "docker" else "docker"
     raise RuntimeUnavailable(
-        f"engine vllm: runtime {runtime} selected but no {runtime.capitalize()} engine "
+        f"{who}: runtime {runtime} selected but no {runtime.capitalize()} engine "
         f"reachable at {'; '.join(errors)}; use runtime: native or {other}"
     )
 
 
-def check_runtime(engine_spec: dict) -> None:
-    """Fail early, before any cell work, if the runtime cannot be used."""
-    runtime = engine_spec.get("runtime", "docker")
+def check_runtime(engine: dict, program: list[str], who: str = "engine") -> None:
+    """Fail early, before any cell work, if the runtime cannot be used. `program` is what
+    runtime native would run (the engine's `command`, else the launcher's program)."""
+    runtime = engine.get("runtime", "docker")
     if runtime in ("docker", "podman"):
-        docker_client(runtime).close()
+        docker_client(runtime, who).close()
     elif runtime == "apptainer":
         if not shutil.which("apptainer"):
             raise RuntimeUnavailable(
-                "engine vllm: runtime apptainer selected but `apptainer` "
+                f"{who}: runtime apptainer selected but `apptainer` "
                 "is not on PATH; use runtime: native or docker"
             )
     elif runtime == "native":
-        exe = (serve_command(engine_spec) or vllm_command())[0]
+        exe = program[0]
         if not shutil.which(exe) and not Path(exe).exists():
             raise RuntimeUnavailable(
-                f"engine vllm: runtime native selected but `{exe}` is not "
-                f"on PATH; pip install vllm==0.26.0, or set {COMMAND_ENV}"
+                f"{who}: runtime native selected but `{exe}` is not on PATH; install it "
+                "in this environment, or set the engine's `command`"
             )
     else:
-        raise RuntimeUnavailable(f"engine vllm: unknown runtime {runtime!r}")
+        raise RuntimeUnavailable(f"{who}: unknown runtime {runtime!r}; known: {list(RUNTIMES)}")
 
 
-def _server_env(gpus: list[int]) -> dict[str, str]:
+def gpu_env(gpus: list[int]) -> dict[str, str]:
+    """The environment that pins a server to `gpus` (CUDA index == NVML index); with no
+    GPU list (no device library, `telemetry: none`) nothing is pinned."""
+    if not gpus:
+        return {}
     return {
-        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # so CUDA index == NVML index
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-        "HF_HUB_OFFLINE": "1",
     }
 
 
 class Server:
-    """One vLLM server process or container; start() returns at once, ready() waits."""
+    """One server process or container; start() returns at once, ready() waits.
+
+    `native` is the program runtime native runs (the launcher's, or the engine's command)."""
 
     def __init__(
         self,
-        engine_spec: dict,
-        server_knobs: dict,
-        model_dir: str | Path,
+        engine: dict,
+        launch: LaunchSpec,
         *,
+        native: list[str],
         gpus: list[int],
         log_path: str | Path,
-        port: int | None = None,
-        api_key: str | None = None,
+        port: int,
+        api_key: str,
+        model_name: str,
         host: str = "127.0.0.1",
         labels: dict[str, str] | None = None,
     ) -> None:
-        self.engine_spec, self.server_knobs = engine_spec, server_knobs
-        self.model_dir = Path(model_dir).resolve()
+        self.engine = engine
+        self.launch = launch
+        self.native = native
         self.gpus = list(gpus)
         self.log_path = Path(log_path)
-        self.host = host
-        self.port = port or free_port(host)
-        self.api_key = api_key or secrets.token_hex(16)
-        self.runtime = engine_spec.get("runtime", "docker")
+        self.host, self.port = host, port
+        self.api_key = api_key
+        self.model_name = model_name
+        self.runtime = engine.get("runtime", "docker")
         self.labels = {"wattflow": "1", **(labels or {})}
         self.proc: subprocess.Popen | None = None
         self.container: Any = None
@@ -220,46 +170,36 @@ class Server:
     def container_id(self) -> str | None:
         return self.container.id if self.container is not None else None
 
-    def args(self) -> list[str]:
-        return server_args(
-            self.engine_spec,
-            self.server_knobs,
-            self.model_dir,
-            self.port,
-            self.api_key,
-            host=self.host,
-        )
+    def _mask(self, text: str) -> str:
+        for s in self.launch.secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def command(self) -> list[str]:
+        """The command line for runtime native or apptainer (containers: see _start_container)."""
+        spec = self.launch
+        if self.runtime == "native":
+            return [*self.native, *spec.args]
+        if self.runtime == "apptainer":
+            image = spec.image or ""
+            if not image.endswith(".sif") and "://" not in image:
+                image = f"docker://{image}"
+            binds = [x for m in spec.mounts for x in ("--bind", f"{m}:{m}:ro")]
+            program = serve_command(self.engine) or spec.program
+            return ["apptainer", "exec", "--nv", *binds, image, *program, *spec.args]
+        raise RuntimeUnavailable(f"engine: unknown runtime {self.runtime!r}")
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        args = self.args()
         if self.runtime in ("docker", "podman"):
-            self._start_container(args)
+            self._start_container()
             return
-        if self.runtime == "native":
-            custom = serve_command(self.engine_spec)
-            cmd = custom + args[2:] if custom else vllm_command() + args[1:]
-        elif self.runtime == "apptainer":
-            if not shutil.which("apptainer"):
-                check_runtime(self.engine_spec)
-            image = self.engine_spec.get("image", "vllm/vllm-openai:v0.26.0")
-            if not image.endswith(".sif") and "://" not in image:
-                image = f"docker://{image}"
-            cmd = [
-                "apptainer",
-                "exec",
-                "--nv",
-                "--bind",
-                f"{self.model_dir}:{self.model_dir}:ro",
-                image,
-                *(serve_command(self.engine_spec) or args[:2]),
-                *args[2:],
-            ]
-        else:
-            raise RuntimeUnavailable(f"engine vllm: unknown runtime {self.runtime!r}")
-        env = {**os.environ, **_server_env(self.gpus)}
+        if self.runtime == "apptainer" and not shutil.which("apptainer"):
+            check_runtime(self.engine, self.native)
+        cmd = self.command()
+        env = {**os.environ, **gpu_env(self.gpus), **self.launch.env}
         with open(self.log_path, "ab") as log:
-            log.write(f"$ {shlex.join(cmd).replace(self.api_key, '***')}\n".encode())
+            log.write(f"$ {self._mask(shlex.join(cmd))}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
                 cmd,
@@ -270,14 +210,14 @@ class Server:
                 start_new_session=True,
             )  # own process group
 
-    def _start_container(self, args: list[str]) -> None:
+    def _start_container(self) -> None:
         import docker  # noqa: PLC0415
 
         client = docker_client(self.runtime)
-        env = _server_env(self.gpus)
-        env.pop("CUDA_VISIBLE_DEVICES")  # the container sees only its GPUs
+        env = {**gpu_env(self.gpus), **self.launch.env}
+        env.pop("CUDA_VISIBLE_DEVICES", None)  # the container sees only its GPUs
         kw: dict[str, Any] = {}
-        if not self.engine_spec.get("container_gpus", True):
+        if not self.engine.get("container_gpus", True):
             pass  # a CPU-only stand-in server (CI): no GPU passed in
         elif self.runtime == "podman":  # podman exposes GPUs through CDI names
             kw["devices"] = [f"nvidia.com/gpu={i}" for i in self.gpus]
@@ -287,18 +227,18 @@ class Server:
                     device_ids=[str(i) for i in self.gpus], capabilities=[["gpu"]]
                 )
             ]
-        cmd = serve_command(self.engine_spec) or args[:2]
+        cmd = serve_command(self.engine) or self.launch.program
         self.container = client.containers.run(
-            self.engine_spec.get("image", "vllm/vllm-openai:v0.26.0"),
+            self.launch.image,
             entrypoint=cmd[:1],
-            command=cmd[1:] + args[2:],
+            command=cmd[1:] + self.launch.args,
             detach=True,
             auto_remove=True,
             network_mode="host",
             ipc_mode="host",
             labels=self.labels,
             environment=env,
-            volumes={str(self.model_dir): {"bind": str(self.model_dir), "mode": "ro"}},
+            volumes={m: {"bind": m, "mode": "ro"} for m in self.launch.mounts},
             name=f"wattflow-{self.port}",
             **kw,
         )
@@ -328,24 +268,13 @@ class Server:
             return None if st in ("created", "running") else f"container {st}; log: {self.log_path}"
         return "not started"
 
-    def client(self) -> Any:
-        from wattflow.engines.openai_client import OpenAIEngine
+    def client(self, vocab_size: int) -> OpenAIEngine:
+        return OpenAIEngine(self.base_url, self.api_key, self.model_name, vocab_size, 60.0)
 
-        return OpenAIEngine(
-            self.base_url,
-            self.api_key,
-            MODEL_NAME,
-            int(self.engine_spec["model"]["vocab_size"]),
-            60.0,
-        )
-
-    async def ready(self, timeout_s: float, warmup_requests: int = 2) -> None:
+    async def ready(self, timeout_s: float, vocab_size: int, warmup_requests: int = 2) -> None:
         """Wait until healthy, send a few short completions (CUDA graphs, allocator), and
         read the server version."""
-        from wattflow.engines.base import Request
-        from wattflow.workloads.core import Segment
-
-        eng = self.client()
+        eng = self.client(vocab_size)
         try:
             await eng.wait_healthy(timeout_s, check=self.dead)
             for k in range(warmup_requests):
@@ -373,17 +302,14 @@ class Server:
             with contextlib.suppress(Exception):  # already gone
                 self.container.stop(timeout=int(grace_s))
 
-    def __enter__(self) -> Server:
+    def run_until_ready(self, timeout_s: float, vocab_size: int) -> None:
+        """start() and ready(); stop() if that fails."""
         self.start()
         try:
-            asyncio.run(self.ready(float(os.environ.get("WATTFLOW_SERVER_START_TIMEOUT_S", 1200))))
+            asyncio.run(self.ready(timeout_s, vocab_size))
         except BaseException:
             self.stop()
             raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _signal_group(pid: int, sig: int) -> None:

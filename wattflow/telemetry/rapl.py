@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import ClassVar
+
+from wattflow.telemetry.base import SourceContext, SourceUnavailable
 
 DEFAULT_ROOT = Path("/sys/class/powercap")
 _ZONE = re.compile(r"^intel-rapl:(\d+)(?::(\d+))?$")
@@ -73,3 +76,49 @@ class RaplReader:
                 d += self.ranges.get(k, 2**32) / 1e6
             out[k] = d
         return out
+
+
+class RaplCell:
+    """The source for one cell: package and DRAM energy between start and stop."""
+
+    name = "rapl"
+    gpu = False
+
+    def __init__(self, reader: RaplReader) -> None:
+        self.reader = reader
+        self._start: dict[str, float] | None = None
+        self.energy_j: dict[str, float] | None = None
+
+    def idle_baseline(self, seconds: float) -> float | None:
+        return None
+
+    def start(self, t0: float) -> None:
+        self._start = self.reader.read()
+
+    def stop(self, t_end: float) -> list[dict]:
+        if self._start is not None:
+            self.energy_j = self.reader.delta(self._start, self.reader.read())
+        return []
+
+    def info(self) -> dict:
+        return {"energy_j": self.energy_j}
+
+    def close(self) -> None:
+        pass
+
+
+class RaplSource:
+    name: ClassVar[str] = "rapl"
+    gpu: ClassVar[bool] = False
+
+    def __init__(self, root: str | Path = DEFAULT_ROOT) -> None:
+        self.root = root
+
+    def open(self, ctx: SourceContext) -> RaplCell:
+        reader = RaplReader(self.root)
+        if not reader.available():
+            raise SourceUnavailable(reader.reason or "RAPL unavailable")
+        return RaplCell(reader)
+
+
+SOURCE = RaplSource()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import ClassVar
 
 from wattflow.engines.sim.power import (
     REASON_GPU_IDLE,
@@ -18,6 +19,7 @@ from wattflow.engines.sim.power import (
     PowerTrace,
 )
 from wattflow.hardware import GpuSpec
+from wattflow.telemetry.base import SourceContext, SourceUnavailable
 
 # HBM3 memory clock NVML reports on H100 SXM (nvidia-smi: 2619 MHz); not varied here.
 MEM_CLOCK_MHZ = 2619.0
@@ -113,3 +115,45 @@ def sample(
         prev_e, prev_em, prev_eu = e, em, eu
         acc = 0
     return rows
+
+
+class SimTrace:
+    """The source for one simulator cell: rows from the engine's power trace (virtual
+    time), the model's idle power as the baseline."""
+
+    name = "sim"
+    gpu = True
+
+    def __init__(self, engine) -> None:  # noqa: ANN001 - a SimEngine
+        self.engine = engine
+
+    def idle_baseline(self, seconds: float) -> float | None:
+        return self.engine.gpu.idle_w
+
+    def start(self, t0: float) -> None:
+        """The trace starts with the engine (virtual t=0)."""
+
+    def stop(self, t_end: float) -> list[dict]:
+        """Extend the trace with idle power up to the cell's end, then sample it."""
+        self.engine.close(t_end)
+        return sample(self.engine.power_trace, self.engine.gpu, self.engine.power_limit_w, t_end)
+
+    def info(self) -> dict:
+        return {"period_s": 0.1}
+
+    def close(self) -> None:
+        pass
+
+
+class SimSource:
+    name: ClassVar[str] = "sim"
+    gpu: ClassVar[bool] = True
+
+    def open(self, ctx: SourceContext) -> SimTrace:
+        engine = getattr(ctx.session, "engine", None)
+        if not hasattr(engine, "power_trace"):
+            raise SourceUnavailable("only the simulator engine has a modelled power trace")
+        return SimTrace(engine)
+
+
+SOURCE = SimSource()

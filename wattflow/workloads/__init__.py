@@ -1,14 +1,18 @@
-"""Workload generators: `build(spec, seed, rep)` returns the cell's workflows."""
+"""Workloads: `build(spec, seed, rep)` returns a cell's workflows.
+
+Every workflow pattern except two is a YAML spec (wattflow/workloads/spec.py): the seed
+patterns `sequential`, `interactive` and `agentic` are bundled specs, `pattern: spec` names
+a user's (or another bundled) one. `single` (independent requests) and `composite` (members
+side by side) are combinators in code; `trace` replays a recorded JSONL trace.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import random
 
-from wattflow.workloads import spec as spec_mod
-from wattflow.workloads import trace as trace_mod
+from wattflow.workloads import composite, single, spec, trace
 from wattflow.workloads.core import Call, Segment, Workflow
-from wattflow.workloads.patterns import GENERATORS, composite
 
 __all__ = ["Call", "Segment", "Workflow", "build", "workload_seed"]
 
@@ -19,16 +23,18 @@ def workload_seed(seed: int, name: str, rep: int) -> int:
     return int.from_bytes(h[:8], "big")
 
 
-def build(spec: dict, seed: int, rep: int) -> list[Workflow]:
+def build(p: dict, seed: int, rep: int) -> list[Workflow]:
     """Workflows for a workload slice (`config.workload_slice` plus its `name`)."""
-    rng = random.Random(workload_seed(seed, spec.get("name", spec["pattern"]), rep))
-    pattern = spec["pattern"]
+    rng = random.Random(workload_seed(seed, p.get("name", p["pattern"]), rep))
+    pattern = p["pattern"]
+    if pattern in spec.SEEDS:
+        return spec.generate(spec.seed_slice(p), rng)
+    if pattern == "spec":
+        return spec.generate(p, rng)
+    if pattern == "single":
+        return single.generate(p, rng)
     if pattern == "composite":
-        return composite(spec, rng)
-    if pattern == "spec":  # a YAML workflow spec (wattflow/workloads/spec.py)
-        return spec_mod.generate(spec, rng)
-    if pattern == "trace":  # a JSONL trace replayed as recorded
-        return trace_mod.generate(spec)
-    if pattern not in GENERATORS:
-        raise ValueError(f"workload {spec.get('name')!r}: unknown pattern {pattern!r}")
-    return GENERATORS[pattern](spec, rng)
+        return composite.generate(p, rng)
+    if pattern == "trace":
+        return trace.generate(p)
+    raise ValueError(f"workload {p.get('name')!r}: unknown pattern {pattern!r}")

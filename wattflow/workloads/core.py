@@ -76,3 +76,13 @@ class Workflow:
 def output_segment(workflow_id: str, node_id: str, length: int) -> Segment:
     """The tokens a call produced, reused verbatim as part of a child's prompt."""
     return Segment(f"out:{workflow_id}:{node_id}", length)
+
+
+def poisson_arrivals(rng: random.Random, n: int, rate: float) -> list[float]:
+    """`n` Poisson arrivals at `rate` per second, the first at t=0 (rounded to 1 µs)."""
+    t, out = 0.0, []
+    for i in range(n):
+        if i:
+            t += rng.expovariate(rate)
+        out.append(round(t, 6))
+    return out

@@ -69,7 +69,7 @@ from typing import Any
 
 import yaml
 
-from wattflow.workloads.core import Call, Segment, Workflow, output_segment
+from wattflow.workloads.core import Call, Segment, Workflow, output_segment, poisson_arrivals
 from wattflow.workloads.distributions import EMPIRICAL, Dist
 
 BUNDLED = Path(__file__).with_name("specs")
@@ -249,6 +249,49 @@ def _expr(text: str, allowed: set, where: str) -> Expr:
 Value = int | float | Dist | Expr
 
 
+@dataclass(frozen=True)
+class Template:
+    """A name with `{expression}` parts, e.g. `fix{round}.{i}` (see the module doc)."""
+
+    text: str
+    parts: tuple[str | Expr, ...]
+
+    def render(self, env: dict) -> str:
+        out = []
+        for p in self.parts:
+            if isinstance(p, str):
+                out.append(p)
+                continue
+            v = p.eval(env)
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            out.append(str(v))
+        return "".join(out)
+
+
+_TEMPLATE_PART = re.compile(r"\{([^{}]*)\}")
+_NAME_TEXT = re.compile(r"^[A-Za-z0-9_.:@\[\]-]+$")
+
+
+def _template(text: Any, allowed: set, where: str) -> Template:
+    """Parse a naming template; the literal parts may hold letters, digits and _ . : @ [ ] -."""
+    if not isinstance(text, str) or not text:
+        raise SpecError(f"{where}: expected a name template such as 'step{{round}}', got {text!r}")
+    parts: list[str | Expr] = []
+    pos = 0
+    for m in _TEMPLATE_PART.finditer(text):
+        parts.append(text[pos : m.start()])
+        parts.append(_expr(m.group(1), allowed, where))
+        pos = m.end()
+    parts.append(text[pos:])
+    literal = "".join(p for p in parts if isinstance(p, str))
+    if "{" in literal or "}" in literal or (literal and not _NAME_TEXT.match(literal)):
+        raise SpecError(
+            f"{where}: {text!r}: a name may hold letters, digits, _ . : @ [ ] - and {{expressions}}"
+        )
+    return Template(text, tuple(p for p in parts if p != ""))
+
+
 def _dist(d: dict, where: str) -> Dist:
     kind = d.get("dist")
     allowed = {
@@ -375,6 +418,7 @@ class Item:
     ref: Ref | None = None
     value: Value = 0
     repeat: Value = 1
+    key: Template | None = None  # text_tokens: the segment's key within the workflow
 
 
 @dataclass
@@ -389,6 +433,7 @@ class Node:
     stage: str
     critical: bool
     loop: int | None = None
+    name: Template | None = None  # the calls' ids (default: id, id[j], id@r, id@r[j])
 
     def refs(self) -> list[Ref]:
         return self.after + [it.ref for it in self.prompt if it.ref is not None]
@@ -412,6 +457,7 @@ class SegDef:
     name: str
     tokens: Value
     scope: str
+    key: str = ""  # the key after the prefix/workflow id (default: the name)
 
 
 @dataclass
@@ -442,6 +488,7 @@ _TOP = {
 }
 _NODE = {
     "id",
+    "name",
     "prompt",
     "output_tokens",
     "after",
@@ -497,9 +544,14 @@ def parse(doc: dict, overrides: dict | None = None, *, label: str = "spec") -> S
         where = f"segment {k}"
         if not isinstance(s, dict):
             s = {"tokens": s}
-        extra = set(s) - {"tokens", "scope"}
+        extra = set(s) - {"tokens", "scope", "key"}
         if extra or "tokens" not in s:
-            raise SpecError(f"{where}: expected {{tokens: ..., scope: global|workflow|call}}")
+            raise SpecError(
+                f"{where}: expected {{tokens: ..., scope: global|workflow|call, key: ...}}"
+            )
+        seg_key = s.get("key", k)
+        if not isinstance(seg_key, str) or not _NAME_TEXT.match(seg_key):
+            raise SpecError(f"{where}: key {seg_key!r} is not a valid segment key")
         scope = s.get("scope", "global")
         if scope not in ("global", "workflow", "call"):
             raise SpecError(f"{where}: scope must be global, workflow or call, got {scope!r}")
@@ -508,7 +560,7 @@ def parse(doc: dict, overrides: dict | None = None, *, label: str = "spec") -> S
             allowed |= {"i", "n", "round"}
         tokens = _value(s["tokens"], allowed, where)
         _nonneg(tokens, where, "tokens")
-        segments[k] = SegDef(k, tokens, scope)
+        segments[k] = SegDef(k, tokens, scope, seg_key)
 
     raw_nodes = body.get("nodes")
     if not isinstance(raw_nodes, list) or not raw_nodes:
@@ -598,11 +650,11 @@ def _node(n: dict, index: int, segments: dict, var_names: set, ids: set) -> Node
         kinds = set(it) & {"segment", "output", "prompt_of", "text_tokens"}
         if (
             len(kinds) != 1
-            or set(it) - kinds - {"repeat"}
-            or ("repeat" in it and "text_tokens" not in it)
+            or set(it) - kinds - {"repeat", "key"}
+            or (("repeat" in it or "key" in it) and "text_tokens" not in it)
         ):
             raise SpecError(
-                f"{w}: expected one of segment, output, prompt_of, text_tokens (+repeat)"
+                f"{w}: expected one of segment, output, prompt_of, text_tokens (+repeat, key)"
             )
         kind = kinds.pop()
         if kind == "segment":
@@ -618,7 +670,8 @@ def _node(n: dict, index: int, segments: dict, var_names: set, ids: set) -> Node
             _nonneg(val, w, "text_tokens")
             rep = _value(it.get("repeat", 1), inst, f"{w}: repeat")
             _nonneg(rep, w, "repeat")
-            prompt.append(Item("text", value=val, repeat=rep))
+            key = _template(it["key"], inst | {"q"}, f"{w}: key") if "key" in it else None
+            prompt.append(Item("text", value=val, repeat=rep, key=key))
     if "output_tokens" not in n:
         raise SpecError(f"{where}: output_tokens is required")
     output = _value(n["output_tokens"], inst, f"{where}: output_tokens")
@@ -641,8 +694,18 @@ def _node(n: dict, index: int, segments: dict, var_names: set, ids: set) -> Node
     critical = n.get("latency_critical", False)
     if not isinstance(critical, bool):
         raise SpecError(f"{where}: latency_critical must be true or false")
+    name = _template(n["name"], inst, f"{where}: name") if "name" in n else None
     return Node(
-        nid, index, prompt, output, refs, fanout, think, str(n.get("stage") or nid), critical
+        nid,
+        index,
+        prompt,
+        output,
+        refs,
+        fanout,
+        think,
+        str(n.get("stage") or nid),
+        critical,
+        name=name,
     )
 
 
@@ -827,8 +890,6 @@ def compile_spec(
 ) -> list[Workflow]:
     """The workflows of `spec`. `upper`: every distribution at its upper bound (for the
     context-length check; arrivals are then all at 0)."""
-    from wattflow.workloads.patterns import _arrivals
-
     prefix = prefix or spec.prefix
     n = workflows or spec.workflows
     rate = arrival_rate or spec.rate
@@ -841,14 +902,14 @@ def compile_spec(
             raise SpecError(f"arrival.times: {len(spec.times)} times for {n} workflows")
         arrivals = spec.times[:n]
     else:
-        arrivals = _arrivals(rng, n, rate)
+        arrivals = poisson_arrivals(rng, n, rate)
     glob: dict[str, Segment] = {}
     for s in sorted(spec.segments.values(), key=lambda s: s.name):
         if s.scope == "global":
             length = _length(
                 _draw(s.tokens, {}, rng, upper, f"segment {s.name}"), f"segment {s.name}", "tokens"
             )
-            glob[s.name] = Segment(f"{prefix}:{s.name}", length)
+            glob[s.name] = Segment(f"{prefix}:{s.key}", length)
     out = []
     for w, arrival in enumerate(arrivals):
         out.append(_workflow(spec, rng, f"{prefix}-{w}", arrival, glob, upper))
@@ -866,6 +927,7 @@ class _State:
     prompts: dict[str, tuple[Segment, ...]] = field(default_factory=dict)
     out_len: dict[str, int] = field(default_factory=dict)
     ancestors: dict[str, frozenset] = field(default_factory=dict)
+    taken: set[str] = field(default_factory=set)  # call ids given so far
 
 
 def _workflow(
@@ -879,7 +941,7 @@ def _workflow(
         if s.scope == "workflow":
             where = f"segment {s.name}"
             segs[s.name] = Segment(
-                f"{wf}:{s.name}", _length(_draw(s.tokens, env, rng, upper, where), where, "tokens")
+                f"{wf}:{s.key}", _length(_draw(s.tokens, env, rng, upper, where), where, "tokens")
             )
     st = _State(wf, env, segs)
     for u in spec.units:
@@ -961,7 +1023,15 @@ def _emit(spec: Spec, st: _State, node: Node, r: int, rng: random.Random, upper:
         )
         if width > MAX_FANOUT:
             raise SpecError(f"{where}: fanout {width} exceeds {MAX_FANOUT}")
-    ids = [f"{base}[{j}]" for j in range(width)] if width is not None else [base]
+    if node.name is not None:
+        ids = [node.name.render({**env, "i": j, "n": width or 1}) for j in range(width or 1)]
+    else:
+        ids = [f"{base}[{j}]" for j in range(width)] if width is not None else [base]
+    taken = [c for c in ids if c in st.taken] or [c for c in ids if ids.count(c) > 1]
+    if taken:
+        how = f"name {node.name.text!r}" if node.name is not None else "its default id"
+        raise SpecError(f"{where}: {how} gives the call id {taken[0]!r} twice ({st.wf})")
+    st.taken.update(ids)
     for j, cid in enumerate(ids):
         ienv = {**env, "i": j, "n": width or 1}
         w = f"node {node.id} ({st.wf}/{cid})"
@@ -975,7 +1045,7 @@ def _emit(spec: Spec, st: _State, node: Node, r: int, rng: random.Random, upper:
                 sd = spec.segments[it.segment]
                 if sd.scope == "call":
                     ln = _length(_draw(sd.tokens, ienv, rng, upper, w), w, f"segment {sd.name}")
-                    prompt.append(Segment(f"{st.wf}:{cid}:{sd.name}", ln))
+                    prompt.append(Segment(f"{st.wf}:{cid}:{sd.key}", ln))
                 else:
                     prompt.append(st.segs[it.segment])
             elif it.kind == "output":
@@ -990,7 +1060,10 @@ def _emit(spec: Spec, st: _State, node: Node, r: int, rng: random.Random, upper:
                 reps = _as_count(_draw(it.repeat, ienv, rng, upper, w), w, "repeat", 0)
                 for q in range(reps):
                     ln = _length(_draw(it.value, ienv, rng, upper, w), w, "text_tokens")
-                    key = f"{st.wf}:{cid}:{k}" + (f".{q}" if reps > 1 else "")
+                    if it.key is not None:
+                        key = f"{st.wf}:{it.key.render({**ienv, 'q': q})}"
+                    else:
+                        key = f"{st.wf}:{cid}:{k}" + (f".{q}" if reps > 1 else "")
                     prompt.append(Segment(key, ln))
         prompt = [s for s in prompt if s.length]
         if not prompt:
@@ -1046,6 +1119,17 @@ def rate_and_count(p: dict) -> tuple[float, int]:
     if rate is None:
         raise SpecError("arrival: a composite member needs a rate (it has arrival times)")
     return rate, p.get("workflows") or spec.workflows
+
+
+# The seed patterns of the config (`pattern: sequential` ...) are bundled specs whose
+# params are the config entry's keys.
+SEEDS = ("sequential", "interactive", "agentic")
+
+
+def seed_slice(p: dict) -> dict:
+    """A seed pattern's config slice as a spec slice (its keys are the spec's params)."""
+    params = {k: v for k, v in p.items() if k not in ("pattern", "name")}
+    return {"pattern": "spec", "file": p["pattern"], "params": params}
 
 
 def generate(p: dict, rng: random.Random, prefix: str | None = None) -> list[Workflow]:

@@ -1,0 +1,1 @@
+"""Release policies, one module each (each defines `POLICY`, a ReleasePolicy subclass)."""

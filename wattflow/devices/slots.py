@@ -1,0 +1,205 @@
+"""Which GPU a real cell runs on: one cell per GPU, never two cells on one GPU.
+
+Snakemake's `gpu` resource bounds how many real cells run at once (`--resources gpu=N` on an
+N-GPU node); this module decides *which* GPU each of them gets. A slot is an flock on
+`<state>/gpus/<host>/<index>.lock` (state: $WATTFLOW_STATE_DIR, else results/.servers),
+taken by the cell process and held until it exits: the kernel drops the lock when the
+process ends, however it ends, so a crashed cell never leaves a GPU marked busy. The host
+is part of the path so that a state dir on a shared filesystem serves many nodes.
+
+The GPUs to choose from, first match wins:
+
+1. A scheduler's allocation: inside a SLURM job (SLURM_JOB_ID) with CUDA_VISIBLE_DEVICES
+   set, the job owns its GPU; the cell pins to the first entry and takes no lock (the
+   scheduler already guarantees exclusivity, and with device cgroups every job sees its
+   GPU as index 0, so a lock per index would serialise unrelated jobs).
+2. $WATTFLOW_GPUS, e.g. "0,1,2,3" (device indices).
+3. CUDA_VISIBLE_DEVICES (indices or UUIDs; UUIDs resolved through the device library).
+4. Every GPU the device library (NVML) reports.
+
+The slot's index is both the NVML index the sampler reads and, with
+CUDA_DEVICE_ORDER=PCI_BUS_ID, the CUDA_VISIBLE_DEVICES of the server process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wattflow.devices import DeviceLibrary, library
+
+GPUS_ENV = "WATTFLOW_GPUS"
+WAIT_ENV = "WATTFLOW_GPU_WAIT_S"
+DEFAULT_STATE_DIR = Path("results/.servers")
+
+_held: set[str] = set()  # lock paths this process holds (flock over NFS is per process)
+_held_lock = threading.Lock()
+_cell_slot: GpuSlot | None = None
+_cell_lock = threading.Lock()
+
+
+class NoGpu(RuntimeError):
+    """No list of GPUs to choose from (no NVML and no environment variable)."""
+
+
+@dataclass
+class GpuSlot:
+    """One GPU held by this process; `path` is None where a scheduler assigned it."""
+
+    index: int
+    path: Path | None = None
+    _fd: int | None = field(default=None, repr=False)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment that pins a CUDA process to this GPU."""
+        return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(self.index)}
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with _held_lock:
+                _held.discard(str(self.path))
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> GpuSlot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _entries(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _open(lib: DeviceLibrary | None) -> DeviceLibrary:
+    lib = lib or library()
+    try:
+        lib.open()
+    except Exception as exc:  # noqa: BLE001 - ImportError, no library, no driver ...
+        raise NoGpu(
+            f"no GPU list: {lib.name} is unavailable ({type(exc).__name__}: {exc}) and "
+            f"neither {GPUS_ENV} nor CUDA_VISIBLE_DEVICES is set"
+        ) from exc
+    return lib
+
+
+def _to_indices(entries: list[str], lib: DeviceLibrary | None) -> list[int]:
+    if all(e.lstrip("-").isdigit() for e in entries):
+        return [int(e) for e in entries]
+    lib = _open(lib)  # UUIDs (GPU-..., MIG-...)
+    try:
+        return [int(e) if e.isdigit() else lib.index_of(e) for e in entries]
+    finally:
+        lib.close()
+
+
+def candidates(
+    lib: DeviceLibrary | None = None, env: Mapping[str, str] | None = None
+) -> tuple[list[int], bool]:
+    """(the device indices a cell may use, whether a scheduler already assigned them)."""
+    env = os.environ if env is None else env
+    cvd = _entries(env.get("CUDA_VISIBLE_DEVICES", ""))
+    if env.get("SLURM_JOB_ID") and cvd:
+        return _to_indices(cvd[:1], lib), True
+    if env.get(GPUS_ENV, "").strip():
+        return _to_indices(_entries(env[GPUS_ENV]), lib), False
+    if cvd:
+        return _to_indices(cvd, lib), False
+    lib = _open(lib)
+    try:
+        return list(range(lib.count())), False
+    finally:
+        lib.close()
+
+
+def lock_dir(state_dir: str | Path | None = None) -> Path:
+    base = Path(state_dir or os.environ.get("WATTFLOW_STATE_DIR") or DEFAULT_STATE_DIR)
+    return base / "gpus" / socket.gethostname()
+
+
+def _try_lock(path: Path) -> int | None:
+    with _held_lock:
+        if str(path) in _held:
+            return None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        _held.add(str(path))
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid={os.getpid()} host={socket.gethostname()} t={time.time():.0f}\n".encode())
+    return fd
+
+
+def acquire(
+    lib: DeviceLibrary | None = None,
+    *,
+    state_dir: str | Path | None = None,
+    timeout_s: float | None = None,
+    poll_s: float = 0.05,
+    env: Mapping[str, str] | None = None,
+) -> GpuSlot:
+    """A free GPU from `candidates`, lowest index first; waits while all are taken (more
+    cells than GPUs: `--resources gpu=N` larger than the node's GPUs, or two runs sharing
+    a node), up to `timeout_s` ($WATTFLOW_GPU_WAIT_S; default: no limit)."""
+    indices, assigned = candidates(lib, env)
+    if not indices:
+        raise NoGpu("no GPU to run on: the list of candidate GPUs is empty")
+    if assigned:
+        return GpuSlot(indices[0])
+    d = lock_dir(state_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    if timeout_s is None and os.environ.get(WAIT_ENV):
+        timeout_s = float(os.environ[WAIT_ENV])
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    told = False
+    while True:
+        for i in indices:
+            path = d / f"{i}.lock"
+            fd = _try_lock(path)
+            if fd is not None:
+                return GpuSlot(i, path, fd)
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"no free GPU among {indices} in {timeout_s:.0f} s (locks: {d})")
+        if not told:
+            told = True
+            print(
+                f"wattflow: all GPUs {indices} busy, waiting for one (locks: {d})", file=sys.stderr
+            )
+        time.sleep(poll_s)
+
+
+def cell_slot(lib: DeviceLibrary | None = None) -> GpuSlot:
+    """This process's GPU: acquired on first use, then held until the process exits (a
+    cell is one process), so every later call returns the same GPU. The server gets
+    `slot.env` (wattflow.engines.server pins it to the same index)."""
+    global _cell_slot
+    with _cell_lock:
+        if _cell_slot is None:
+            _cell_slot = acquire(lib)
+        return _cell_slot
+
+
+def _reset_cell_slot() -> None:
+    """Release this process's slot (tests)."""
+    global _cell_slot
+    with _cell_lock:
+        if _cell_slot is not None:
+            _cell_slot.release()
+        _cell_slot = None
+
+
+with contextlib.suppress(AttributeError):  # no fork on some platforms
+    os.register_at_fork(after_in_child=lambda: _held.clear())

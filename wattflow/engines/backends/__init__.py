@@ -1,0 +1,1 @@
+"""Engine backends, one module each (each defines `BACKEND`, a Backend instance)."""
