@@ -131,6 +131,8 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
             model or "",
             int(e["model"]["vocab_size"]),
             float(e.get("request_timeout_s", 600)),
+            connect_timeout_s=e.get("connect_timeout_s"),
+            stall_timeout_s=e.get("stall_timeout_s"),
             name=info["name"],
             salt=salt,
             # `priority` only goes to a server that schedules by it (an openai endpoint's
@@ -203,7 +205,13 @@ def _run_cell(
         idle = sampler.idle_baseline(baseline_s) if sampler and baseline_s > 0 else None
 
         async def cell() -> dict[str, Any]:
-            model = engine.model or await _first_model(engine)
+            try:  # every exit closes the client session, a failed model lookup too
+                return await measured()
+            finally:
+                await engine.close()
+
+        async def measured() -> dict[str, Any]:
+            model = engine.model or await engine.first_model()
             engine.model = model
             version = await engine.server_version()
             loop = asyncio.get_running_loop()
@@ -226,21 +234,9 @@ def _run_cell(
                 rows = sampler.stop() if sampler else []
                 if r0 is not None:
                     out["rapl"] = rapl.delta(r0, rapl.read())
-                await engine.close()
             for row in rows:
                 row["t_s"] += t_pre - t_drive
             return {**out, "records": records, "rows": rows, "idle": idle}
 
         return asyncio.run(cell())
 
-
-async def _first_model(engine: OpenAIEngine) -> str:
-    """The served model's name, for endpoints whose name the config does not give."""
-    try:
-        async with engine._get_session().get(f"{engine.base_url}/v1/models") as r:
-            r.raise_for_status()
-            return (await r.json(content_type=None))["data"][0]["id"]
-    except Exception as exc:
-        raise RuntimeError(
-            f"cannot list models at {engine.base_url}/v1/models ({exc}); set WATTFLOW_OPENAI_MODEL"
-        ) from exc
