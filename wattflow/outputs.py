@@ -95,12 +95,33 @@ def check_schema(table: str, df: pl.DataFrame) -> None:
         raise ValueError(f"{table}: schema mismatch\n expected {expected}\n got      {got}")
 
 
+def umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting it back."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # not atomic, hence only the fallback
+    os.umask(mask)
+    return mask
+
+
+def default_mode(base: int = 0o666) -> int:
+    """The mode a plain open() would give a new file (0644 under umask 022)."""
+    return base & ~umask()
+
+
 def _atomic(path: Path, write) -> None:  # noqa: ANN001 - callable taking a temp path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates 0600; results are for whoever the user's umask lets read them
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from wattflow.hardware import ModelShape
+from wattflow.outputs import default_mode
 
 MARKER = "wattflow_dummy.json"  # present in a dummy bundle: serve with --load-format dummy
 SPECIALS = ("<unk>", "<s>", "</s>")
@@ -135,7 +136,7 @@ def write_dummy_model(shape: ModelShape, out_dir: str | Path) -> Path:
                 "note": "config only: serve with --load-format dummy",
             },
         )
-        tmp.chmod(0o755)
+        tmp.chmod(default_mode(0o777))  # mkdtemp makes 0700
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
             os.replace(out, old / "bundle")

@@ -239,4 +239,3 @@ def _run_cell(
             return {**out, "records": records, "rows": rows, "idle": idle}
 
         return asyncio.run(cell())
-
