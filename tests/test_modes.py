@@ -192,7 +192,7 @@ def test_vllm_workflow_aware_uses_a_priority_server_and_sends_priorities(server,
     assert acquired == [{"max_num_seqs": 8, "gpus": [0], "scheduling_policy": "priority"}]
     prio = {node: b["priority"] for node, b in bodies}
     assert set(prio) == {"plan", "do"} and 1 <= prio["plan"] < prio["do"]
-    args = server_args({"model": MODEL}, acquired[0], "/m", 8000, "k")
+    args = server_args({"model": MODEL}, acquired[0], "/m", 8000)
     assert args[args.index("--scheduling-policy") + 1] == "priority"
 
 
@@ -200,7 +200,7 @@ def test_vllm_naive_keeps_its_server_identity_and_sends_no_priority(server, monk
     acquired, bodies = _vllm_measure(server, "naive", monkeypatch)
     assert acquired == [{"max_num_seqs": 8, "gpus": [0]}]  # the key naive cells always had
     assert bodies and all("priority" not in b for _, b in bodies)
-    args = server_args({"model": MODEL}, acquired[0], "/m", 8000, "k")
+    args = server_args({"model": MODEL}, acquired[0], "/m", 8000)
     assert args[args.index("--scheduling-policy") + 1] == "fcfs"
 
 

@@ -42,12 +42,11 @@ def test_server_args(tmp_path):
     from wattflow.hardware import ModelShape
 
     d = write_dummy_model(ModelShape(**MODEL), tmp_path / "m")
-    a = server_args(SPEC, {"max_num_seqs": 64}, d, 8123, "key")
+    a = server_args(SPEC, {"max_num_seqs": 64}, d, 8123)
     assert a[:3] == ["vllm", "serve", str(d)]
     joined = " ".join(a)
     for part in (
         "--port 8123",
-        "--api-key key",
         "--max-num-seqs 64",
         "--max-num-batched-tokens 2048",
         "--gpu-memory-utilization 0.8",
@@ -60,8 +59,39 @@ def test_server_args(tmp_path):
         "--host 127.0.0.1",
     ):
         assert part in joined
-    off = server_args({**SPEC, "prefix_caching": False}, {"max_num_seqs": 1}, tmp_path, 1, "k")
+    assert "--api-key" not in a  # the key travels in the environment (see the next test)
+    off = server_args({**SPEC, "prefix_caching": False}, {"max_num_seqs": 1}, tmp_path, 1)
     assert "--no-enable-prefix-caching" in off and "--load-format" not in off
+
+
+def test_api_key_is_not_on_any_command_line_and_still_authenticates(tmp_path, fake_vllm):
+    import asyncio
+    from pathlib import Path
+
+    from wattflow.engines.base import Request
+    from wattflow.engines.openai_client import OpenAIEngine
+    from wattflow.workloads.core import Segment
+
+    pool = _pool(tmp_path)
+    h = pool.acquire(SPEC, {"max_num_seqs": 8}, gpus=[0])
+    try:
+        for pid in (h.server_pid, h.keeper_pid):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert h.api_key.encode() not in b" ".join(argv), argv
+        assert h.api_key not in (tmp_path / "servers" / f"{h.key}.log").read_text()
+
+        async def one(key: str):
+            eng = OpenAIEngine(h.base_url, key, h.model_name, 1000, 10)
+            try:
+                return await eng.generate(Request("r", "w", "n", (Segment("s", 8),), 4))
+            finally:
+                await eng.close()
+
+        ok, wrong = asyncio.run(one(h.api_key)), asyncio.run(one("wrong"))
+        assert ok.status == "ok" and ok.output_tokens == 4
+        assert wrong.status == "error" and wrong.error.startswith("HTTP 401")
+    finally:
+        pool.stop_all()
 
 
 def test_missing_runtime_is_clear(monkeypatch):
@@ -175,6 +205,8 @@ def test_container_runtime_request(tmp_path, monkeypatch, runtime):
     assert run["image"] == "vllm/vllm-openai:v0.26.0" and run["entrypoint"] == ["vllm"]
     assert run["command"][:2] == ["serve", str(tmp_path.resolve())] and "--port" in run["command"]
     assert run["network_mode"] == "host" and run["auto_remove"] and run["detach"]
+    assert run["environment"]["VLLM_API_KEY"] == "k" and "k" not in run["command"]
+    assert "--api-key" not in run["command"]
     assert run["labels"] == {"wattflow": "1", "wattflow.key": "x"}
     assert run["volumes"] == {
         str(tmp_path.resolve()): {"bind": str(tmp_path.resolve()), "mode": "ro"}
@@ -207,3 +239,5 @@ def test_apptainer_command(tmp_path, monkeypatch):
     assert "/images/vllm.sif" in seen["cmd"] and seen["cmd"][6:8] == ["vllm", "serve"]
     assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "1"
     assert seen["env"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    key = seen["env"]["APPTAINERENV_VLLM_API_KEY"]
+    assert key and seen["env"]["VLLM_API_KEY"] == key and key not in " ".join(seen["cmd"])

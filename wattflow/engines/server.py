@@ -66,11 +66,14 @@ def server_args(
     server_knobs: dict,
     model_dir: str | Path,
     port: int,
-    api_key: str,
     *,
     host: str = "127.0.0.1",
 ) -> list[str]:
-    """`vllm serve ...` for vLLM 0.26 (without the leading executable's runtime wrapper)."""
+    """`vllm serve ...` for vLLM 0.26 (without the leading executable's runtime wrapper).
+
+    No API key: a command line is visible to every user in `ps`, so the key goes to the
+    server as $VLLM_API_KEY (`key_env`), which `vllm serve` reads when `--api-key` is not
+    given (vllm/entrypoints/openai/api_server.py: `args.api_key or [envs.VLLM_API_KEY]`)."""
     model = engine_spec["model"]
     args = [
         "vllm",
@@ -80,8 +83,6 @@ def server_args(
         host,
         "--port",
         str(port),
-        "--api-key",
-        api_key,
         "--served-model-name",
         MODEL_NAME,
         "--max-num-seqs",
@@ -169,6 +170,18 @@ def check_runtime(engine_spec: dict) -> None:
         raise RuntimeUnavailable(f"engine vllm: unknown runtime {runtime!r}")
 
 
+API_KEY_ENV = "VLLM_API_KEY"
+
+
+def key_env(api_key: str, runtime: str = "native") -> dict[str, str]:
+    """The environment that hands a server its API key. Apptainer passes the host's
+    environment in, and APPTAINERENV_* even under --cleanenv."""
+    env = {API_KEY_ENV: api_key}
+    if runtime == "apptainer":
+        env[f"APPTAINERENV_{API_KEY_ENV}"] = api_key
+    return env
+
+
 def _server_env(gpus: list[int]) -> dict[str, str]:
     return {
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # so CUDA index == NVML index
@@ -222,12 +235,7 @@ class Server:
 
     def args(self) -> list[str]:
         return server_args(
-            self.engine_spec,
-            self.server_knobs,
-            self.model_dir,
-            self.port,
-            self.api_key,
-            host=self.host,
+            self.engine_spec, self.server_knobs, self.model_dir, self.port, host=self.host
         )
 
     def start(self) -> None:
@@ -257,7 +265,7 @@ class Server:
             ]
         else:
             raise RuntimeUnavailable(f"engine vllm: unknown runtime {self.runtime!r}")
-        env = {**os.environ, **_server_env(self.gpus)}
+        env = {**os.environ, **_server_env(self.gpus), **key_env(self.api_key, self.runtime)}
         with open(self.log_path, "ab") as log:
             log.write(f"$ {shlex.join(cmd).replace(self.api_key, '***')}\n".encode())
             log.flush()
@@ -274,7 +282,7 @@ class Server:
         import docker  # noqa: PLC0415
 
         client = docker_client(self.runtime)
-        env = _server_env(self.gpus)
+        env = {**_server_env(self.gpus), **key_env(self.api_key)}  # not in `ps`, unlike argv
         env.pop("CUDA_VISIBLE_DEVICES")  # the container sees only its GPUs
         kw: dict[str, Any] = {}
         if not self.engine_spec.get("container_gpus", True):
