@@ -9,17 +9,14 @@ wait is bounded by a timeout of a few seconds, so the module runs in well under 
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import time
 
 import polars as pl
 import pytest
-from real_fakes import start_fake_server
+from real_fakes import openai_cell, start_fake_server
 
-from tests.conftest import TINY_MODEL
 from wattflow import cell as wf_cell
-from wattflow import config as wf_config
 from wattflow.engines import openai_client
 from wattflow.engines.base import Request
 from wattflow.engines.openai_client import OpenAIEngine
@@ -199,35 +196,8 @@ def test_describe_is_never_empty():
 
 def _cell_cfg(url: str, timeout_s: float = 2.0, **load) -> tuple[dict, dict]:
     """One cell of three independent requests (three closed-loop lanes, or `load`)."""
-    import yaml
-
-    from tests.conftest import ROOT
-
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg["engines"] = {
-        "flt": {
-            "kind": "openai",
-            "url": url,
-            "model": "tiny",
-            "gpu": "h100-sxm",
-            "telemetry": "none",
-            "request_timeout_s": timeout_s,
-        }
-    }
-    cfg["models"] = {"tiny": {k: v for k, v in TINY_MODEL.items() if k != "name"}}
-    cfg["workloads"] = {
-        "one": {
-            "pattern": "single",
-            "prompt_tokens": 16,
-            "output_tokens": ASKED,
-            "workflows": 3,
-            **(load or {"concurrency": 3}),
-        }
-    }
-    cfg["grid"] = {"engine": ["flt"], "workload": ["one"], "max_output_tokens": [ASKED]}
-    cfg = wf_config.validate(copy.deepcopy(cfg))
-    knobs = wf_config.cells(cfg)[0].knobs
-    return wf_config.cell_spec(cfg, knobs), knobs
+    workload = {"pattern": "single", "prompt_tokens": 16, "output_tokens": ASKED}
+    return openai_cell(url, {**workload, "workflows": 3, **(load or {"concurrency": 3})}, timeout_s)
 
 
 def run_cell(url: str, out, monkeypatch, timeout_s: float = 2.0, **load) -> tuple:
