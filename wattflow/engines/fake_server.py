@@ -1,7 +1,8 @@
 """A tiny OpenAI-compatible server that streams dummy tokens, for tests and CI.
 
 It answers the same endpoints wattflow uses on vLLM (/health, /version, /v1/models,
-streaming /v1/completions with a final usage chunk) and accepts `vllm serve MODEL ...`
+streaming /v1/completions with a final usage chunk; /v1/chat/completions too, for other
+load generators such as aiperf in bench/load.py) and accepts `vllm serve MODEL ...`
 style arguments, so it can stand in for the vLLM command (WATTFLOW_VLLM_COMMAND). Like
 vLLM it takes its API key from `--api-key` or else from $VLLM_API_KEY (so the key need not
 appear on a command line), then $OPENAI_API_KEY.
@@ -98,9 +99,14 @@ def make_app(
             return web.json_response(
                 {"error": f"model {body.get('model')!r} not found"}, status=404
             )
-        prompt = body.get("prompt") or []
-        n_prompt = len(prompt) if isinstance(prompt, list) else len(str(prompt).split())
-        n_out = int(body.get("max_tokens") or 16)
+        chat = request.path.endswith("/chat/completions")
+        if chat:  # the words of all messages stand for their tokens
+            msgs = body.get("messages") or []
+            n_prompt = sum(len(str(m.get("content", "")).split()) for m in msgs)
+        else:
+            prompt = body.get("prompt") or []
+            n_prompt = len(prompt) if isinstance(prompt, list) else len(str(prompt).split())
+        n_out = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
         if fault_name == "http500":
             return web.json_response({"error": "injected internal error"}, status=500)
         if fault_name == "http429":
@@ -130,21 +136,20 @@ def make_app(
                 return await _break(fault_name, request, resp, send)
             if token_delay_s:
                 await asyncio.sleep(token_delay_s)
+            text, last = f" t{3 + i % 100}", i == n_out - 1
+            choice = (
+                {"index": 0, "delta": {"content": text}}
+                if chat
+                else {"index": 0, "text": text, "logprobs": None}
+            )
             await send(
                 {
                     "id": rid,
-                    "object": "text_completion",
+                    "object": "chat.completion.chunk" if chat else "text_completion",
                     "created": created,
                     "model": model,
                     "usage": None,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "text": f" t{3 + i % 100}",
-                            "logprobs": None,
-                            "finish_reason": "length" if i == n_out - 1 else None,
-                        }
-                    ],
+                    "choices": [{**choice, "finish_reason": "length" if last else None}],
                 }
             )
         if (body.get("stream_options") or {}).get("include_usage"):
@@ -173,6 +178,7 @@ def make_app(
     app.router.add_get("/version", version)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", completions)  # for other load generators
     return app
 
 
