@@ -225,6 +225,7 @@ def main() -> None:
     a = p.parse_args()
     from bench.run import machine
 
+    load_before = round(os.getloadavg()[0], 2)  # a shared machine's other work shows here
     proc, url = start_server()
     try:
         res: dict = {
@@ -246,7 +247,11 @@ def main() -> None:
     finally:
         proc.kill()
         proc.wait(10)
-    res["machine"] = machine()
+    res["machine"] = {
+        **machine(),
+        "load_avg_1m_before": load_before,
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),
+    }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "load.json").write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
