@@ -50,13 +50,22 @@ def test_snakemakes_own_handler_deadlocks_when_the_signal_lands_under_its_lock()
             _user_kill = None
 
         s = S()
+        print("ready", flush=True)
         with s._lock:  # the main thread is finishing jobs when SIGTERM arrives
             JobScheduler.exit_gracefully(s)  # what the signal handler runs, in this thread
-        print("returned")
+        print("returned", flush=True)
         """
     )
-    with pytest.raises(subprocess.TimeoutExpired):
-        subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=5)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"  # imports done, however slow
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=3)  # the call itself takes microseconds when it returns
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def test_patched_handler_returns_at_once_and_does_snakemakes_work_later():
