@@ -267,7 +267,7 @@ def test_server_killed_mid_cell(tmp_path, monkeypatch):
     proc, url = start_fake_server(KEY, "--token-delay-s", "0", "--fault", "die-after:1")
     try:
         # open-loop arrivals, so the call after the kill is sent to a dead port
-        manifest, req = run_cell(url, tmp_path / "cell", monkeypatch, arrival_rate=5.0)
+        manifest, req = run_cell(url, tmp_path / "cell", monkeypatch, arrival_rate=2.0)
         assert proc.wait(10) != 0  # it was killed (SIGKILL), not stopped
     finally:
         proc.kill()
@@ -277,4 +277,6 @@ def test_server_killed_mid_cell(tmp_path, monkeypatch):
     assert first["status"] == "ok" and first["output_tokens"] == ASKED  # kept, as measured
     assert second["status"] == "error" and second["output_tokens"] == 2
     assert "(after 2 of 32 tokens)" in second["error"]
-    assert third["status"] == "error" and "Connect" in third["error"], third["error"]
+    # sent to a dead port (or, on a slow machine, while the server was being killed)
+    assert third["status"] == "error" and third["output_tokens"] == 0
+    assert "Connect" in third["error"] or "(after 0 of 32 tokens)" in third["error"]
