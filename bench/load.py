@@ -27,6 +27,7 @@ import collections
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -215,11 +216,15 @@ def run_aiperf(exe: str, url: str, n: int, concurrency: int, turns: int) -> dict
     }
 
 
+METRICS = ("requests_per_s", "dispatch_delay_ms_p50", "dispatch_delay_ms_p99")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--turns", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=3, help="alternating runs of both tools")
     default = ROOT / "bench" / ".venv-aiperf" / "bin" / "aiperf"
     p.add_argument("--aiperf", default=str(default) if default.exists() else shutil.which("aiperf"))
     a = p.parse_args()
@@ -227,34 +232,41 @@ def main() -> None:
 
     load_before = round(os.getloadavg()[0], 2)  # a shared machine's other work shows here
     proc, url = start_server()
+    runs: list[dict] = []
     try:
-        res: dict = {
-            "benchmark": "client overhead against a server that answers at once",
-            "command": "python bench/load.py " + " ".join(sys.argv[1:]),
-            "server": "wattflow.engines.fake_server --token-delay-s 0 (one process)",
-            "shape": {
-                "requests": a.requests,
-                "concurrency": a.concurrency,
-                "prompt_tokens": PROMPT_TOKENS,
-                "output_tokens": OUTPUT_TOKENS,
-            },
-            "wattflow": run_wattflow(url, a.requests, a.concurrency),
-        }
-        if a.aiperf:
-            res["aiperf"] = run_aiperf(a.aiperf, url, a.requests, a.concurrency, a.turns)
-        else:
-            res["aiperf"] = "not run: no aiperf (see this script's docstring to install it)"
+        for _ in range(a.repeat):
+            run = {"wattflow": run_wattflow(url, a.requests, a.concurrency)}
+            if a.aiperf:
+                run["aiperf"] = run_aiperf(a.aiperf, url, a.requests, a.concurrency, a.turns)
+            runs.append(run)
     finally:
         proc.kill()
         proc.wait(10)
-    res["machine"] = {
-        **machine(),
-        "load_avg_1m_before": load_before,
-        "load_avg_1m_after": round(os.getloadavg()[0], 2),
+    median = {
+        tool: {m: statistics.median(r[tool][m] for r in runs) for m in METRICS} for tool in runs[0]
+    }
+    res = {
+        "benchmark": "client overhead against a server that answers at once",
+        "command": "python bench/load.py " + " ".join(sys.argv[1:]),
+        "server": "wattflow.engines.fake_server --token-delay-s 0 (one process)",
+        "shape": {
+            "requests": a.requests,
+            "concurrency": a.concurrency,
+            "prompt_tokens": PROMPT_TOKENS,
+            "output_tokens": OUTPUT_TOKENS,
+        },
+        "median": median,
+        "aiperf": "ran" if a.aiperf else "not run: no aiperf (see this script's docstring)",
+        "runs": runs,
+        "machine": {
+            **machine(),
+            "load_avg_1m_before": load_before,
+            "load_avg_1m_after": round(os.getloadavg()[0], 2),
+        },
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "load.json").write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res, indent=2))
+    print(json.dumps({k: res[k] for k in ("median", "machine")}, indent=2))
 
 
 if __name__ == "__main__":
