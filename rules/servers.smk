@@ -4,6 +4,10 @@
 import os
 import socket
 
+from wattflow import snakemake_signals
+
+snakemake_signals.install()  # Snakemake's SIGTERM handler can deadlock; see that module
+
 SERVER_STATE = f"{RESULTS}/.servers"
 if workflow.remote_exec:
     # A cluster job (SLURM, Kubernetes) on some node: its servers live and die with the

@@ -174,3 +174,41 @@ def start_fake_server(api_key: str = "k", *extra: str) -> tuple[subprocess.Popen
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("fake server did not start")
+
+
+def openai_cell(url: str, workload: dict, timeout_s: float = 2.0, **engine) -> tuple[dict, dict]:
+    """(spec, knobs) of one cell against the OpenAI endpoint `url` (kind openai, no
+    telemetry, served model `wattflow` unless `served_model=None`), validated like a
+    config: `workload` is the one workload's parameters."""
+    import copy
+
+    import yaml
+
+    from tests.conftest import ROOT, TINY_MODEL
+    from wattflow import config as wf_config
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["engines"] = {
+        "flt": {
+            "kind": "openai",
+            "url": url,
+            "model": "tiny",
+            "gpu": "h100-sxm",
+            "telemetry": "none",
+            "request_timeout_s": timeout_s,
+            "served_model": "wattflow",
+            **engine,
+        }
+    }
+    if cfg["engines"]["flt"]["served_model"] is None:  # ask the endpoint (GET /v1/models)
+        del cfg["engines"]["flt"]["served_model"]
+    cfg["models"] = {"tiny": {k: v for k, v in TINY_MODEL.items() if k != "name"}}
+    cfg["workloads"] = {"w": workload}
+    cfg["grid"] = {
+        "engine": ["flt"],
+        "workload": ["w"],
+        "max_output_tokens": [workload["output_tokens"]],
+    }
+    cfg = wf_config.validate(copy.deepcopy(cfg))
+    knobs = wf_config.cells(cfg)[0].knobs
+    return wf_config.cell_spec(cfg, knobs), knobs

@@ -204,7 +204,6 @@ def test_image_rule_and_cell_through_podman(tmp_path):
             **env,
             "PYTHONPATH": str(work),
             "DOCKER_HOST": f"unix://{sock}",
-            "WATTFLOW_IDLE_BASELINE_S": "0",
             "WATTFLOW_SERVER_START_TIMEOUT_S": "120",
         }
         out = subprocess.run(

@@ -103,7 +103,7 @@ def test_wait_healthy(server):
 
 
 def test_sse_parsing_split_reads_and_token_counting():
-    from wattflow.engines.openai_client import _sse_events, _tokens_in
+    from wattflow.engines.openai_client import DONE, _sse_events, _tokens_in
 
     class Stream:
         def __init__(self, parts):
@@ -123,6 +123,7 @@ def test_sse_parsing_split_reads_and_token_counting():
         return [e async for e in _sse_events(Stream(parts))]
 
     events = asyncio.run(collect())
-    assert [_tokens_in(e["choices"][0]) for e in events] == [1, 2]
+    assert events[-1] is DONE  # the end of the stream is reported, not just stopped at
+    assert [_tokens_in(e["choices"][0]) for e in events[:-1]] == [1, 2]
     assert _tokens_in({"text": "", "finish_reason": None}) == 1
     assert _tokens_in({"text": "", "finish_reason": "length"}) == 0

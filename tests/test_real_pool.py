@@ -29,6 +29,7 @@ SPEC = {
     "request_timeout_s": 60,
 }
 LAUNCHER = VllmLauncher()
+SECRET = "sk-0123456789abcdef"
 
 
 def ident(max_num_seqs: int, prefix_caching: bool = True, policy: str = "fcfs") -> dict:
@@ -56,7 +57,7 @@ def _acquire(pool: ServerPool, identity: dict, **kw):  # noqa: ANN202
 
 def _server(tmp_path, engine: dict, gpus: list[int]) -> srv.Server:
     prepared = {"model_dir": str(tmp_path.resolve()), "model_name": "wattflow"}
-    launch = LAUNCHER.launch_spec(engine, ident(4), prepared, 8555, "k")
+    launch = LAUNCHER.launch_spec(engine, ident(4), prepared, 8555, SECRET)
     return srv.Server(
         engine,
         launch,
@@ -64,7 +65,7 @@ def _server(tmp_path, engine: dict, gpus: list[int]) -> srv.Server:
         gpus=gpus,
         log_path=tmp_path / "log",
         port=8555,
-        api_key="k",
+        api_key=SECRET,
         model_name="wattflow",
         labels={"wattflow.key": "x"},
     )
@@ -94,6 +95,36 @@ def test_server_args(tmp_path):
     assert "--no-enable-prefix-caching" in off and "--load-format" not in off
     env = LAUNCHER.launch_spec(SPEC, ident(1), {"model_dir": str(d)}, 1, "secret").env
     assert env["VLLM_API_KEY"] == "secret"
+
+
+def test_api_key_is_not_on_any_command_line_and_still_authenticates(tmp_path, fake_vllm):
+    import asyncio
+    from pathlib import Path
+
+    from wattflow.engines.base import Request
+    from wattflow.engines.openai_client import OpenAIEngine
+    from wattflow.workloads.core import Segment
+
+    pool = _pool(tmp_path)
+    h = _acquire(pool, ident(8), gpus=[0])
+    try:
+        for pid in (h.server_pid, h.keeper_pid):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert h.api_key.encode() not in b" ".join(argv), argv
+        assert h.api_key not in (tmp_path / "servers" / f"{h.key}.log").read_text()
+
+        async def one(key: str):
+            eng = OpenAIEngine(h.base_url, key, h.model_name, 1000, 10)
+            try:
+                return await eng.generate(Request("r", "w", "n", (Segment("s", 8),), 4))
+            finally:
+                await eng.close()
+
+        ok, wrong = asyncio.run(one(h.api_key)), asyncio.run(one("wrong"))
+        assert ok.status == "ok" and ok.output_tokens == 4
+        assert wrong.status == "error" and wrong.error.startswith("HTTP 401")
+    finally:
+        pool.stop_all()
 
 
 def test_missing_runtime_is_clear(monkeypatch):
@@ -202,8 +233,10 @@ def test_container_runtime_request(tmp_path, monkeypatch, runtime):
     assert run["image"] == "vllm/vllm-openai:v0.26.0" and run["entrypoint"] == ["vllm"]
     assert run["command"][:2] == ["serve", str(tmp_path.resolve())] and "--port" in run["command"]
     assert run["network_mode"] == "host" and run["auto_remove"] and run["detach"]
+    assert run["environment"]["VLLM_API_KEY"] == SECRET and SECRET not in run["command"]
+    assert "--api-key" not in run["command"]
     assert run["labels"] == {"wattflow": "1", "wattflow.key": "x"}
-    assert run["environment"]["VLLM_API_KEY"] == "k" and "k" not in run["command"]
+    assert run["environment"]["VLLM_API_KEY"] == SECRET and SECRET not in run["command"]
     assert run["volumes"] == {
         str(tmp_path.resolve()): {"bind": str(tmp_path.resolve()), "mode": "ro"}
     }
@@ -235,4 +268,5 @@ def test_apptainer_command(tmp_path, monkeypatch):
     assert "/images/vllm.sif" in seen["cmd"] and seen["cmd"][6:8] == ["vllm", "serve"]
     assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "1"
     assert seen["env"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
-    assert seen["env"]["VLLM_API_KEY"] == "k" and "k" not in seen["cmd"]
+    key = seen["env"]["APPTAINERENV_VLLM_API_KEY"]
+    assert key and seen["env"]["VLLM_API_KEY"] == key and key not in " ".join(seen["cmd"])

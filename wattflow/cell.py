@@ -154,12 +154,14 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
         stack.enter_context(session.keepalive)
 
         async def cell() -> tuple[list[RequestRecord], list[dict]]:
-            await session.prepare()
-            t0 = asyncio.get_running_loop().time()
-            for s in sources:
-                s.start(t0)
             records: list[RequestRecord] = []
-            try:
+            started: list[Source] = []
+            try:  # every exit closes the engine's connections, a failed model lookup too
+                await session.prepare()
+                t0 = asyncio.get_running_loop().time()
+                for s in sources:
+                    s.start(t0)
+                    started.append(s)
                 records = await execute(
                     workflows,
                     session.engine,
@@ -171,7 +173,7 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
                 )
             finally:
                 t_end = max((r.finish or r.dispatch for r in records), default=0.0)
-                rows = [row for s in sources for row in s.stop(t_end)]
+                rows = [row for s in started for row in s.stop(t_end)]
                 await session.aclose()
             return records, rows
 

@@ -29,7 +29,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from wattflow import MODEL_VERSION, telemetry
+from wattflow import MODEL_VERSION, telemetry, yamltext
 from wattflow.client.registry import POLICIES
 from wattflow.engines.registry import backend, backends
 from wattflow.knobs import (
@@ -71,13 +71,9 @@ def read_yaml(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        hint = " (YAML does not allow tabs for indentation)" if "\t" in text else ""
-        raise ConfigError(f"{where}: not valid YAML: {problem}{hint}") from None
+        return yamltext.loads(text, str(path))
+    except yamltext.YamlError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load(path: str | Path) -> dict:

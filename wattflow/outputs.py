@@ -17,6 +17,8 @@ from typing import Any
 
 import polars as pl
 
+from wattflow.files import default_mode
+
 REQUESTS: dict[str, tuple[pl.DataType, str]] = {
     "request_id": (pl.String, "unique id of the call within the cell"),
     "workflow_id": (pl.String, "workflow the call belongs to"),
@@ -101,6 +103,8 @@ def _atomic(path: Path, write) -> None:  # noqa: ANN001 - callable taking a temp
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates 0600; results are for whoever the user's umask lets read them
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -15,6 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from wattflow.files import default_mode
 from wattflow.hardware import ModelShape
 
 MARKER = "wattflow_dummy.json"  # present in a dummy bundle: serve with --load-format dummy
@@ -135,7 +136,7 @@ def write_dummy_model(shape: ModelShape, out_dir: str | Path) -> Path:
                 "note": "config only: serve with --load-format dummy",
             },
         )
-        tmp.chmod(0o755)
+        tmp.chmod(default_mode(0o777))  # mkdtemp makes 0700
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
             os.replace(out, old / "bundle")

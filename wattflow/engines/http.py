@@ -34,6 +34,19 @@ SCHEMA: dict[str, dict] = {
         "default": 600,
         "description": "longest wait for one request's complete response (s)",
     },
+    "connect_timeout_s": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "description": "longest wait to open a connection (s); default min(30, request_timeout_s)",
+    },
+    "stall_timeout_s": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "description": (
+            "longest silence between two reads of a streamed response (s); default "
+            "request_timeout_s. A stream that stalls longer is recorded as a timeout"
+        ),
+    },
     "telemetry": TELEMETRY_SCHEMA,
     "telemetry_period_s": {
         "type": "number",
@@ -89,6 +102,8 @@ def session(
         model,
         int(engine["model"]["vocab_size"]),
         float(engine["request_timeout_s"]),
+        connect_timeout_s=engine.get("connect_timeout_s"),
+        stall_timeout_s=engine.get("stall_timeout_s"),
         name=name,
         salt=salt,
         priority=priority,

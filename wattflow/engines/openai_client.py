@@ -3,6 +3,18 @@
 Prompts are sent as token ids so prefix caching on the server sees exactly the segments the
 workload declared; output is streamed so every token gets a client-side timestamp. Failures
 become records with a status, never exceptions: one bad request must not sink a cell.
+
+A stream counts as complete only when a choice carried a `finish_reason` and the server sent
+`data: [DONE]`; with `ignore_eos` the tokens must also number `max_tokens`. Anything less is
+an `error` record that keeps what was measured (tokens received, first-token time), so a
+server that hangs up early can never pass for a short, fast answer.
+
+Timeouts (all waits on the network are bounded):
+- `timeout_s` (config `request_timeout_s`): the whole request, headers to `[DONE]`, and every
+  GET (models, version, health probes) as well;
+- `connect_timeout_s`: opening the TCP connection (default min(timeout_s, 30));
+- `stall_timeout_s`: the longest silence between two reads of a stream (default timeout_s),
+  so a stream that stalls mid-way ends as `timeout` without waiting for the total.
 """
 
 from __future__ import annotations
@@ -18,9 +30,17 @@ import aiohttp
 from wattflow.engines.base import Request, RequestRecord
 from wattflow.workloads.core import Segment
 
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+
 
 class EngineUnhealthy(RuntimeError):
     """The endpoint did not become healthy in time."""
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message`, never empty (many aiohttp and timeout errors have no message)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class OpenAIEngine:
@@ -41,12 +61,16 @@ class OpenAIEngine:
         cache_segments: int = 4096,
         extra_body: dict[str, Any] | None = None,
         salt: str = "",
+        connect_timeout_s: float | None = None,
+        stall_timeout_s: float | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.model = model
         self.vocab_size = vocab_size
         self.timeout_s = timeout_s
+        self.connect_timeout_s = min(timeout_s, connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S)
+        self.stall_timeout_s = min(timeout_s, stall_timeout_s or timeout_s)
         self.ignore_eos = ignore_eos
         self.priority = priority  # only send `priority` to a server started with priority policy
         self.name, self.version = name, version
@@ -66,8 +90,16 @@ class OpenAIEngine:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, force_close=False),
                 headers=self._headers(),
+                timeout=self._timeout(self.timeout_s),  # the default of every call
             )
         return self._session
+
+    def _timeout(self, total_s: float) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=total_s,
+            sock_connect=min(total_s, self.connect_timeout_s),
+            sock_read=min(total_s, self.stall_timeout_s),
+        )
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
@@ -125,35 +157,70 @@ class OpenAIEngine:
         )
         times: list[float] = []
         usage: dict[str, Any] | None = None
+        finish: str | None = None  # the last finish_reason any choice carried
+        done = False  # `data: [DONE]` seen
         try:
             session = self._get_session()
-            timeout = aiohttp.ClientTimeout(total=self.timeout_s)
             async with session.post(
-                f"{self.base_url}/v1/completions", json=body, timeout=timeout
+                f"{self.base_url}/v1/completions", json=body, timeout=self._timeout(self.timeout_s)
             ) as resp:
                 if resp.status != 200:
                     text = (await resp.text())[:500]
                     rec.status, rec.error = "error", f"HTTP {resp.status}: {text}"
                     return rec
                 async for event in _sse_events(resp.content):
+                    if event is DONE:
+                        done = True
+                        break
                     now = loop.time()
                     if event.get("error"):
                         rec.status, rec.error = "error", f"stream error: {event['error']}"
-                        return rec
+                        break
                     for choice in event.get("choices") or ():
                         k = _tokens_in(choice)
                         if k:
                             times.extend([now] * k)
+                        if choice.get("finish_reason"):
+                            finish = str(choice["finish_reason"])
                     if event.get("usage"):
                         usage = event["usage"]
-        except TimeoutError:
-            rec.status, rec.error = "timeout", f"no complete response within {self.timeout_s} s"
+        except TimeoutError as exc:
+            rec.status, rec.error = "timeout", self._timeout_reason(exc, len(times))
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            rec.status, rec.error = "error", f"{type(exc).__name__}: {exc}"
+            rec.status = "error"
+            rec.error = f"{describe(exc)} (after {len(times)} of {request.max_tokens} tokens)"
         _fill(rec, times, usage)
-        if rec.status == "ok" and not times:
-            rec.status, rec.error = "error", "stream ended without any token"
+        if rec.status == "ok":
+            rec.error = self._incomplete(request, rec, finish, done)
+            if rec.error:
+                rec.status = "error"
         return rec
+
+    def _timeout_reason(self, exc: BaseException, got: int) -> str:
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return f"could not connect within {self.connect_timeout_s} s"
+        if isinstance(exc, aiohttp.SocketTimeoutError):
+            where = f"after {got} tokens" if got else "before the first token"
+            return f"stream stalled: no data for {self.stall_timeout_s} s ({where})"
+        return f"no complete response within {self.timeout_s} s (after {got} tokens)"
+
+    def _incomplete(
+        self, request: Request, rec: RequestRecord, finish: str | None, done: bool
+    ) -> str | None:
+        """Why a stream that raised nothing is still not a complete answer, or None."""
+        n, asked = rec.output_tokens, request.max_tokens
+        if not rec.token_times:
+            return "stream ended without any token"
+        if finish is None or not done:
+            missing = " or ".join(
+                m for m, ok in (("finish_reason", finish is not None), ("[DONE]", done)) if not ok
+            )
+            return f"truncated stream: {n} of {asked} tokens, then it ended without {missing}"
+        if finish not in ("length", "stop"):
+            return f"stream finished with finish_reason {finish!r} after {n} of {asked} tokens"
+        if self.ignore_eos and n < asked:
+            return f"short answer: {n} of {asked} tokens with ignore_eos (finish_reason {finish})"
+        return None
 
     async def wait_healthy(
         self,
@@ -168,9 +235,10 @@ class OpenAIEngine:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         last = "no attempt made"
-        short = aiohttp.ClientTimeout(total=5)
         session = self._get_session()
         while True:
+            # each probe is bounded by the time left, so the wait never overruns timeout_s
+            short = self._timeout(max(0.1, min(5.0, deadline - loop.time())))
             if check is not None:
                 dead = check()
                 if dead:
@@ -186,7 +254,7 @@ class OpenAIEngine:
                         )
                 return
             except (_Status, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                last = str(exc) or type(exc).__name__
+                last = describe(exc) if not isinstance(exc, _Status) else str(exc)
             if loop.time() >= deadline:
                 raise EngineUnhealthy(
                     f"server at {self.base_url} not healthy after {timeout_s:.0f} s; "
@@ -194,47 +262,50 @@ class OpenAIEngine:
                 )
             await asyncio.sleep(poll_s)
 
-    async def first_model(self) -> str:
-        """The served model's name, for endpoints whose name the config does not give.
-        Bounded by the engine's request timeout."""
-        url = f"{self.base_url}/v1/models"
-        try:
-            timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-            async with self._get_session().get(url, timeout=timeout) as r:
-                if r.status != 200:
-                    raise _Status(f"HTTP {r.status}: {(await r.text())[:200]}")
-                return str((await r.json(content_type=None))["data"][0]["id"])
-        except TimeoutError:
-            why = f"no answer within {self.timeout_s:g} s"
-        except (_Status, aiohttp.ClientError, OSError, ValueError, KeyError, IndexError) as exc:
-            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise EngineUnhealthy(
-            f"cannot list models at {url} ({why}); set the engine's `served_model`"
-        )
-
     async def server_version(self) -> str | None:
-        """vLLM answers GET /version; other servers may not."""
+        """vLLM answers GET /version; other servers may not (nor within 5 s: then None)."""
         try:
             session = self._get_session()
-            async with session.get(
-                f"{self.base_url}/version", timeout=aiohttp.ClientTimeout(total=5)
-            ) as r:
+            timeout = self._timeout(min(5.0, self.timeout_s))
+            async with session.get(f"{self.base_url}/version", timeout=timeout) as r:
                 if r.status == 200:
                     return str((await r.json(content_type=None)).get("version"))
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError, AttributeError):
             pass
         return None
 
+    async def first_model(self) -> str:
+        """The first model GET /v1/models lists, within `timeout_s`; RuntimeError saying why
+        not (for endpoints whose model name the config does not give)."""
+        url = f"{self.base_url}/v1/models"
+        try:
+            session = self._get_session()
+            async with session.get(url, timeout=self._timeout(self.timeout_s)) as r:
+                if r.status != 200:
+                    raise _Status(f"HTTP {r.status}: {(await r.text())[:200]}")
+                return str((await r.json(content_type=None))["data"][0]["id"])
+        except TimeoutError as exc:
+            why = f"no answer within {self.timeout_s} s ({describe(exc)})"
+        except (_Status, aiohttp.ClientError, OSError, ValueError, KeyError, IndexError) as exc:
+            why = str(exc) if isinstance(exc, _Status) else describe(exc)
+        except TypeError as exc:  # a body that is JSON but not {"data": [{"id": ...}]}
+            why = describe(exc)
+        raise EngineUnhealthy(f"cannot list models at {url}: {why}; set the engine's served_model")
+
 
 class _Status(Exception):
     pass
 
 
+DONE: Any = object()  # what _sse_events yields for `data: [DONE]`
+
+
 async def _sse_events(stream: aiohttp.StreamReader):  # noqa: ANN202 - async generator
-    """Yield the JSON payloads of `data:` lines until `data: [DONE]`.
+    """Yield the JSON payloads of `data:` lines, then DONE if `data: [DONE]` came.
 
     Reads raw chunks and splits lines itself: aiohttp's readline caps line length, and a
-    final chunk echoing token ids can be long."""
+    final chunk echoing token ids can be long. A payload that is not JSON raises ValueError
+    naming it (the stream is broken, and the record says so)."""
     buf = b""
     async for chunk in stream.iter_any():
         buf += chunk
@@ -247,11 +318,26 @@ async def _sse_events(stream: aiohttp.StreamReader):  # noqa: ANN202 - async gen
                 continue
             data = line[5:].strip()
             if data == b"[DONE]":
+                yield DONE
                 return
-            yield json.loads(data)
+            yield _json(data)
     line = buf.strip()
-    if line.startswith(b"data:") and line[5:].strip() not in (b"", b"[DONE]"):
-        yield json.loads(line[5:].strip())
+    if line.startswith(b"data:"):
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            yield DONE
+        elif data:
+            yield _json(data)
+
+
+def _json(data: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        raise ValueError(f"malformed JSON in stream: {data[:80]!r}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"stream event is not a JSON object: {data[:80]!r}")
+    return obj
 
 
 def _tokens_in(choice: dict[str, Any]) -> int:

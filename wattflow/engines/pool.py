@@ -39,6 +39,7 @@ from wattflow.engines.server import (
     pid_alive,
     wait_gone,
 )
+from wattflow.files import default_mode
 
 STATE_ENV = "WATTFLOW_STATE_DIR"
 OWNER_ENV = "WATTFLOW_OWNER_PID"
@@ -61,11 +62,18 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
-def write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict, *, private: bool = False) -> None:
+    """Atomically; with the umask's mode, or 0600 when `private` (an entry holds the
+    server's API key, readable only by the user)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+        os.chmod(tmp, 0o600 if private else default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -199,7 +207,7 @@ class ServerPool:
             return None
         if e.get("owner_pid") != self.owner_pid:
             e["owner_pid"] = self.owner_pid
-            write_json(paths["entry"], _public(e))
+            write_json(paths["entry"], _public(e), private=True)
         return self._handle(e, state)
 
     def _launch(
@@ -231,11 +239,11 @@ class ServerPool:
             "created": time.time(),
         }
         paths["lease"].touch()
-        write_json(paths["entry"], e)
+        write_json(paths["entry"], e, private=True)
         e["keeper_pid"] = _spawn_detached(
             [sys.executable, "-m", "wattflow.engines.keeper", str(paths["entry"])], paths["log"]
         )
-        write_json(paths["entry"], e)
+        write_json(paths["entry"], e, private=True)
         state = self._wait_ready(e)
         if state.get("status") != "ready":
             why = state.get("error") or f"keeper exited while the server was {state.get('status')}"
@@ -283,7 +291,7 @@ class ServerPool:
         paths = self._paths(e["key"])
         e = {**e, "stop": True}
         with contextlib.suppress(OSError):
-            write_json(paths["entry"], _public(e))
+            write_json(paths["entry"], _public(e), private=True)
         keeper = e.get("keeper_pid")
         if pid_alive(keeper):
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -198,6 +198,8 @@ class Server:
             check_runtime(self.engine, self.native)
         cmd = self.command()
         env = {**os.environ, **gpu_env(self.gpus), **self.launch.env}
+        if self.runtime == "apptainer":  # passed into the container even under --cleanenv
+            env.update({f"APPTAINERENV_{k}": v for k, v in self.launch.env.items()})
         with open(self.log_path, "ab") as log:
             log.write(f"$ {self._mask(shlex.join(cmd))}\n".encode())
             log.flush()

@@ -67,8 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from wattflow import yamltext
 from wattflow.workloads.core import Call, Segment, Workflow, output_segment, poisson_arrivals
 from wattflow.workloads.distributions import EMPIRICAL, Dist
 
@@ -89,6 +88,8 @@ def resolve_file(file: str) -> Path:
     p = Path(file)
     if p.is_file():
         return p
+    if p.is_dir():
+        raise SpecError(f"spec file {file!r} is a directory, not a YAML file")
     for cand in (BUNDLED / file, BUNDLED / f"{file}.yaml"):
         if "/" not in file and cand.is_file():
             return cand
@@ -108,9 +109,13 @@ def load_doc(file: str) -> dict:
 @functools.lru_cache(maxsize=64)
 def _parse_doc(path: str, _mtime_ns: int, _size: int, file: str) -> dict:
     try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"spec file {file}: not valid YAML: {exc}") from None
+        doc = yamltext.loads(Path(path).read_text(encoding="utf-8"), f"spec file {file}")
+    except yamltext.YamlError as exc:
+        raise SpecError(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"spec file {file}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise SpecError(f"spec file {file}: cannot read it ({exc.strerror})") from None
     if not isinstance(doc, dict):
         raise SpecError(f"spec file {file}: expected a mapping at the top level")
     return doc
@@ -1044,7 +1049,11 @@ def _emit(spec: Spec, st: _State, node: Node, r: int, rng: random.Random, upper:
             if it.kind == "segment":
                 sd = spec.segments[it.segment]
                 if sd.scope == "call":
-                    ln = _length(_draw(sd.tokens, ienv, rng, upper, w), w, f"segment {sd.name}")
+                    ln = _length(
+                        _draw(sd.tokens, ienv, rng, upper, f"{w}: segment {sd.name}"),
+                        w,
+                        f"segment {sd.name}",
+                    )
                     prompt.append(Segment(f"{st.wf}:{cid}:{sd.key}", ln))
                 else:
                     prompt.append(st.segs[it.segment])
@@ -1057,9 +1066,10 @@ def _emit(spec: Spec, st: _State, node: Node, r: int, rng: random.Random, upper:
                     prompt.extend(st.prompts[p])
                     read.append(p)
             else:
-                reps = _as_count(_draw(it.repeat, ienv, rng, upper, w), w, "repeat", 0)
+                reps = _as_count(_draw(it.repeat, ienv, rng, upper, f"{w}: repeat"), w, "repeat", 0)
                 for q in range(reps):
-                    ln = _length(_draw(it.value, ienv, rng, upper, w), w, "text_tokens")
+                    ln = _draw(it.value, ienv, rng, upper, f"{w}: text_tokens")
+                    ln = _length(ln, w, "text_tokens")
                     if it.key is not None:
                         key = f"{st.wf}:{it.key.render({**ienv, 'q': q})}"
                     else:
@@ -1068,10 +1078,11 @@ def _emit(spec: Spec, st: _State, node: Node, r: int, rng: random.Random, upper:
         prompt = [s for s in prompt if s.length]
         if not prompt:
             raise SpecError(f"{w}: empty prompt (every segment has 0 tokens)")
-        out = _length(_draw(node.output, ienv, rng, upper, w), w, "output_tokens", least=1)
+        out = _draw(node.output, ienv, rng, upper, f"{w}: output_tokens")
+        out = _length(out, w, "output_tokens", least=1)
         think = 0.0
         if node.think is not None:
-            think = float(_draw(node.think, ienv, rng, upper, w))
+            think = float(_draw(node.think, ienv, rng, upper, f"{w}: think_time_s"))
             if think < 0:
                 raise SpecError(f"{w}: think_time_s {think} is negative")
         if node.after:  # explicit parents; what the prompt reads must be done by then

@@ -48,6 +48,8 @@ class TraceError(ValueError):
 
 def trace_path(file: str | Path) -> Path:
     path = Path(file)
+    if path.is_dir():
+        raise TraceError(f"trace file {path} is a directory, not a JSONL file")
     if not path.is_file():
         raise TraceError(f"trace file {path} not found (relative to {Path.cwd()})")
     return path
@@ -67,7 +69,14 @@ def _sha256(path: str, _mtime_ns: int, _size: int) -> str:
 def load_rows(path: str | Path) -> list[dict]:
     path = trace_path(path)
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise TraceError(f"{path}:{line}: not UTF-8 text") from None
+    except OSError as exc:
+        raise TraceError(f"trace file {path}: cannot read it ({exc.strerror})") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -114,7 +123,10 @@ def build_trace(rows: list[dict]) -> list[Workflow]:
         for key in ("workflow_id", "node_id", "prompt_tokens", "output_tokens"):
             if key not in row:
                 raise TraceError(f"{line}: missing {key}")
-        wf, node = str(row["workflow_id"]), str(row["node_id"])
+        for key in ("workflow_id", "node_id"):  # 7 and "7" must not merge silently
+            if not isinstance(row[key], str):
+                raise TraceError(f"{line}: {key} must be a string, got {row[key]!r}")
+        wf, node = row["workflow_id"], row["node_id"]
         where = f"{line}: workflow {wf}, node {node}"
         extra = set(row) - _KEYS - {"_line"}
         if extra:
