@@ -31,8 +31,8 @@ def test_record_fields_for_a_lone_request():
     assert r.prompt_tokens == 1000 and r.output_tokens == 50 and r.cached_prompt_tokens == 0
     assert r.dispatch < r.first_token < r.finish
     ttft = r.first_token - r.dispatch
-    assert ttft == pytest.approx(RF.step_time_at_max_clock(*RF.prefill_times(1000)), rel=1e-6)
-    dec = RF.step_time_at_max_clock(*RF.decode_times(1, 1025))
+    assert ttft == pytest.approx(RF.step_time_at_max_clock(RF.prefill_times(1000)), rel=1e-6)
+    dec = RF.step_time_at_max_clock(RF.decode_times(1, 1025))
     assert r.itl_mean == pytest.approx(dec, rel=0.02)
     assert r.itl_max >= r.itl_mean
     assert r.token_times is None
@@ -88,8 +88,8 @@ def test_newcomer_cuts_a_macro_step():
     long = req("long", (Segment("p", 500),), 3000)
     late = req("late", (Segment("q", 500),), 10)
     eng, (a, b) = serve([(0.0, long), (7.3, late)])
-    prefill = RF.step_time_at_max_clock(*RF.prefill_times(500))
-    dec = RF.step_time_at_max_clock(*RF.decode_times(1, 4000))
+    prefill = RF.step_time_at_max_clock(RF.prefill_times(500))
+    dec = RF.step_time_at_max_clock(RF.decode_times(1, 4000))
     assert a.finish > 20.0  # the long decode was still running when `late` arrived
     assert b.first_token - b.dispatch < dec + prefill + dec  # rest of step + its prefill
     assert b.finish < a.finish

@@ -18,8 +18,6 @@ from wattflow import outputs
 from wattflow.attribution import attribute
 from wattflow.config import spec_hash
 from wattflow.engines.base import RequestRecord
-from wattflow.hardware import GpuSpec, ModelShape
-from wattflow.knobs import DEFAULT, scheduling_policy
 from wattflow.progress import Progress
 from wattflow.provenance import host_info, wattflow_info
 from wattflow.workloads import Workflow, build
@@ -37,15 +35,6 @@ class Measurement:
     extra: dict = field(default_factory=dict)
 
 
-def _model(spec: dict) -> ModelShape:
-    m = dict(spec["engine"]["model"])
-    return ModelShape(**m)
-
-
-def _gpu(spec: dict) -> GpuSpec:
-    return GpuSpec(**spec["engine"]["gpu"])
-
-
 def client_rtt_s(spec: dict) -> float:
     """The naive client's round trip (config `client.rtt_s`; in the spec only when set)."""
     return float((spec.get("client") or {}).get("rtt_s", 0.0))
@@ -57,26 +46,12 @@ def measure_sim(
     """The embedded simulator: virtual time, modelled power."""
     from wattflow.drive import drive
     from wattflow.engines.sim.clock import run_virtual
-    from wattflow.engines.sim.engine import SimEngine, SimKnobs
+    from wattflow.engines.sim.factory import build_engine
     from wattflow.telemetry import sim as sim_telemetry
 
-    e, gpu = spec["engine"], _gpu(spec)
     mode = knobs.get("mode", "naive")
-    cap = None if knobs["power_cap_w"] == DEFAULT else float(knobs["power_cap_w"])
-    clock = None if knobs["sm_clock_mhz"] == DEFAULT else float(knobs["sm_clock_mhz"])
-    engine = SimEngine(
-        _model(spec),
-        gpu,
-        SimKnobs(
-            max_num_seqs=int(knobs["max_num_seqs"]),
-            max_num_batched_tokens=e["max_num_batched_tokens"],
-            power_cap_w=cap,
-            sm_clock_mhz=clock,
-            prefix_caching=e["prefix_caching"],
-            gpu_memory_utilization=e["gpu_memory_utilization"],
-            scheduling_policy=scheduling_policy(mode),
-        ),
-    )
+    engine = build_engine(spec["engine"], knobs)
+    gpu, cap = engine.gpu, engine.knobs.power_cap_w
     records = run_virtual(
         drive(
             workflows,
