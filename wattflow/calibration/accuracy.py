@@ -256,7 +256,7 @@ def figure(df: pl.DataFrame, out_dir: Path) -> list[Path]:
     order = [LABELS[m] for m in REPORT_METRICS]
     base = alt.Chart(d).encode(
         alt.X("metric_label:N", sort=order, title=None, axis=alt.Axis(labelAngle=-40)),
-        alt.Y("row:N", title=None, sort=None),
+        alt.Y("row:N", title=None, sort=None, axis=alt.Axis(labelLimit=400)),
     )
     heat = base.mark_rect().encode(
         alt.Color(

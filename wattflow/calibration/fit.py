@@ -35,8 +35,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "active_w": (0.0, 800.0),
     "compute_dynamic_w": (0.0, 2500.0),
     "memory_dynamic_w": (0.0, 1000.0),
+    "power_window_s": (0.0, 2.0),
     "frontend_latency_s": (0.0, 0.1),
-    "frontend_per_stream_s": (0.0, 0.005),
+    "frontend_per_stream2_s": (0.0, 2e-5),
 }
 # Metric -> weight of its relative error.
 WEIGHTS: dict[str, float] = {
@@ -64,8 +65,9 @@ STARTS: tuple[dict[str, float], ...] = (
         "active_w": 100.0,
         "compute_dynamic_w": 800.0,
         "memory_dynamic_w": 250.0,
+        "power_window_s": 0.2,
         "frontend_latency_s": 0.01,
-        "frontend_per_stream_s": 5e-4,
+        "frontend_per_stream2_s": 4e-6,
     },
 )
 FD_STEP = 0.02  # forward-difference step in the transformed parameters

@@ -34,8 +34,9 @@ class SimConstants:
     active_w: float = 0.0  # power above idle whenever a step runs (x f^alpha)
     compute_dynamic_w: float = 520.0  # at full compute activity and max clock (x f^alpha)
     memory_dynamic_w: float = 300.0  # at full HBM activity
+    power_window_s: float = 0.0  # the power-cap controller's averaging time (0: per step)
     frontend_latency_s: float = 0.0  # client -> scheduler: HTTP, API server, IPC
-    frontend_per_stream_s: float = 0.0  # ... plus this per request in flight (event loop)
+    frontend_per_stream2_s: float = 0.0  # ... plus this x (requests in flight)^2
     async_scheduling: bool = False  # vLLM >= 0.11 plans step N+1 while step N runs
     alpha: float = ALPHA  # DVFS: compute dynamic power ~ f**alpha
     memory_knee: float = MEMORY_KNEE  # DVFS: memory-bound steps slow ~1/f below this f
@@ -76,8 +77,9 @@ DOC = {
     "active_w": "power above idle while a step runs, times f^alpha",
     "compute_dynamic_w": "power at full tensor-core activity and max clock, times f^alpha",
     "memory_dynamic_w": "power at full HBM bandwidth",
+    "power_window_s": "time constant of the power average the cap controller holds at the cap",
     "frontend_latency_s": "delay from the client's send to the scheduler seeing the request",
-    "frontend_per_stream_s": "extra front-end delay per request already in flight",
+    "frontend_per_stream2_s": "extra front-end delay x (requests already in flight)^2",
     "async_scheduling": "the engine plans step N+1 while step N runs (vLLM async scheduling)",
     "alpha": "DVFS exponent: compute dynamic power ~ (SM clock / max clock)^alpha",
     "memory_knee": "clock ratio below which memory-bound steps slow ~ 1/f",

@@ -97,7 +97,7 @@ class SimEngine:
         self._plan_n = 0  # steps of the plan that will be committed
         self._idle = (c.idle_w, self.power.idle_clock_mhz, 0.0, 0.0, REASON_GPU_IDLE)
         self._async = c.async_scheduling
-        self._fe = (c.frontend_latency_s, c.frontend_per_stream_s)
+        self._fe = (c.frontend_latency_s, c.frontend_per_stream2_s)
         self._inflight = 0  # requests accepted and not finished (front-end load)
         # Async scheduling: (first step index it may join, seq) of arrivals the scheduler
         # has not seen yet; step indices count committed steps (`self.steps`).
@@ -125,7 +125,7 @@ class SimEngine:
             return rec
         fut = loop.create_future()
         seq = Seq(request, rec, fut)
-        delay = self._fe[0] + self._fe[1] * self._inflight
+        delay = self._fe[0] + self._fe[1] * self._inflight * self._inflight
         self._inflight += 1
         if delay > 0.0:
             loop.call_at(now + delay, self._arrive, seq)
@@ -191,6 +191,8 @@ class SimEngine:
         end = self.power_trace.end
         if now - end < CLOCK_SLACK_S:
             now = end  # the loop's clock re-adds timeouts; keep steps exactly contiguous
+        else:
+            self.power.rest(now - end)
         self.power_trace.append(now, *self._idle)  # no-op unless the GPU sat idle
         sched = self.sched
         pending = self._pending
@@ -248,7 +250,8 @@ class SimEngine:
         kvb = rf.kv_bytes_per_token / rf.eff_bandwidth
         o = rf.overhead_s + rf.seq_overhead_s * n
         step = self.power.step
-        ends, durs, ps, fs, us, pms, rs, nbs = [], [], [], [], [], [], [], []
+        ends, durs, ps, fs, us, pms, rs, nbs, avgs = [], [], [], [], [], [], [], [], []
+        power = self.power
         t = now
         g = G
         while g < fin:
@@ -268,9 +271,10 @@ class SimEngine:
             pms.append(pm)
             rs.append(r)
             nbs.append(nb)
+            avgs.append(power.avg_w)
         if not ends:
             return False
-        self._plan = (ends, durs, ps, fs, us, pms, rs, nbs)
+        self._plan = (ends, durs, ps, fs, us, pms, rs, nbs, avgs)
         self._plan_n = len(ends)
         self._handle = self._loop.call_at(t, self._end_plan)
         return True
@@ -290,7 +294,8 @@ class SimEngine:
     def _end_plan(self) -> None:
         plan, n = self._plan, self._plan_n
         self._plan = None
-        ends, durs, ps, fs, us, pms, rs, nbs = plan
+        ends, durs, ps, fs, us, pms, rs, nbs, avgs = plan
+        self.power.avg_w = avgs[n - 1]  # steps after a cut never ran
         sched = self.sched
         sched.step_end.extend(ends[:n])
         sched.step_dur.extend(durs[:n])

@@ -11,6 +11,7 @@ grid) whose power fits under the cap. The constants come from a calibration prof
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Iterator, Sequence
 
@@ -67,6 +68,10 @@ class PowerModel:
         self._active = c.active_w
         self._cdyn = c.compute_dynamic_w
         self._mdyn = c.memory_dynamic_w
+        self._tau = c.power_window_s
+        # The controller holds an exponential average of power (time constant tau) at the
+        # cap, so a short burst after a light phase may run above the cap at full clock.
+        self.avg_w = c.idle_w
         self._hint = 0
         base = REASON_APPLICATIONS_CLOCKS if self.locked and req < fmax else REASON_NONE
         self._reasons = [base] + [base | REASON_SW_POWER_CAP] * (len(grid) - 1)
@@ -87,13 +92,19 @@ class PowerModel:
     def step(self, cost: StepCost) -> tuple[float, float, float, float, float, int]:
         """(seconds, power W, SM MHz, util 0..1, memory power W, NVML reasons) of one step.
 
-        Power is monotone in the clock, so the highest grid clock under the cap is found by
-        bisection, warm-started from the previous step's answer (usually 1-2 evaluations).
+        Power is monotone in the clock, so the highest grid clock under the allowed power is
+        found by bisection, warm-started from the previous step's answer (usually 1-2
+        evaluations). The allowed power is the cap, plus what keeps the running average
+        (`power_window_s`) at the cap after a step of the requested clock's length.
         """
-        cap = self.cap_w
         t, p, u, pm = self.at(0, cost)
+        cap = self.cap_w
+        if self._tau > 0.0:
+            a = math.exp(-t / self._tau)
+            cap += (cap - self.avg_w) * a / (1.0 - a) if a < 1.0 else 0.0
         if p <= cap:
             self._hint = 0
+            self._average(t, p)
             return t, p, self.grid_mhz[0], u, pm, self._reasons[0]
         last = len(self._f) - 1
         # Invariant: P(lo) > cap; hi is feasible, or the floor clock if nothing is.
@@ -122,7 +133,19 @@ class PowerModel:
                 lo = mid
         self._hint = hi
         t, p, u, pm = self.at(hi, cost)
+        self._average(t, p)
         return t, p, self.grid_mhz[hi], u, pm, self._reasons[hi] | REASON_SW_POWER_CAP
+
+    def _average(self, t: float, p: float) -> None:
+        if self._tau > 0.0:
+            a = math.exp(-t / self._tau)
+            self.avg_w = self.avg_w * a + p * (1.0 - a)
+
+    def rest(self, seconds: float) -> None:
+        """The GPU idled for `seconds`: the controller's average decays toward idle."""
+        if self._tau > 0.0 and seconds > 0.0:
+            a = math.exp(-seconds / self._tau)
+            self.avg_w = self.avg_w * a + self._idle * (1.0 - a)
 
 
 class PowerTrace(Sequence):
