@@ -1,4 +1,5 @@
 # Helpers shared by the rules: config validation, the cell list, per-rule config slices.
+import glob
 import json
 import os
 import sys

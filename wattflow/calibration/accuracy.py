@@ -12,7 +12,6 @@ and metric), and the simulated cells under `cells/`.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +45,19 @@ TARGETS = {
 BATCH_EFFECT_TARGET = 5.0  # % error of the J/workflow ratio at max_num_seqs 8 vs 256
 
 
-def _cell_key(cell: MeasuredCell, root: Path) -> str:
-    """The cell's path below the common root, engine segment pointing at the simulator."""
-    rel = cell.path.resolve().relative_to(root)
-    return "/".join("engine=sim" if p.startswith("engine=") else p for p in rel.parts)
+def _group(cell: MeasuredCell) -> str:
+    """The data set a cell belongs to: the folder holding its `cells/` folder (or, for a
+    bare Hive tree, the folder holding its `engine=` folder)."""
+    parts = cell.path.resolve().parts
+    i = next(i for i, p in enumerate(parts) if p.startswith("engine="))
+    return parts[i - 2] if i >= 2 and parts[i - 1] == "cells" else parts[i - 1]
 
 
-def _group(cell: MeasuredCell, root: Path) -> str:
-    """The data set a cell belongs to: its path below the root, up to `cells/`."""
-    parts = cell.path.resolve().relative_to(root).parts
-    head = parts[: parts.index("cells")] if "cells" in parts else ()
-    return "/".join(head) or root.name
+def _cell_key(cell: MeasuredCell) -> str:
+    """Where its simulated twin goes: set/cells/engine=sim/... (the same Hive path)."""
+    parts = cell.path.resolve().parts
+    i = next(i for i, p in enumerate(parts) if p.startswith("engine="))
+    return "/".join((_group(cell), "cells", "engine=sim", *parts[i + 1 :]))
 
 
 def profile_spec(ref: str | None, cells: list[MeasuredCell]) -> tuple[dict | None, list[str]]:
@@ -89,14 +90,11 @@ def run(
     cells = [c for c in find_cells(paths) if c.valid]
     if not cells:
         raise ValueError("accuracy: no valid cells")
-    root = Path(os.path.commonpath([c.path.resolve() for c in cells]))
-    if (root / "cell.json").is_file():
-        root = root.parent
     spec, fitted = profile_spec(profile, cells)
     fitted = {str(Path(p).resolve()) for p in (fit_cells if fit_cells is not None else fitted)}
     sim_dirs = []
     for i, cell in enumerate(cells, 1):
-        d = out_dir / "cells" / _cell_key(cell, root)
+        d = out_dir / _cell_key(cell)
         run_cell(cell.sim_spec(spec), cell.sim_knobs(), d, quiet=True)
         sim_dirs.append(d)
         if log:
@@ -110,7 +108,7 @@ def run(
             err = (b - a) / a * 100 if a not in (None, 0) and b is not None else None
             rows.append(
                 {
-                    "set": _group(cell, root),
+                    "set": _group(cell),
                     "cell": cell.label(),
                     "workload": cell.workload,
                     "mode": cell.knobs.get("mode", "naive"),

@@ -1,0 +1,29 @@
+# The simulator's accuracy on measured cells (not part of `all`): `snakemake accuracy`.
+# It reruns every measured cell below ACCURACY_CELLS on the simulator with the bundled
+# profile of the cells' GPU and writes the table and figure (wattflow.calibration.accuracy).
+# The committed report for the H100 data is validation/h100/accuracy/.
+ACCURACY_CELLS = ["validation/h100/cells", "validation/h100/scheduling/cells"]
+
+
+rule accuracy:
+    input:
+        cells=[
+            p
+            for d in ACCURACY_CELLS
+            for p in glob.glob(f"{d}/**/cell.json", recursive=True)
+        ],
+        profiles=glob.glob("wattflow/engines/sim/profiles/*.yaml"),
+    output:
+        table=f"{RESULTS}/accuracy/accuracy.parquet",
+        md=f"{RESULTS}/accuracy/accuracy.md",
+        png=f"{RESULTS}/accuracy/accuracy.png",
+    log:
+        f"{RESULTS}/logs/accuracy.log",
+    conda:
+        "../envs/wattflow.yaml"
+    params:
+        cells=" ".join(ACCURACY_CELLS),
+        python=PYTHON,
+    shell:
+        "{params.python} -m wattflow accuracy {params.cells} -o $(dirname {output.md:q})"
+        " > {log:q} 2>&1"
