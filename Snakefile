@@ -17,6 +17,7 @@ include: "rules/container.smk"
 include: "rules/servers.smk"
 include: "rules/cells.smk"
 include: "rules/analysis.smk"
+include: "rules/accuracy.smk"
 
 
 # Cheap once-per-grid jobs stay on the submitting host under a cluster executor (the

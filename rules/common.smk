@@ -1,5 +1,6 @@
 # Helpers shared by the rules: config validation, the cell list, per-rule config slices.
 # Everything that knows an engine kind, a knob or a path layout lives in the package.
+import glob
 import json
 import os
 import sys

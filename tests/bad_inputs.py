@@ -774,8 +774,7 @@ def _cases() -> list[Case]:
         cli_case("cli-not-a-cell", "--config {cfg} cell {tmp}/not/a/cell", "cell"),
         cli_case(
             "cli-path-and-set",
-            "--config {cfg} cell engine=sim/workload=wl/mode=naive/max_num_seqs=256/"
-            "power_cap_w=default/sm_clock_mhz=default/max_output_tokens=8/rep=0 --set rep=1",
+            "--config {cfg} cell engine=sim/workload=wl/max_output_tokens=8 --set rep=1",
             "--set",
         ),
         cli_case("cli-config-dir", "--config {tmp} validate", "directory"),

@@ -6,6 +6,7 @@ import asyncio
 
 from wattflow.engines.base import Request, RequestRecord
 from wattflow.engines.sim.clock import run_virtual
+from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.engine import SimEngine, SimKnobs
 from wattflow.hardware import GpuSpec, ModelShape
 from wattflow.workloads.core import Segment
@@ -39,10 +40,13 @@ def req(rid: str, prompt: tuple[Segment, ...], max_tokens: int, priority: int = 
 
 
 def serve(
-    jobs: list[tuple[float, Request]], knobs: SimKnobs | None = None, t_end: float | None = None
+    jobs: list[tuple[float, Request]],
+    knobs: SimKnobs | None = None,
+    t_end: float | None = None,
+    constants: SimConstants | None = None,
 ) -> tuple[SimEngine, list[RequestRecord]]:
     """Issue each request at its time on a fresh engine; return engine and records."""
-    eng = SimEngine(LLAMA_8B, H100, knobs or SimKnobs())
+    eng = SimEngine(LLAMA_8B, H100, knobs or SimKnobs(), constants)
 
     async def one(t: float, r: Request) -> RequestRecord:
         await asyncio.sleep(t)

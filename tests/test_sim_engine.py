@@ -7,6 +7,7 @@ import random
 import pytest
 from test_sim_common import H100, LLAMA_8B, req, serve
 
+from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.engine import SimEngine, SimKnobs
 from wattflow.engines.sim.perf import Roofline
 from wattflow.workloads.core import Segment
@@ -31,8 +32,8 @@ def test_record_fields_for_a_lone_request():
     assert r.prompt_tokens == 1000 and r.output_tokens == 50 and r.cached_prompt_tokens == 0
     assert r.dispatch < r.first_token < r.finish
     ttft = r.first_token - r.dispatch
-    assert ttft == pytest.approx(RF.step_time_at_max_clock(*RF.prefill_times(1000)), rel=1e-6)
-    dec = RF.step_time_at_max_clock(*RF.decode_times(1, 1025))
+    assert ttft == pytest.approx(RF.step_time_at_max_clock(RF.prefill_times(1000)), rel=1e-6)
+    dec = RF.step_time_at_max_clock(RF.decode_times(1, 1025))
     assert r.itl_mean == pytest.approx(dec, rel=0.02)
     assert r.itl_max >= r.itl_mean
     assert r.token_times is None
@@ -88,8 +89,8 @@ def test_newcomer_cuts_a_macro_step():
     long = req("long", (Segment("p", 500),), 3000)
     late = req("late", (Segment("q", 500),), 10)
     eng, (a, b) = serve([(0.0, long), (7.3, late)])
-    prefill = RF.step_time_at_max_clock(*RF.prefill_times(500))
-    dec = RF.step_time_at_max_clock(*RF.decode_times(1, 4000))
+    prefill = RF.step_time_at_max_clock(RF.prefill_times(500))
+    dec = RF.step_time_at_max_clock(RF.decode_times(1, 4000))
     assert a.finish > 20.0  # the long decode was still running when `late` arrived
     assert b.first_token - b.dispatch < dec + prefill + dec  # rest of step + its prefill
     assert b.finish < a.finish
@@ -180,14 +181,32 @@ def test_busy_hour_is_fast():
     assert eng.steps > 10_000
 
 
-@pytest.mark.parametrize("util", [0.9, 0.25])
-def test_macro_steps_match_step_by_step(monkeypatch, util):
+# A calibrated-like engine: async scheduling, front-end delay, averaging power controller.
+CALIBRATED = SimConstants(
+    compute_efficiency=0.8,
+    memory_efficiency=0.86,
+    idle_w=120.0,
+    active_w=200.0,
+    compute_dynamic_w=1000.0,
+    memory_dynamic_w=120.0,
+    power_window_s=0.2,
+    frontend_latency_s=0.009,
+    frontend_per_stream2_s=7e-6,
+    async_scheduling=True,
+)
+
+
+@pytest.mark.parametrize(
+    ("util", "constants", "cap"),
+    [(0.9, None, None), (0.25, None, None), (0.9, CALIBRATED, None), (0.25, CALIBRATED, 400)],
+)
+def test_macro_steps_match_step_by_step(monkeypatch, util, constants, cap):
     """The O(1) decode aggregates and macro-steps reproduce plain one-step scheduling."""
     jobs = _mixed_jobs(120, seed=11, horizon=8.0, max_out=300)
-    knobs = SimKnobs(gpu_memory_utilization=util)
-    fast_eng, fast = serve(jobs, knobs)
+    knobs = SimKnobs(gpu_memory_utilization=util, power_cap_w=cap)
+    fast_eng, fast = serve(jobs, knobs, constants=constants)
     monkeypatch.setattr("wattflow.engines.sim.scheduler.Scheduler.decode_only", lambda s: False)
-    slow_eng, slow = serve(jobs, knobs)
+    slow_eng, slow = serve(jobs, knobs, constants=constants)
     assert slow_eng.steps == fast_eng.steps
     assert slow_eng.sched.preemptions == fast_eng.sched.preemptions
     for a, b in zip(fast, slow, strict=True):
@@ -196,3 +215,25 @@ def test_macro_steps_match_step_by_step(monkeypatch, util):
             x, y = getattr(a, f), getattr(b, f)
             assert (x is None and y is None) or x == pytest.approx(y, rel=1e-9)
     assert fast_eng.power_trace.energy_j() == pytest.approx(slow_eng.power_trace.energy_j())
+
+
+def test_async_scheduling_joins_two_steps_later_and_frontend_delays():
+    """A request arriving during step N joins step N+2 (N+1 was planned while N ran); the
+    front end delays a lone request by its base latency."""
+    long = req("long", (Segment("p", 4000),), 400)
+    late = req("late", (Segment("q", 200),), 5)
+    c_sync = CALIBRATED.with_values(async_scheduling=False, frontend_latency_s=0.0,
+                                    frontend_per_stream2_s=0.0, power_window_s=0.0)  # fmt: skip
+    c_async = c_sync.with_values(async_scheduling=True)
+    rf = Roofline.build(LLAMA_8B, H100, c_sync)
+    dec = rf.step_time_at_max_clock(rf.decode_times(1, 4100))
+    _, (_, b_sync) = serve([(0.0, long), (1.0, late)], constants=c_sync)
+    _, (_, b_async) = serve([(0.0, long), (1.0, late)], constants=c_async)
+    wait = (b_async.first_token - b_async.dispatch) - (b_sync.first_token - b_sync.dispatch)
+    assert wait == pytest.approx(dec, rel=0.05)  # exactly one more decode step
+    _, (lone,) = serve([(0.0, req("a", (Segment("p", 1000),), 3))], constants=c_async)
+    _, (slow,) = serve(
+        [(0.0, req("a", (Segment("p", 1000),), 3))],
+        constants=c_async.with_values(frontend_latency_s=0.05),
+    )
+    assert slow.first_token - lone.first_token == pytest.approx(0.05)

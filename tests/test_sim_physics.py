@@ -11,33 +11,35 @@ from wattflow.engines.sim.power import REASON_SW_POWER_CAP, PowerModel
 RF = Roofline.build(LLAMA_8B, H100)
 
 
-def step(pm: PowerModel, times: tuple[float, float]):
-    return pm.step(*times)
+def step(pm: PowerModel, cost: tuple):
+    return pm.step(cost)
 
 
 def test_decode_batch1_is_memory_bound_weight_read():
-    t_c, t_m = RF.decode_times(1, 1000)
-    assert t_m > 50 * t_c
-    expected = RF.weight_bytes / (H100.hbm_tbps * 1e12 * H100.memory_efficiency)
-    t = RF.step_time_at_max_clock(t_c, t_m)
+    lc, lm, ac, am, _ = cost = RF.decode_times(1, 1000)
+    assert lm + am > 50 * (lc + ac)
+    expected = (RF.weight_bytes + 1001 * RF.kv_bytes_per_token) / (
+        H100.hbm_tbps * 1e12 * H100.memory_efficiency
+    )
+    t = RF.step_time_at_max_clock(cost)
     assert t == pytest.approx(expected + H100.step_overhead_s, rel=0.03)
 
 
 def test_decode_step_grows_sublinearly_with_batch():
-    t1 = RF.step_time_at_max_clock(*RF.decode_times(1, 1000))
-    t256 = RF.step_time_at_max_clock(*RF.decode_times(256, 256 * 1000))
+    t1 = RF.step_time_at_max_clock(RF.decode_times(1, 1000))
+    t256 = RF.step_time_at_max_clock(RF.decode_times(256, 256 * 1000))
     assert t1 < t256 < 10 * t1  # 256x the tokens for < 10x the time
 
 
 def test_prefill_8k_is_compute_bound():
-    t_c, t_m = RF.prefill_times(8192)
-    assert t_c > 10 * t_m
-    assert 0.1 < t_c < 1.0
+    lc, lm, ac, am, _ = RF.prefill_times(8192)
+    assert lc > 10 * lm and ac > am
+    assert 0.1 < lc + ac < 1.0
 
 
 def test_power_cap_slows_compute_bound_but_not_memory_bound():
-    free = PowerModel(H100, RF.overhead_s)
-    capped = PowerModel(H100, RF.overhead_s, power_cap_w=350)
+    free = PowerModel(H100)
+    capped = PowerModel(H100, power_cap_w=350)
     pre = RF.prefill_times(8192)
     dec = RF.decode_times(1, 2000)
     t0, p0, f0, *_ = step(free, pre)
@@ -57,8 +59,8 @@ def test_lower_cap_never_exceeds_cap_and_never_speeds_up(tokens):
     times = RF.prefill_times(tokens) if tokens > 256 else RF.decode_times(tokens, tokens * 3000)
     prev_t, prev_p = 0.0, float("inf")
     for cap in range(700, 195, -25):
-        pm = PowerModel(H100, RF.overhead_s, power_cap_w=cap)
-        t, p, f, u, pmem, _ = pm.step(*times)
+        pm = PowerModel(H100, power_cap_w=cap)
+        t, p, f, u, pmem, _ = pm.step(times)
         assert p <= cap + 1e-9
         assert p <= prev_p + 1e-9 and t >= prev_t - 1e-12
         assert H100.min_sm_clock_mhz <= f <= H100.max_sm_clock_mhz
@@ -67,24 +69,24 @@ def test_lower_cap_never_exceeds_cap_and_never_speeds_up(tokens):
 
 
 def test_warm_start_matches_cold_search():
-    warm = PowerModel(H100, RF.overhead_s, power_cap_w=300)
+    warm = PowerModel(H100, power_cap_w=300)
     for tokens in (8192, 512, 4096, 64, 8192, 1024):
-        cold = PowerModel(H100, RF.overhead_s, power_cap_w=300)
+        cold = PowerModel(H100, power_cap_w=300)
         times = RF.prefill_times(tokens)
-        assert warm.step(*times) == cold.step(*times)
+        assert warm.step(times) == cold.step(times)
 
 
 def test_locked_clock_scales_compute_time():
-    pm = PowerModel(H100, RF.overhead_s, sm_clock_mhz=990)
-    t_c, t_m = RF.prefill_times(8192)
-    t, p, f, *_ = pm.step(t_c, t_m)
+    pm = PowerModel(H100, sm_clock_mhz=990)
+    cost = lc, lm, ac, am, o = RF.prefill_times(8192)
+    t, p, f, *_ = pm.step(cost)
     assert f == 990
-    assert t == pytest.approx(t_c * 2 + RF.overhead_s, rel=1e-6)
-    assert p < PowerModel(H100, RF.overhead_s).step(t_c, t_m)[1]
+    assert t == pytest.approx((lc + ac) * 2 + o, rel=1e-6)
+    assert p < PowerModel(H100).step(cost)[1]
 
 
 def test_out_of_range_settings_rejected():
     with pytest.raises(ValueError):
-        PowerModel(H100, 0.004, power_cap_w=100)
+        PowerModel(H100, power_cap_w=100)
     with pytest.raises(ValueError):
-        PowerModel(H100, 0.004, sm_clock_mhz=3000)
+        PowerModel(H100, sm_clock_mhz=3000)

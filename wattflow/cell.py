@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 from wattflow import outputs, telemetry
 from wattflow.attribution import attribute
@@ -326,8 +327,6 @@ def _request_row(r: RequestRecord, energy: float | None) -> dict:
 
 
 def _workflow_table(workflows: list[Workflow], requests):  # noqa: ANN001, ANN202
-    import polars as pl
-
     meta = outputs.frame(
         "workflows",
         [

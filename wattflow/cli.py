@@ -1,4 +1,5 @@
-"""`wattflow`: validate a config, list its cells, or run one cell outside Snakemake.
+"""`wattflow`: validate a config, list its cells, run one cell outside Snakemake, fit the
+simulator to measured cells (`calibrate`) or report its accuracy on them (`accuracy`).
 
 `wattflow cell` writes exactly the files the pipeline's `cell` rule writes, so one cell can
 be debugged (or profiled) by hand. User errors end with one line on stderr and exit
@@ -14,6 +15,9 @@ import sys
 from pathlib import Path
 
 from wattflow import config as wf_config
+from wattflow.calibration import accuracy, fit
+from wattflow.calibration import profile as prof
+from wattflow.cell import run
 from wattflow.knobs import BY_NAME, GRID_KNOBS, KNOB_NAMES, KnobError, complete
 
 
@@ -79,8 +83,6 @@ def _knobs_from_args(cfg: dict, args: argparse.Namespace) -> dict:
 
 
 def cmd_cell(args: argparse.Namespace) -> int:
-    from wattflow.cell import run
-
     cfg = _load(args.config)
     knobs = _knobs_from_args(cfg, args)
     cell = wf_config.Cell(knobs)
@@ -107,6 +109,35 @@ def _check_writable(out: Path) -> None:
         raise UserError(f"--out {out}: {probe} is not writable")
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    flag = {"auto": None, "on": True, "off": False}[args.async_scheduling]
+    try:
+        p = fit.calibrate(
+            args.cells, name=args.name, base=args.base, async_scheduling=flag, log=print
+        )
+    except (ValueError, OSError) as err:  # CellError, ProfileError, no cells
+        raise UserError(f"calibrate: {err}") from None
+    out = prof.save(p, args.out or f"{p.name}.yaml")
+    f = p.source["fit"]
+    print(
+        f"{out}: {len(p.source['cells'])} cells, {f['simulations']} simulations, {f['seconds']} s"
+    )
+    for m, e in p.residuals["mean_absolute"].items():
+        print(f"  {m:16s} mean |error| {e * 100:5.1f} %")
+    return 0
+
+
+def cmd_accuracy(args: argparse.Namespace) -> int:
+    try:
+        df = accuracy.run(args.cells, args.out, profile=args.profile, log=print)
+    except (ValueError, OSError) as err:
+        raise UserError(f"accuracy: {err}") from None
+    print(f"{args.out}/accuracy.md:")
+    for r in accuracy.mape(df).iter_rows(named=True):
+        print(f"  {accuracy.LABELS[r['metric']]:16s} held-out MAPE {r['mape_pct']:5.1f} %")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wattflow", description=__doc__)
     p.add_argument("--config", default=str(wf_config.DEFAULT_CONFIG), help="config YAML")
@@ -125,6 +156,33 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--out", help="output directory (default: the cell's path under results/)")
     c.set_defaults(fn=cmd_cell)
+    k = sub.add_parser(
+        "calibrate",
+        help="fit the simulator's constants to measured cells; write a profile (YAML)",
+    )
+    k.add_argument("cells", nargs="+", metavar="CELL_DIR", help="cells, or folders above them")
+    k.add_argument("-o", "--out", help="profile to write (default: NAME.yaml)")
+    k.add_argument("--name", help="profile name (default: the cells' GPU name)")
+    k.add_argument("--base", help="profile to start from and take DVFS constants from")
+    k.add_argument(
+        "--async-scheduling",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="whether the engine plans step N+1 while N runs (auto: by engine version)",
+    )
+    k.set_defaults(fn=cmd_calibrate)
+    a = sub.add_parser(
+        "accuracy",
+        help="rerun measured cells on the simulator; table and figure of the errors",
+    )
+    a.add_argument("cells", nargs="+", metavar="CELL_DIR", help="cells, or folders above them")
+    a.add_argument("-o", "--out", required=True, help="output folder")
+    a.add_argument(
+        "--profile",
+        help="profile name or path (default: the bundled one of the cells' GPU; none: "
+        "uncalibrated)",
+    )
+    a.set_defaults(fn=cmd_accuracy)
     return p
 
 

@@ -30,6 +30,7 @@ import jsonschema
 import yaml
 
 from wattflow import MODEL_VERSION, telemetry, yamltext
+from wattflow.calibration import profile
 from wattflow.client.registry import POLICIES
 from wattflow.engines.registry import backend, backends
 from wattflow.knobs import (
@@ -228,6 +229,11 @@ def check(cfg: dict) -> None:
             raise ConfigError(f"gpus.{name}: min_power_limit_w exceeds max_power_limit_w")
         if g["min_sm_clock_mhz"] > g["max_sm_clock_mhz"]:
             raise ConfigError(f"gpus.{name}: min_sm_clock_mhz exceeds max_sm_clock_mhz")
+        if "profile" in g:
+            try:
+                _profile_spec(g["profile"])
+            except ValueError as exc:  # ProfileError
+                raise ConfigError(f"gpus.{name}.profile: {exc}") from None
     for name, m in models.items():
         if m["hidden_size"] % m["heads"] or m["heads"] % m["kv_heads"]:
             raise ConfigError(f"models.{name}: heads must divide hidden_size, kv_heads heads")
@@ -433,7 +439,21 @@ def engine_slice(cfg: dict, name: str) -> dict:
     e = copy.deepcopy(cfg["engines"][name])
     e["model"] = {"name": e["model"], **cfg["models"][e["model"]]}
     e["gpu"] = {"name": e["gpu"], **cfg["gpus"][e["gpu"]]}
+    if "profile" in e["gpu"]:  # the profile's constants travel with the cell
+        e["gpu"]["profile"] = _profile_spec(e["gpu"]["profile"])
     return e
+
+
+_PROFILES: dict[tuple, dict] = {}
+
+
+def _profile_spec(ref: str) -> dict:
+    """A GPU entry's calibration profile as cells carry it (read once per file version)."""
+    path = profile.resolve_path(ref)
+    key = (str(path.resolve()), path.stat().st_mtime_ns if path.is_file() else None)
+    if key not in _PROFILES:
+        _PROFILES[key] = profile.load(ref).to_spec()
+    return copy.deepcopy(_PROFILES[key])
 
 
 def cell_spec(cfg: dict, knobs: dict) -> dict:

@@ -14,6 +14,7 @@ Files per server key K in the state dir: K.json (written by acquirers), K.state.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ from wattflow.engines.launcher import Launcher
 from wattflow.engines.server import (
     _signal_group,
     check_runtime,
+    docker_client,
     free_port,
     native_program,
     pid_alive,
@@ -321,8 +324,6 @@ def _public(e: dict) -> dict:
 
 
 def _healthy(base_url: str) -> bool:
-    import urllib.request
-
     try:
         with urllib.request.urlopen(f"{base_url}/health", timeout=5) as r:
             return r.status == 200
@@ -350,8 +351,6 @@ def _spawn_detached(cmd: list[str], log: Path) -> int:
 
 
 def _stop_container(e: dict, container_id: str) -> None:
-    from wattflow.engines.server import docker_client
-
     try:
         client = docker_client(e["engine_spec"].get("runtime", "docker"))
         client.containers.get(container_id).stop(timeout=10)
@@ -373,8 +372,6 @@ def stop_all(path: str | Path | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """python -m wattflow.engines.pool [list|stop-all] [--state-dir DIR]"""
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m wattflow.engines.pool", description=__doc__)
     p.add_argument("command", choices=["list", "stop-all"])
     p.add_argument("--state-dir", default=None)

@@ -8,34 +8,7 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 from wattflow.engines.base import Backend, Needs, Session
-from wattflow.engines.sim.engine import SimEngine, SimKnobs
-from wattflow.hardware import GpuSpec, ModelShape
-from wattflow.knobs import DEFAULT, scheduling_policy
-
-
-def _opt(v: object) -> float | None:
-    return None if v in (None, DEFAULT) else float(v)  # type: ignore[arg-type]
-
-
-# Server-side knobs that are SimKnobs fields of the same name reach the engine as they are;
-# one the knobs do not declare keeps the engine's own default (vLLM's).
-_SERVER_FIELDS = ("max_num_seqs", "prefix_caching")
-
-
-def build_engine(engine: dict, knobs: dict) -> SimEngine:
-    """The simulated engine for an engine slice (with model and GPU) and a cell's knobs."""
-    return SimEngine(
-        ModelShape(**engine["model"]),
-        GpuSpec(**engine["gpu"]),
-        SimKnobs(
-            max_num_batched_tokens=engine["max_num_batched_tokens"],
-            power_cap_w=_opt(knobs["power_cap_w"]),
-            sm_clock_mhz=_opt(knobs["sm_clock_mhz"]),
-            gpu_memory_utilization=engine["gpu_memory_utilization"],
-            scheduling_policy=scheduling_policy(knobs["mode"]),
-            **{k: knobs[k] for k in _SERVER_FIELDS if k in knobs},
-        ),
-    )
+from wattflow.engines.sim.factory import build_engine
 
 
 class SimBackend(Backend):

@@ -1,20 +1,26 @@
 """`SimEngine`: a vLLM-like continuous-batching server simulated in virtual time.
 
-`generate` must be awaited on a `VirtualTimeLoop`. The engine runs one step at a time with
-`loop.call_at` at each step's end; when the batch is pure decode and nothing can be
+`generate` must be awaited on a `VirtualTimeLoop`. A request reaches the scheduler after the
+serving front end's delay (`SimConstants.frontend_*`). The engine runs one step at a time
+with `loop.call_at` at each step's end; when the batch is pure decode and nothing can be
 admitted, it plans a macro-step (every step up to the next finish, O(1) work per step) and
 sets ONE timer. A request arriving mid-macro-step cuts it at the end of the step in flight,
-so the newcomer joins at the next step boundary exactly as in a real engine.
+so the newcomer joins at the next step boundary exactly as in a real engine. With async
+scheduling (vLLM plans step N+1 while step N runs) a request arriving during step N joins
+step N+2 at the earliest, and the slots of sequences finishing in step N are reused from
+step N+2 on.
 """
 
 from __future__ import annotations
 
 import asyncio
 from bisect import bisect_right
+from collections import deque
 from dataclasses import dataclass
 
 import wattflow
 from wattflow.engines.base import Request, RequestRecord
+from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.kvcache import KvCache, kv_capacity_blocks
 from wattflow.engines.sim.perf import Roofline
 from wattflow.engines.sim.power import REASON_GPU_IDLE, PowerModel, PowerTrace
@@ -58,11 +64,18 @@ class SimEngine:
     name = "sim"
     version = f"sim-{wattflow.MODEL_VERSION}"
 
-    def __init__(self, model: ModelShape, gpu: GpuSpec, knobs: SimKnobs | None = None) -> None:
+    def __init__(
+        self,
+        model: ModelShape,
+        gpu: GpuSpec,
+        knobs: SimKnobs | None = None,
+        constants: SimConstants | None = None,
+    ) -> None:
         self.model, self.gpu = model, gpu
         self.knobs = knobs = knobs or SimKnobs()
-        self.roofline = Roofline.build(model, gpu)
-        self.power = PowerModel(gpu, gpu.step_overhead_s, knobs.power_cap_w, knobs.sm_clock_mhz)
+        self.constants = c = constants or SimConstants.from_gpu(gpu)
+        self.roofline = Roofline.build(model, gpu, c)
+        self.power = PowerModel(gpu, knobs.power_cap_w, knobs.sm_clock_mhz, c)
         blocks = kv_capacity_blocks(model, gpu, knobs.gpu_memory_utilization, knobs.block_size)
         if blocks <= 0:
             raise ValueError(
@@ -82,7 +95,14 @@ class SimEngine:
         self._batch: Batch | None = None  # in-flight full step
         self._plan: tuple[list, ...] | None = None  # in-flight macro-step
         self._plan_n = 0  # steps of the plan that will be committed
-        self._idle = (gpu.idle_w, self.power.idle_clock_mhz, 0.0, 0.0, REASON_GPU_IDLE)
+        self._idle = (c.idle_w, self.power.idle_clock_mhz, 0.0, 0.0, REASON_GPU_IDLE)
+        self._async = c.async_scheduling
+        self._fe = (c.frontend_latency_s, c.frontend_per_stream2_s)
+        self._inflight = 0  # requests accepted and not finished (front-end load)
+        # Async scheduling: (first step index it may join, seq) of arrivals the scheduler
+        # has not seen yet; step indices count committed steps (`self.steps`).
+        self._pending: deque[tuple[int, Seq]] = deque()
+        self._fresh = False  # _begin follows a committed step (not an idle wake-up)
 
     # -- Engine protocol ----------------------------------------------------------------
     async def generate(self, request: Request) -> RequestRecord:
@@ -104,12 +124,13 @@ class SimEngine:
             rec.status, rec.error = "error", err
             return rec
         fut = loop.create_future()
-        self.sched.add(Seq(request, rec, fut))
-        if not self._busy:
-            self._busy = True
-            loop.call_soon(self._begin)
-        elif self._plan is not None:
-            self._cut(now)
+        seq = Seq(request, rec, fut)
+        delay = self._fe[0] + self._fe[1] * self._inflight * self._inflight
+        self._inflight += 1
+        if delay > 0.0:
+            loop.call_at(now + delay, self._arrive, seq)
+        else:
+            self._arrive(seq)
         return await fut
 
     @property
@@ -122,6 +143,30 @@ class SimEngine:
         self.power_trace.append(t_end, *self._idle)
 
     # -- internals ----------------------------------------------------------------------
+    def _arrive(self, seq: Seq) -> None:
+        """The request reaches the scheduler (after the front end's delay)."""
+        if not self._busy:
+            self.sched.add(seq)
+            self._busy = True
+            self._fresh = False
+            self._loop.call_soon(self._begin)
+            return
+        now = self._loop.time()
+        if not self._async:
+            self.sched.add(seq)
+            if self._plan is not None:
+                self._cut(now, 1)
+            return
+        # Step N (in flight, or just ended) was planned with step N+1: join N+2.
+        if self._plan is not None:
+            j = bisect_right(self._plan[0], now, 0, self._plan_n)
+            self._pending.append((self.steps + j + 2, seq))
+            self._cut(now, 2)
+        elif self._batch is not None:
+            self._pending.append((self.steps + 2, seq))
+        else:
+            self._pending.append((self.steps + 1, seq))
+
     def _reject_reason(self, request: Request) -> str | None:
         p, m = request.prompt_tokens, request.max_tokens
         if p < 1 or m < 1:
@@ -146,8 +191,19 @@ class SimEngine:
         end = self.power_trace.end
         if now - end < CLOCK_SLACK_S:
             now = end  # the loop's clock re-adds timeouts; keep steps exactly contiguous
+        else:
+            self.power.rest(now - end)
         self.power_trace.append(now, *self._idle)  # no-op unless the GPU sat idle
         sched = self.sched
+        pending = self._pending
+        if pending:
+            # Nothing was planned beside the last step: the engine schedules them now.
+            k = self.steps if sched.has_work() else 1 << 62
+            while pending and pending[0][0] <= k:
+                sched.add(pending.popleft()[1])
+        if not self._fresh:
+            sched.held = 0  # woke up idle: no step was planned ahead
+        self._fresh = False
         if not sched.has_work():
             self._busy = False
             return
@@ -162,8 +218,8 @@ class SimEngine:
                 return
         else:
             raise RuntimeError("simulator scheduled an empty step three times (bug)")
-        t_c, t_m = self.roofline.times(b.tokens, b.attn, b.kv_io, b.sampled)
-        dt, p, mhz, u, pm, r = self.power.step(t_c, t_m)
+        cost = self.roofline.times(b.tokens, b.attn, b.kv_io, b.sampled, b.n_dec + len(b.chunks))
+        dt, p, mhz, u, pm, r = self.power.step(cost)
         self._batch = b
         self._step_rec = (now + dt, dt, p, mhz, u, pm, r)
         self._handle = loop.call_at(now + dt, self._end_step)
@@ -183,6 +239,8 @@ class SimEngine:
         sched = self.sched
         G, n, base = sched.G, sched.n_dec, sched.base_sum
         fin = min(sched.next_finish(), G + MAX_MACRO_STEPS)
+        if self._pending and len(sched.running) + sched.held < self.knobs.max_num_seqs:
+            fin = min(fin, G + self._pending[0][0] - self.steps)  # stop where one may join
         hist, bs = sched.hist, sched.bs
         avail = self.kv.available()
         rf = self.roofline
@@ -190,8 +248,10 @@ class SimEngine:
         c = rf.attn_flops_per_ctx / rf.eff_flops
         w = rf.weight_bytes / rf.eff_bandwidth
         kvb = rf.kv_bytes_per_token / rf.eff_bandwidth
+        o = rf.overhead_s + rf.seq_overhead_s * n
         step = self.power.step
-        ends, durs, ps, fs, us, pms, rs, nbs = [], [], [], [], [], [], [], []
+        ends, durs, ps, fs, us, pms, rs, nbs, avgs = [], [], [], [], [], [], [], [], []
+        power = self.power
         t = now
         g = G
         while g < fin:
@@ -201,7 +261,7 @@ class SimEngine:
                 break
             avail -= nb
             ctx = base + n * g
-            dt, p, mhz, u, pm, r = step(a + c * ctx, w + kvb * (ctx + n))
+            dt, p, mhz, u, pm, r = step((a, w, c * ctx, kvb * (ctx + n), o))
             t += dt
             ends.append(t)
             durs.append(dt)
@@ -211,19 +271,21 @@ class SimEngine:
             pms.append(pm)
             rs.append(r)
             nbs.append(nb)
+            avgs.append(power.avg_w)
         if not ends:
             return False
-        self._plan = (ends, durs, ps, fs, us, pms, rs, nbs)
+        self._plan = (ends, durs, ps, fs, us, pms, rs, nbs, avgs)
         self._plan_n = len(ends)
         self._handle = self._loop.call_at(t, self._end_plan)
         return True
 
-    def _cut(self, now: float) -> None:
-        """A request arrived mid-macro-step: stop after the step in flight."""
-        if len(self.sched.running) >= self.knobs.max_num_seqs:
+    def _cut(self, now: float, lag: int) -> None:
+        """A request arrived mid-macro-step: stop `lag` steps after the one in flight
+        (1; 2 with async scheduling, whose next step was planned already)."""
+        if len(self.sched.running) + self.sched.held >= self.knobs.max_num_seqs:
             return  # it could not be admitted before a finish anyway
         ends = self._plan[0]
-        j = bisect_right(ends, now, 0, self._plan_n)
+        j = bisect_right(ends, now, 0, self._plan_n) + lag - 1
         if j < self._plan_n - 1:
             self._plan_n = j + 1
             self._handle.cancel()
@@ -232,7 +294,8 @@ class SimEngine:
     def _end_plan(self) -> None:
         plan, n = self._plan, self._plan_n
         self._plan = None
-        ends, durs, ps, fs, us, pms, rs, nbs = plan
+        ends, durs, ps, fs, us, pms, rs, nbs, avgs = plan
+        self.power.avg_w = avgs[n - 1]  # steps after a cut never ran
         sched = self.sched
         sched.step_end.extend(ends[:n])
         sched.step_dur.extend(durs[:n])
@@ -241,6 +304,10 @@ class SimEngine:
         self._resolve(sched.commit_decode(n, sum(nbs[:n]), ends[n - 1]))
 
     def _resolve(self, done: list[Seq]) -> None:
+        self._inflight -= len(done)
+        if self._async:  # their slots were counted when the next step was planned
+            self.sched.held = len(done)
+        self._fresh = True
         for seq in done:
             if not seq.future.done():
                 seq.future.set_result(seq.record)

@@ -1,25 +1,34 @@
-"""Roofline step-time model for one engine step of a decoder-only transformer.
+"""Step-time model for one engine step of a decoder-only transformer.
 
 A step is a single forward pass over every token scheduled in it (prefill chunks plus one
-token per decoding sequence). Its duration is the slower of the compute and the memory
-side, plus a fixed per-step overhead; see MODEL.md for every constant and its source.
-The class precomputes coefficients so the simulator's hot loop costs a few float ops.
+token per decoding sequence). It runs two kinds of kernels one after the other: the linear
+layers (one GEMM over all the step's tokens, streaming the weights once) and attention (each
+sequence's queries against its own KV cache). Each kind takes the slower of its compute and
+its memory side (a roofline per kernel kind, not one for the whole step, because a prefill
+chunk's GEMMs and the decodes' KV reads cannot overlap), plus a fixed per-step and a
+per-sequence overhead. See MODEL.md for every constant and its source. The class
+precomputes coefficients so the simulator's hot loop costs a few float ops.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wattflow.engines.sim.constants import SimConstants
 from wattflow.hardware import GpuSpec, ModelShape
 
 # FLOPs per attended (query token, context token) pair: QK^T and AV, 2 flops/MAC each,
 # over all query heads (heads * head_dim = hidden) and layers.
 ATTN_FLOPS_PER_PAIR_PER_LAYER_HIDDEN = 4
 
+# A step's cost at max SM clock: (linear compute s, linear memory s, attention compute s,
+# attention memory s, overhead s). PowerModel turns it into time and power at a clock.
+StepCost = tuple[float, float, float, float, float]
+
 
 @dataclass(frozen=True, slots=True)
 class Roofline:
-    """Per-(model, GPU) constants of the step-time model, all in SI units."""
+    """Per-(model, GPU, constants) coefficients of the step-time model, in SI units."""
 
     flops_per_token: float  # 2 * body matmul parameters (no embedding, no LM head)
     lm_head_flops: float  # 2 * vocab * hidden, only for tokens whose logits are sampled
@@ -28,10 +37,14 @@ class Roofline:
     kv_bytes_per_token: float
     eff_flops: float  # peak dense bf16 FLOP/s * compute_efficiency, at max SM clock
     eff_bandwidth: float  # HBM B/s * memory_efficiency
-    overhead_s: float
+    overhead_s: float  # per step
+    seq_overhead_s: float  # per sequence scheduled in the step
 
     @classmethod
-    def build(cls, model: ModelShape, gpu: GpuSpec) -> Roofline:
+    def build(
+        cls, model: ModelShape, gpu: GpuSpec, constants: SimConstants | None = None
+    ) -> Roofline:
+        c = constants or SimConstants.from_gpu(gpu)
         embed = model.vocab_size * model.hidden_size  # the lookup table; the LM head too
         matmul_params = model.params - embed  # body + LM head, all streamed every step
         return cls(
@@ -42,40 +55,44 @@ class Roofline:
             ),
             weight_bytes=float(matmul_params * model.dtype_bytes),
             kv_bytes_per_token=float(model.kv_bytes_per_token),
-            eff_flops=gpu.peak_bf16_tflops * 1e12 * gpu.compute_efficiency,
-            eff_bandwidth=gpu.hbm_tbps * 1e12 * gpu.memory_efficiency,
-            overhead_s=gpu.step_overhead_s,
+            eff_flops=gpu.peak_bf16_tflops * 1e12 * c.compute_efficiency,
+            eff_bandwidth=gpu.hbm_tbps * 1e12 * c.memory_efficiency,
+            overhead_s=c.step_overhead_s,
+            seq_overhead_s=c.seq_overhead_s,
         )
 
     def times(
-        self, tokens: float, attn_ctx: float, kv_tokens_io: float, sampled: float
-    ) -> tuple[float, float]:
-        """(compute seconds at max clock, memory seconds) of one step.
+        self, tokens: float, attn_ctx: float, kv_tokens_io: float, sampled: float, seqs: float
+    ) -> StepCost:
+        """The cost of one step at max clock.
 
         tokens: tokens processed (prefill + decode); attn_ctx: sum over those tokens of the
         context each attends to; kv_tokens_io: KV-cache tokens read plus written; sampled:
-        tokens whose logits are computed (decodes + prefills that finish in this step).
+        tokens whose logits are computed (decodes + prefills that finish in this step);
+        seqs: sequences scheduled (decodes + prefill chunks).
         """
-        flops = (
-            self.flops_per_token * tokens
-            + self.lm_head_flops * sampled
-            + self.attn_flops_per_ctx * attn_ctx
+        ef = self.eff_flops
+        return (
+            (self.flops_per_token * tokens + self.lm_head_flops * sampled) / ef,
+            self.weight_bytes / self.eff_bandwidth,
+            self.attn_flops_per_ctx * attn_ctx / ef,
+            self.kv_bytes_per_token * kv_tokens_io / self.eff_bandwidth,
+            self.overhead_s + self.seq_overhead_s * seqs,
         )
-        t_c = flops / self.eff_flops
-        t_m = (self.weight_bytes + self.kv_bytes_per_token * kv_tokens_io) / self.eff_bandwidth
-        return t_c, t_m
 
-    def decode_times(self, seqs: int, ctx_sum: float) -> tuple[float, float]:
+    def decode_times(self, seqs: int, ctx_sum: float) -> StepCost:
         """A decode-only step: each sequence reads its whole context and writes one token."""
-        return self.times(seqs, ctx_sum, ctx_sum + seqs, seqs)
+        return self.times(seqs, ctx_sum, ctx_sum + seqs, seqs, seqs)
 
-    def prefill_times(self, chunk: int, cached_ctx: int = 0) -> tuple[float, float]:
+    def prefill_times(self, chunk: int, cached_ctx: int = 0) -> StepCost:
         """A step holding one prefill chunk (the prompt's last) after `cached_ctx` tokens."""
         attn, io = prefill_chunk_terms(cached_ctx, chunk)
-        return self.times(chunk, attn, io, 1)
+        return self.times(chunk, attn, io, 1, 1)
 
-    def step_time_at_max_clock(self, t_c: float, t_m: float) -> float:
-        return max(t_c, t_m) + self.overhead_s
+    @staticmethod
+    def step_time_at_max_clock(cost: StepCost) -> float:
+        lc, lm, ac, am, o = cost
+        return max(lc, lm) + max(ac, am) + o
 
 
 def prefill_chunk_terms(prior_ctx: int, chunk: int) -> tuple[float, float]:

@@ -1,25 +1,25 @@
 """GPU power model with a power cap and an optional locked SM clock.
 
-Power of a step = idle + compute dynamic power scaled by the compute-busy share and by
-f**ALPHA (f = SM clock / max SM clock), + memory dynamic power scaled by the achieved share
-of effective HBM bandwidth. Lowering f slows only the compute side (and, below
-MEMORY_KNEE, memory-bound kernels too, because SMs can no longer issue loads fast enough).
-The power-cap controller picks, per step, the highest supported clock (15 MHz grid) whose
-power fits under the cap. See MODEL.md for the constants and their sources.
+Power of a step = idle + f**alpha * (active power + compute dynamic power scaled by the
+compute-busy share) + memory dynamic power scaled by the achieved share of effective HBM
+bandwidth (f = SM clock / max SM clock). Lowering f slows only the compute side (and, below
+the memory knee, memory-bound kernels too, because SMs can no longer issue loads fast
+enough). The power-cap controller picks, per step, the highest supported clock (15 MHz
+grid) whose power fits under the cap. The constants come from a calibration profile
+(`SimConstants`); see MODEL.md for their values and sources.
 """
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Iterator, Sequence
 
+from wattflow.engines.sim.constants import ALPHA, MEMORY_KNEE, SimConstants
+from wattflow.engines.sim.perf import StepCost
 from wattflow.hardware import GpuSpec
 
-# Dynamic power ~ C V^2 f with V rising roughly linearly with f over the DVFS range, but
-# flattening at a voltage floor near the low clocks: exponent between 2 and 3. Assumption.
-ALPHA = 2.5
-# Below this clock ratio, memory-bound kernels slow down proportionally (assumption).
-MEMORY_KNEE = 0.5
+__all__ = ["ALPHA", "MEMORY_KNEE", "PowerModel", "PowerTrace"]
 # NVIDIA data-centre GPUs expose SM clocks on a ~15 MHz grid (nvidia-smi -q -d SUPPORTED_CLOCKS).
 CLOCK_STEP_MHZ = 15.0
 
@@ -31,16 +31,17 @@ REASON_SW_POWER_CAP = 0x4
 
 
 class PowerModel:
-    """Maps a step's (compute time at max clock, memory time) to duration, power and clock."""
+    """Maps a step's cost at max clock (`perf.StepCost`) to duration, power and clock."""
 
     def __init__(
         self,
         gpu: GpuSpec,
-        overhead_s: float,
         power_cap_w: float | None = None,
         sm_clock_mhz: float | None = None,
+        constants: SimConstants | None = None,
     ) -> None:
         self.gpu = gpu
+        c = self.constants = constants or SimConstants.from_gpu(gpu)
         self.cap_w = float(gpu.max_power_limit_w if power_cap_w is None else power_cap_w)
         if not gpu.min_power_limit_w <= self.cap_w <= gpu.max_power_limit_w:
             raise ValueError(
@@ -61,65 +62,90 @@ class PowerModel:
             grid.append(float(gpu.min_sm_clock_mhz))
         self.grid_mhz = grid  # descending; index 0 is the requested clock
         self._f = [m / fmax for m in grid]
-        self._cdyn = [gpu.compute_dynamic_w * f**ALPHA for f in self._f]
-        self._mslow = [max(1.0, MEMORY_KNEE / f) for f in self._f]
-        self._idle = gpu.idle_w
-        self._mdyn = gpu.memory_dynamic_w
-        self._o = overhead_s
+        self._fa = [f**c.alpha for f in self._f]
+        self._mslow = [max(1.0, c.memory_knee / f) for f in self._f]
+        self._idle = c.idle_w
+        self._active = c.active_w
+        self._cdyn = c.compute_dynamic_w
+        self._mdyn = c.memory_dynamic_w
+        self._tau = c.power_window_s
+        # The controller holds an exponential average of power (time constant tau) at the
+        # cap, so a short burst after a light phase may run above the cap at full clock.
+        self.avg_w = c.idle_w
         self._hint = 0
         base = REASON_APPLICATIONS_CLOCKS if self.locked and req < fmax else REASON_NONE
         self._reasons = [base] + [base | REASON_SW_POWER_CAP] * (len(grid) - 1)
         # Idle: clocks drop to the floor unless locked (nvidia-smi -lgc holds them).
         self.idle_clock_mhz = req if self.locked else float(gpu.min_sm_clock_mhz)
 
-    def at(self, k: int, t_c: float, t_m: float) -> tuple[float, float, float, float]:
+    def at(self, k: int, cost: StepCost) -> tuple[float, float, float, float]:
         """(step seconds, power W, busy share, memory power W) at grid clock index k."""
-        tc = t_c / self._f[k]
-        tm = t_m * self._mslow[k]
-        busy = tc if tc > tm else tm
-        t = busy + self._o
-        pm = self._mdyn * t_m / t
-        return t, self._idle + self._cdyn[k] * tc / t + pm, busy / t, pm
+        lc, lm, ac, am, o = cost
+        f, ms = self._f[k], self._mslow[k]
+        tl, ta, tlm, tam = lc / f, ac / f, lm * ms, am * ms
+        busy = (tl if tl > tlm else tlm) + (ta if ta > tam else tam)
+        t = busy + o
+        pm = self._mdyn * (lm + am) / t
+        p = self._idle + self._fa[k] * (self._active + self._cdyn * (tl + ta) / t) + pm
+        return t, p, busy / t, pm
 
-    def step(self, t_c: float, t_m: float) -> tuple[float, float, float, float, float, int]:
+    def step(self, cost: StepCost) -> tuple[float, float, float, float, float, int]:
         """(seconds, power W, SM MHz, util 0..1, memory power W, NVML reasons) of one step.
 
-        Power is monotone in the clock, so the highest grid clock under the cap is found by
-        bisection, warm-started from the previous step's answer (usually 1-2 evaluations).
+        Power is monotone in the clock, so the highest grid clock under the allowed power is
+        found by bisection, warm-started from the previous step's answer (usually 1-2
+        evaluations). The allowed power is the cap, plus what keeps the running average
+        (`power_window_s`) at the cap after a step of the requested clock's length.
         """
+        t, p, u, pm = self.at(0, cost)
         cap = self.cap_w
-        t, p, u, pm = self.at(0, t_c, t_m)
+        if self._tau > 0.0:
+            a = math.exp(-t / self._tau)
+            cap += (cap - self.avg_w) * a / (1.0 - a) if a < 1.0 else 0.0
         if p <= cap:
             self._hint = 0
+            self._average(t, p)
             return t, p, self.grid_mhz[0], u, pm, self._reasons[0]
         last = len(self._f) - 1
         # Invariant: P(lo) > cap; hi is feasible, or the floor clock if nothing is.
         lo, hi = 0, last
         if last > 0:
             h = min(max(self._hint, 1), last)
-            if self.at(h, t_c, t_m)[1] <= cap:
+            if self.at(h, cost)[1] <= cap:
                 hi = h
                 if h - 1 > 0:
-                    if self.at(h - 1, t_c, t_m)[1] > cap:
+                    if self.at(h - 1, cost)[1] > cap:
                         lo = h - 1
                     else:
                         hi = h - 1
             else:
                 lo = h
                 if h < last:
-                    if self.at(h + 1, t_c, t_m)[1] <= cap:
+                    if self.at(h + 1, cost)[1] <= cap:
                         hi = h + 1
                     else:
                         lo = h + 1
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if self.at(mid, t_c, t_m)[1] <= cap:
+            if self.at(mid, cost)[1] <= cap:
                 hi = mid
             else:
                 lo = mid
         self._hint = hi
-        t, p, u, pm = self.at(hi, t_c, t_m)
+        t, p, u, pm = self.at(hi, cost)
+        self._average(t, p)
         return t, p, self.grid_mhz[hi], u, pm, self._reasons[hi] | REASON_SW_POWER_CAP
+
+    def _average(self, t: float, p: float) -> None:
+        if self._tau > 0.0:
+            a = math.exp(-t / self._tau)
+            self.avg_w = self.avg_w * a + p * (1.0 - a)
+
+    def rest(self, seconds: float) -> None:
+        """The GPU idled for `seconds`: the controller's average decays toward idle."""
+        if self._tau > 0.0 and seconds > 0.0:
+            a = math.exp(-seconds / self._tau)
+            self.avg_w = self.avg_w * a + self._idle * (1.0 - a)
 
 
 class PowerTrace(Sequence):

@@ -156,6 +156,9 @@ class Scheduler:
         self._arrivals = 0
         self._admits = 0
         self.preemptions = 0
+        # Slots of sequences that finished in the step just ended: with async scheduling
+        # the next step was planned while they still ran (the engine sets this).
+        self.held = 0
 
     # -- queries ------------------------------------------------------------------------
     def has_work(self) -> bool:
@@ -183,7 +186,7 @@ class Scheduler:
         return self.n_dec > 0 and not self.prefilling and not self._admissible()
 
     def _admissible(self) -> bool:
-        if not len(self.waiting) or len(self.running) >= self.max_num_seqs:
+        if not len(self.waiting) or len(self.running) + self.held >= self.max_num_seqs:
             return False
         budget = self.max_batched - self.n_dec
         if budget <= 0:
@@ -242,7 +245,8 @@ class Scheduler:
 
     def _admit(self, budget: int, chunks: list[list]) -> None:
         kv, bs = self.kv, self.bs
-        while len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
+        cap = self.max_num_seqs - self.held
+        while len(self.waiting) and budget > 0 and len(self.running) < cap:
             seq = self.waiting.peek()
             hit, pin = kv.match(seq.prompt, seq.target - 1)
             c = min(seq.target - hit, budget)

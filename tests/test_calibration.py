@@ -1,0 +1,156 @@
+"""Calibration: the fit recovers known constants, profiles round-trip and resolve from the
+config, the CLI fits and reports on committed H100 cells, and the error arithmetic."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import polars as pl
+import pytest
+
+from tests.conftest import ROOT
+from wattflow import config as wf_config
+from wattflow.calibration import accuracy, fit, profile
+from wattflow.calibration.cells import MeasuredCell
+from wattflow.cell import run as run_cell
+from wattflow.cli import main
+from wattflow.engines.sim.constants import SimConstants
+from wattflow.engines.sim.factory import build_engine
+
+H100 = ROOT / "validation" / "h100" / "cells" / "engine=vllm"
+C8 = H100 / "workload=single-c8" / "default"
+C32 = H100 / "workload=single-c32" / "default"
+
+TRUTH = SimConstants(
+    compute_efficiency=0.75,
+    memory_efficiency=0.9,
+    step_overhead_s=0.002,
+    idle_w=110.0,
+    active_w=100.0,
+    compute_dynamic_w=400.0,  # below the cap: a capped step's power says nothing
+    memory_dynamic_w=200.0,
+    async_scheduling=True,
+)
+FITTED = ["compute_efficiency", "memory_efficiency", "step_overhead_s", "compute_dynamic_w"]
+
+
+def _synthetic_cells(tmp_path, constants: SimConstants) -> list[MeasuredCell]:
+    """Cells of the committed sweep's shape, 'measured' on the simulator with `constants`."""
+    base = json.loads((C8 / "cell.json").read_text())
+    spec_profile = {
+        "name": "truth",
+        "constants": {
+            k: v for k, v in constants.as_dict().items() if k not in ("alpha", "memory_knee")
+        },
+        "dvfs": {"alpha": constants.alpha, "memory_knee": constants.memory_knee},
+    }
+    cells = []
+    for conc, n, out in ((1, 4, 64), (16, 32, 64), (64, 64, 32)):
+        spec = copy.deepcopy(base["spec"])
+        spec["engine"].update(kind="sim")
+        spec["engine"]["gpu"]["profile"] = spec_profile
+        spec["workload"].update(name=f"s{conc}", concurrency=conc, workflows=n, output_tokens=out)
+        knobs = {**base["knobs"], "engine": "sim", "workload": f"s{conc}"}
+        d = tmp_path / "cells" / f"s{conc}"
+        run_cell(spec, knobs, d, quiet=True)
+        cells.append(MeasuredCell.load(d))
+    return cells
+
+
+def test_fit_recovers_known_constants(tmp_path):
+    cells = _synthetic_cells(tmp_path, TRUTH)
+    start = TRUTH.with_values(
+        compute_efficiency=0.55, memory_efficiency=0.7, step_overhead_s=0.004,
+        compute_dynamic_w=250.0,
+    )  # fmt: skip
+    result = fit.fit(cells, start, names=FITTED)
+    for name in FITTED:  # the overhead is a small share of each step: looser
+        rel = 0.1 if name == "step_overhead_s" else 0.05
+        assert getattr(result.constants, name) == pytest.approx(getattr(TRUTH, name), rel=rel)
+    assert result.cost < 0.01
+    # and a wrong start really was wrong: its residuals are large
+    assert fit._residuals(cells, start)[0] @ fit._residuals(cells, start)[0] > 100 * result.cost
+
+
+def test_profile_round_trip_and_errors(tmp_path):
+    p = profile.load("h100-sxm")
+    assert p.validated and p.constants["async_scheduling"] is True
+    assert {"alpha", "memory_knee"} <= set(p.dvfs)
+    out = profile.save(p, tmp_path / "copy.yaml")
+    q = profile.load(str(out))
+    assert q.as_dict() == p.as_dict()
+    assert q.sim_constants().compute_efficiency == p.constants["compute_efficiency"]
+    doc = p.as_dict()
+    del doc["dvfs"]["alpha"]
+    with pytest.raises(profile.ProfileError, match="dvfs.alpha"):
+        profile.from_dict(doc, "x.yaml")
+    doc = p.as_dict()
+    doc["constants"]["warp_speed"] = 9
+    with pytest.raises(profile.ProfileError, match="constants.warp_speed"):
+        profile.from_dict(doc, "x.yaml")
+
+
+def test_config_names_a_profile(raw_config):
+    cfg = wf_config.validate(copy.deepcopy(raw_config))
+    e = wf_config.engine_slice(cfg, "sim")
+    assert e["gpu"]["profile"]["name"] == "h100-sxm"
+    engine = build_engine(e, {"max_num_seqs": 8, "mode": "naive"})
+    p = profile.load("h100-sxm")
+    assert engine.constants.compute_efficiency == p.constants["compute_efficiency"]
+    assert engine.gpu.idle_w == p.constants["idle_w"]  # telemetry idles at the profile's
+    bad = copy.deepcopy(raw_config)
+    bad["gpus"]["h100-sxm"]["profile"] = "no-such-gpu"
+    with pytest.raises(wf_config.ConfigError, match=r"gpus\.h100-sxm\.profile: .*no-such-gpu"):
+        wf_config.validate(bad)
+    plain = copy.deepcopy(raw_config)
+    del plain["gpus"]["h100-sxm"]["profile"]
+    e = wf_config.engine_slice(wf_config.validate(plain), "sim")
+    assert "profile" not in e["gpu"]
+    assert build_engine(e, {"max_num_seqs": 8}).constants == SimConstants.from_gpu(
+        build_engine(e, {"max_num_seqs": 8}).gpu
+    )
+
+
+def test_calibrate_and_accuracy_cli_on_h100_cells(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    assert main(["calibrate", str(C8), str(C32), "-o", str(out), "--name", "mini"]) == 0
+    p = profile.load(str(out))
+    assert p.name == "mini" and p.engine == "vllm 0.26.0" and p.gpu == "h100-sxm"
+    assert p.source["driver"] == "580.159.04" and len(p.source["cells"]) == 2
+    assert p.constants["async_scheduling"] is True  # vLLM 0.26 plans steps ahead
+    assert set(p.residuals["relative_error"]) == {
+        "single-c8/naive/mns=256",
+        "single-c32/naive/mns=256",
+    }
+    acc = tmp_path / "acc"
+    assert main(["accuracy", str(C8), str(C32), "-o", str(acc), "--profile", str(out)]) == 0
+    df = pl.read_parquet(acc / "accuracy.parquet")
+    assert df.height == 2 * len(accuracy.LABELS)
+    assert not df["held_out"].any()  # both were fitted on
+    assert (acc / "accuracy.png").stat().st_size > 0 and (acc / "accuracy.svg").is_file()
+    assert "| J/workflow |" in (acc / "accuracy.md").read_text()
+    (tmp_path / "empty").mkdir()
+    assert main(["calibrate", str(tmp_path / "empty"), "-o", str(out)]) == 2  # a user error
+    assert "no cell.json" in capsys.readouterr().err
+
+
+def test_mape_and_batch_effect_arithmetic():
+    rows = []
+    for cell, mns, meas, sim, held in (
+        ("a8", 8, 100.0, 110.0, True),
+        ("a256", 256, 50.0, 45.0, True),
+        ("f", 256, 10.0, 10.0, False),
+    ):
+        rows.append(
+            dict(set="s", cell=cell, workload="w" if cell != "f" else "f", mode="naive",
+                 max_num_seqs=mns, held_out=held, metric="j_per_workflow", measured=meas,
+                 simulated=sim, error_pct=(sim - meas) / meas * 100)
+        )  # fmt: skip
+    df = pl.DataFrame(rows)
+    m = accuracy.mape(df).row(0, named=True)
+    assert m["cells"] == 2 and m["mape_pct"] == pytest.approx(10.0)
+    assert (m["min_pct"], m["max_pct"]) == pytest.approx((-10.0, 10.0))
+    be = accuracy.batch_effect(df).row(0, named=True)
+    assert be["measured_ratio"] == pytest.approx(2.0)
+    assert be["error_pct"] == pytest.approx((110 / 45 / 2 - 1) * 100)

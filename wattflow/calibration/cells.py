@@ -1,0 +1,165 @@
+"""Measured cells as calibration data: what was run (the cell's spec and knobs, from its
+cell.json), what was measured (`metrics.measured_metrics`), and how to rerun exactly that
+on the simulator (`simulate`): same workflows, same model, GPU and server options, the
+engine swapped for `sim`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from wattflow.calibration.metrics import (
+    RequestArrays,
+    cell_metrics,
+    measured_metrics,
+    trace_samples,
+)
+from wattflow.cell import client_rtt_s
+from wattflow.client.executor import execute
+from wattflow.client.registry import policy
+from wattflow.engines.sim.clock import run_virtual
+from wattflow.engines.sim.constants import SimConstants
+from wattflow.engines.sim.factory import build_engine
+from wattflow.knobs import complete
+from wattflow.workloads import build
+
+
+class CellError(ValueError):
+    """A directory that is not a usable measured cell (names the path and the problem)."""
+
+
+@dataclass
+class MeasuredCell:
+    path: Path
+    manifest: dict = field(repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> MeasuredCell:
+        path = Path(path)
+        f = path / "cell.json"
+        if not f.is_file():
+            raise CellError(f"{path}: no cell.json (not a cell directory)")
+        manifest = json.loads(f.read_text())
+        for key in ("spec", "knobs", "energy", "duration_s"):
+            if key not in manifest:
+                raise CellError(f"{f}: lacks {key!r}")
+        for t in ("requests", "workflows", "telemetry"):
+            if not (path / f"{t}.parquet").is_file():
+                raise CellError(f"{path}: no {t}.parquet")
+        return cls(path, manifest)
+
+    @property
+    def knobs(self) -> dict:
+        return self.manifest["knobs"]
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.manifest.get("valid", False))
+
+    @property
+    def workload(self) -> str:
+        return self.knobs["workload"]
+
+    @property
+    def engine(self) -> str:
+        e = self.manifest.get("engine", {})
+        return f"{e.get('name', '?')} {e.get('version', '?')}"
+
+    @property
+    def key(self) -> tuple:
+        """(model, GPU, engine name and version): what one profile is fitted for."""
+        e = self.manifest.get("engine", {})
+        return (self.manifest.get("model"), self.manifest["gpu"]["name"], e.get("name"),
+                e.get("version"))  # fmt: skip
+
+    def label(self, root: Path | None = None) -> str:
+        """Short id: workload/mode/max_num_seqs (+ non-default GPU knobs)."""
+        k = self.knobs
+        parts = [k["workload"], k.get("mode", "naive"), f"mns={k['max_num_seqs']}"]
+        for name in ("power_cap_w", "sm_clock_mhz"):
+            if k.get(name, "default") != "default":
+                parts.append(f"{name}={k[name]}")
+        if k.get("rep", 0):
+            parts.append(f"rep={k['rep']}")
+        return "/".join(str(p) for p in parts)
+
+    def sim_spec(self, profile_spec: dict | None = None) -> dict:
+        """The cell's spec with the engine switched to the simulator (same model, GPU,
+        server options); `profile_spec` (`Profile.to_spec()`) is inlined into the GPU."""
+        spec = copy.deepcopy(self.manifest["spec"])
+        spec["engine"]["kind"] = "sim"
+        spec["engine"]["gpu"].pop("profile", None)
+        if profile_spec is not None:
+            spec["engine"]["gpu"]["profile"] = profile_spec
+        return spec
+
+    def sim_knobs(self) -> dict:
+        return {**self.knobs, "engine": "sim"}
+
+    @cached_property
+    def measured(self) -> dict[str, float]:
+        return measured_metrics(self.path)
+
+    @cached_property
+    def workflows(self) -> list:
+        spec = self.manifest["spec"]
+        return build(spec["workload"], spec["seed"], int(self.knobs.get("rep", 0)))
+
+    def simulate(self, constants: SimConstants) -> dict[str, float]:
+        """Run the simulator on this cell's workflows in memory; its metrics."""
+        return simulate(self.sim_spec(), self.sim_knobs(), self.workflows, constants)
+
+
+def simulate(spec: dict, knobs: dict, workflows: list, constants: SimConstants) -> dict:
+    knobs = complete(knobs)
+    engine = build_engine(spec["engine"], knobs, constants)
+    records = run_virtual(
+        execute(
+            workflows,
+            engine,
+            policy(knobs["mode"]),
+            max_output_tokens=int(knobs["max_output_tokens"]),
+            client_rtt_s=client_rtt_s(spec),
+        )
+    )
+    ok = [r for r in records if r.status == "ok"]
+    t_end = max((r.finish for r in ok), default=0.0)
+    engine.close(t_end)
+    ids = {w.workflow_id: i for i, w in enumerate(workflows)}
+    failed = np.zeros(len(workflows), dtype=bool)
+    for r in records:
+        if r.status != "ok":
+            failed[ids[r.workflow_id]] = True
+    req = RequestArrays(
+        workflow=np.array([ids[r.workflow_id] for r in ok], dtype=np.int64),
+        ttft=np.array([r.first_token - r.dispatch for r in ok], dtype=float),
+        tpot=np.array([np.nan if r.itl_mean is None else r.itl_mean for r in ok], dtype=float),
+        finish=np.array([r.finish for r in ok], dtype=float),
+        output_tokens=np.array([r.output_tokens for r in ok], dtype=np.int64),
+        workflow_start=np.array([w.arrival for w in workflows], dtype=float),
+        workflows_failed=failed,
+    )
+    power, clock, energy = trace_samples(engine.power_trace, t_end)
+    return cell_metrics(req, energy, power, clock)
+
+
+def find_cells(paths: list[str | Path]) -> list[MeasuredCell]:
+    """Cell directories under each path (a cell itself, or any folder above cells)."""
+    out: list[MeasuredCell] = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise CellError(f"{p}: does not exist")
+        found = [p] if (p / "cell.json").is_file() else sorted(
+            c.parent for c in p.rglob("cell.json")
+        )  # fmt: skip
+        if not found:
+            raise CellError(f"{p}: no cell.json below it")
+        out += [MeasuredCell.load(c) for c in found]
+    return out
