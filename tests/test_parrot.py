@@ -11,6 +11,7 @@ import asyncio
 import os
 import subprocess
 import textwrap
+import time
 
 import polars as pl
 import pytest
@@ -282,3 +283,44 @@ def test_failed_calls_are_recorded_and_their_dependents_skipped(parrot_env):
     assert status["child"] == ("skipped", "parent bad did not complete")
     assert status["grandchild"] == ("skipped", "parent child did not complete")
     assert status["fine"][0] == status["after_fine"][0] == "ok"
+
+
+def test_a_dying_parrot_ends_the_run_with_errors_not_a_hang(parrot_env, monkeypatch):
+    """Parrot's core exits after the first call: the calls it never ran become errors that
+    say so, and run_parrot returns at once (the watchdog), instead of waiting forever."""
+    started: list = []
+    start = parrot_client.ParrotServer.start
+
+    def keep(self):
+        started.append(self)
+        return start(self)
+
+    monkeypatch.setattr(parrot_client.ParrotServer, "start", keep)
+    chain = (
+        Call("a", (Segment("p", 30),), 8),
+        Call("b", (output_segment("wf", "a", 8),), 8, parents=("a",)),
+        Call("c", (output_segment("wf", "b", 8),), 8, parents=("b",)),
+    )
+    spec = cell_spec(_config(), _knobs("agentic", "parrot"))
+    t = time.monotonic()
+    with SimServerProcess(spec["engine"]) as srv:
+        records = asyncio.run(
+            run_parrot(
+                [Workflow("wf", "chain", 0.0, chain)],
+                endpoint_url=srv.url,
+                api_key=None,
+                model=srv.info["model"],
+                vocab_size=spec["engine"]["model"]["vocab_size"],
+                max_output_tokens=8,
+                salt="die",
+                env=parrot_env,
+                on_record=lambda r: started[0]._procs["core"].kill(),
+                request_timeout_s=60,
+            )
+        )
+    took = time.monotonic() - t
+    status = {r.node_id: (r.status, r.error or "") for r in records}
+    assert status["a"][0] == "ok"
+    for n in ("b", "c"):
+        assert status[n][0] == "error" and "Parrot's core exited" in status[n][1], status[n]
+    assert took < 30  # Parrot's start (~6 s) and a few seconds, not the 60 s stall timeout
