@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import textwrap
 import time
@@ -30,6 +31,7 @@ from wattflow.parrot.measure import measure_sim_endpoint
 from wattflow.progress import Progress
 from wattflow.workloads import build
 from wattflow.workloads.core import Call, Segment, Workflow, output_segment
+from wattflow.workloads.patterns import single
 
 MAX_OUT = 32
 
@@ -166,6 +168,10 @@ def test_parrot_itself_releases_dependent_calls(parrot_env, monkeypatch):
         w for w in build(spec["workload"], spec["seed"], 0) if w.pattern != "interactive"
     ]  # no think time: the client submits each workflow once, at its arrival
     assert all(c.think_time == 0 for w in workflows for c in w.calls)
+    for w in workflows:  # and every dependency is a data dependency: Parrot sees them all
+        for c in w.calls:
+            reads = {s.key.rsplit(":", 1)[1] for s in c.prompt if s.key.startswith("out:")}
+            assert set(c.parents) <= reads, (w.workflow_id, c.node_id)
     # time.monotonic of every client -> Parrot message about a workflow's calls, by workflow
     # (a submission is sent before its answer comes back; a fetch when it starts)
     sent: dict[str, list[float]] = {w.workflow_id: [] for w in workflows}
@@ -247,9 +253,11 @@ def _contains(seq: list[int], sub: list[int]) -> bool:
     return any(seq[i : i + n] == sub for i in range(len(seq) - n + 1))
 
 
-def test_failed_calls_are_recorded_and_their_dependents_skipped(parrot_env):
+def test_failed_calls_are_skipped_below_and_control_dependencies_kept(parrot_env):
     """A call the server refuses does not stop Parrot: it is an error, its dependents are
-    skipped (as in the naive driver), and independent calls run."""
+    skipped (as in the naive driver), and independent calls run. A closed-loop lane (each
+    request waits for the previous one, reading nothing of it) stays serial: the client
+    releases such calls, since Parrot sees only data dependencies."""
     doc = Segment("doc", 40)
     wf = Workflow(
         "wf",
@@ -263,11 +271,16 @@ def test_failed_calls_are_recorded_and_their_dependents_skipped(parrot_env):
             Call("after_fine", (output_segment("wf", "fine", 8),), 8, parents=("fine",)),
         ),
     )
+    lane = single(
+        {"workflows": 3, "concurrency": 1, "prompt_tokens": 50, "output_tokens": 8,
+         "shared_prefix": False},
+        random.Random(0),
+    )[0]  # fmt: skip
     spec = cell_spec(_config(), _knobs("agentic", "parrot"))
     with SimServerProcess(spec["engine"], "--max-num-seqs", "4") as srv:
         records = asyncio.run(
             run_parrot(
-                [wf],
+                [wf, lane],
                 endpoint_url=srv.url,
                 api_key=None,
                 model=srv.info["model"],
@@ -278,6 +291,12 @@ def test_failed_calls_are_recorded_and_their_dependents_skipped(parrot_env):
                 request_timeout_s=60,
             )
         )
+    by_id = {r.request_id: r for r in records}
+    steps = [by_id[f"{lane.workflow_id}/{c.node_id}"] for c in lane.calls]
+    assert [r.status for r in steps] == ["ok"] * 3
+    assert steps[0].finish <= steps[1].dispatch and steps[1].finish <= steps[2].dispatch
+    assert steps[1].arrival == steps[0].finish  # ready when its parent returned
+    records = [r for r in records if r.workflow_id == "wf"]
     status = {r.node_id: (r.status, r.error) for r in records}
     assert status["bad"][0] == "error" and "HTTP 400" in status["bad"][1]
     assert status["child"] == ("skipped", "parent bad did not complete")

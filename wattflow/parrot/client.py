@@ -14,9 +14,13 @@ proxy (`proxy.py`) between Parrot's engine and the inference server, then:
   the DAG: it runs a call when the variables it reads are set, and writes the parent's
   output into the child's prompt itself. No wattflow code releases a dependent call.
 * **Submission.** A workflow's calls are submitted at its arrival, in topological order
-  (a call's inputs must exist before it is submitted). A call with think time is a human's
-  next step, so it is submitted only once its parents have returned plus the think time
-  (with the calls that depend on it), as an application would.
+  (a call's inputs must exist before it is submitted). Two kinds of call are submitted
+  later, by the client, as an application using Parrot would: a call with think time (a
+  human's next step), once its parents have returned plus the think time; and a call with
+  a parent whose output it does not read (a control dependency, e.g. the closed-loop lanes
+  of the `single` pattern), once that parent has returned, since Parrot learns
+  dependencies only through the variables a call reads. The calls below such a call are
+  submitted with it.
 * **Activation.** Parrot runs nothing until an output is fetched: after each submission the
   client fetches (`GET /v1/semantic_var/{id}` with a performance criteria) the outputs no
   call of the same submission reads. Parrot activates them and, through its performance
@@ -83,7 +87,8 @@ class _Node:
     children: list[str] = field(default_factory=list)
     var_id: str | None = None  # its output semantic variable
     submitted: bool = False
-    released: bool = False  # no think time, or its think time has passed
+    by_client: bool = False  # released by the client: think time or a control dependency
+    released: bool = False  # submittable: not by_client, or its parents returned (+ think)
     answer: str | None = None  # what the proxy told Parrot this call generated
     record: RequestRecord | None = None
     done: asyncio.Future | None = None
@@ -194,6 +199,8 @@ class _Run:
                 for p in c.parents:
                     anc |= table[p].ancestors
                 node = _Node(len(self.by_no), w, wf, c, frozenset(anc))
+                reads = {s.key.rsplit(":", 1)[1] for s in c.prompt if s.key.startswith(OUT_PREFIX)}
+                node.by_client = c.think_time > 0 or not set(c.parents) <= reads
                 table[c.node_id] = node
                 self.by_no.append(node)
                 for p in c.parents:
@@ -259,8 +266,8 @@ class _Run:
         fetches: list[asyncio.Future] = []
         waits = []
         for node in table.values():
-            if node.call.think_time > 0:
-                waits.append(asyncio.ensure_future(self._think(node, sess, lock, fetches)))
+            if node.by_client:
+                waits.append(asyncio.ensure_future(self._release(node, sess, lock, fetches)))
             else:
                 node.released = True
         try:
@@ -274,8 +281,8 @@ class _Run:
             with contextlib.suppress(RuntimeError, aiohttp.ClientError, OSError):
                 await self._post(f"/v1/session/{sess['session_id']}", sess, method="DELETE")
 
-    async def _think(self, node: _Node, sess: dict, lock: asyncio.Lock, fetches: list) -> None:
-        """A call with think time: submitted once its parents returned plus the think time."""
+    async def _release(self, node: _Node, sess: dict, lock: asyncio.Lock, fetches: list) -> None:
+        """A call released by the client: submitted once its parents returned (+ think time)."""
         table = self.nodes[node.w]
         parents = [table[p] for p in node.call.parents]
         await asyncio.gather(*(p.done for p in parents))
@@ -394,11 +401,15 @@ class _Run:
     async def _forward(self, node: _Node, body: dict) -> ChatAnswer:
         table = self.nodes[node.w]
         parents = [table[p] for p in node.call.parents]
-        bad = next((p for p in parents if p.record is None or p.record.status != "ok"), None)
+        early = next((p for p in parents if p.record is None), None)
+        if early is not None:  # cannot happen for a data dependency: Parrot waits for it
+            self._fail(node, "error", f"Parrot ran it before parent {early.call.node_id} returned")
+            return ChatAnswer("")
+        bad = next((p for p in parents if p.record.status != "ok"), None)
         if bad is not None:
             self._fail(node, "skipped", f"parent {bad.call.node_id} did not complete")
             return ChatAnswer("")
-        produced = {n: table[n].record.output_tokens for n in node.ancestors}
+        produced = {n: table[n].record.output_tokens for n in node.ancestors if table[n].record}
         prompt = _resolve_prompt(node.wf, node.call, produced)
         want = self.engine.prompt_ids(prompt)
         text = " ".join(
