@@ -3,8 +3,9 @@
     records = await run_parrot(workflows, endpoint_url=..., api_key=..., model=...,
                                vocab_size=..., max_output_tokens=..., salt=...)
 
-`run_parrot` starts Parrot (`launch.py`: serving core + one `openai` engine) and a recording
-proxy (`proxy.py`) between Parrot's engine and the inference server, then:
+(or `ParrotRunner`, to start Parrot before the cell's telemetry) starts Parrot (`launch.py`:
+serving core + one `openai` engine) and a recording proxy (`proxy.py`) between Parrot's
+engine and the inference server, then:
 
 * **One Parrot session per workflow**, registered at the workflow's arrival.
 * **One semantic function per call.** Its template is the call's prompt, every segment
@@ -98,6 +99,123 @@ class _Node:
         return f"{self.wf.workflow_id}/{self.call.node_id}"
 
 
+class ParrotRunner:
+    """Parrot and the proxy, started once; `run()` drives workflows through them.
+
+        async with ParrotRunner(endpoint_url=..., api_key=..., model=..., vocab_size=...,
+                                salt=...) as parrot:
+            ...  # Parrot is up (about 5 s): start the cell's telemetry here
+            records = await parrot.run(workflows, max_output_tokens=...)
+            parrot.t0_monotonic  # the records' time 0 (time.monotonic, asyncio's clock)
+
+    Runs are one at a time. `env`: a `wattflow.parrot.env.ParrotEnv` (default: built or
+    found by `prepare()`)."""
+
+    def __init__(
+        self,
+        *,
+        endpoint_url: str,
+        api_key: str | None,
+        model: str,
+        vocab_size: int,
+        salt: str,
+        env: Any = None,
+        config: ParrotConfig | None = None,
+        criteria: str = "throughput",
+        latency_critical_criteria: str = "latency",
+        request_timeout_s: float = 600.0,
+        stall_timeout_s: float | None = None,
+    ) -> None:
+        for c in (criteria, latency_critical_criteria):
+            if c not in CRITERIA:
+                raise ValueError(f"unknown Parrot performance criteria {c!r}; known: {CRITERIA}")
+        self.env, self.model, self.config = env, model, config
+        self.criteria, self.critical_criteria = criteria, latency_critical_criteria
+        self.stall_timeout_s = request_timeout_s if stall_timeout_s is None else stall_timeout_s
+        self.engine = OpenAIEngine(
+            endpoint_url, api_key, model, vocab_size, request_timeout_s, salt=salt, name="parrot"
+        )
+        self.proxy = ChatProxy(self._handle)
+        self.server: ParrotServer | None = None
+        self.t0_monotonic: float | None = None
+        self._run: _Run | None = None
+        self.mismatches: list[str] = []
+
+    async def __aenter__(self) -> ParrotRunner:
+        try:
+            if self.env is None:
+                from wattflow.parrot.env import prepare
+
+                self.env = await asyncio.to_thread(prepare)
+            proxy_url = await self.proxy.start()
+            self.server = ParrotServer(
+                self.env,
+                endpoint=f"{proxy_url}/v1",
+                api_key="wattflow-proxy",
+                model=self.model,
+                config=self.config,
+            )
+            try:
+                await asyncio.to_thread(self.server.start)
+            except RuntimeError as exc:
+                raise ParrotRunError(str(exc)) from exc
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+        await self.proxy.stop()
+        await self.engine.close()
+
+    async def run(
+        self,
+        workflows: Sequence[Workflow],
+        *,
+        max_output_tokens: int,
+        on_record: Callable[[RequestRecord], None] | None = None,
+    ) -> list[RequestRecord]:
+        """Drive `workflows`; times in the records are seconds since this call began."""
+        if self.server is None:
+            raise RuntimeError("ParrotRunner.run() outside `async with`")
+        if self._run is not None:
+            raise RuntimeError("ParrotRunner runs one set of workflows at a time")
+        self._run = _Run(
+            workflows,
+            self.engine,
+            max_output_tokens=max_output_tokens,
+            on_record=on_record,
+            criteria=self.criteria,
+            critical_criteria=self.critical_criteria,
+            stall_timeout_s=self.stall_timeout_s,
+        )
+        try:
+            records = await self._run.run(self.server)
+            self.t0_monotonic = self._run.t0
+            self.mismatches += self._run.mismatches
+            return records
+        finally:
+            self._run = None
+
+    def info(self) -> dict:
+        """What the runs saw of Parrot, for provenance (cell.json)."""
+        return {
+            "parrot": self.server.describe() if self.server else None,
+            "proxy_requests": self.proxy.requests,
+            "proxy_errors": list(self.proxy.errors),
+            "variable_mismatches": list(self.mismatches),
+            "criteria": {"default": self.criteria, "latency_critical": self.critical_criteria},
+            "t0_monotonic": self.t0_monotonic,
+        }
+
+    async def _handle(self, body: dict) -> ChatAnswer:
+        if self._run is None:
+            raise ValueError("a chat request while no run is in progress")
+        return await self._run.handle(body)
+
+
 async def run_parrot(
     workflows: Sequence[Workflow],
     *,
@@ -108,64 +226,29 @@ async def run_parrot(
     max_output_tokens: int,
     salt: str,
     on_record: Callable[[RequestRecord], None] | None = None,
-    env: Any = None,
-    config: ParrotConfig | None = None,
-    criteria: str = "throughput",
-    latency_critical_criteria: str = "latency",
-    request_timeout_s: float = 600.0,
-    stall_timeout_s: float | None = None,
     info: dict | None = None,
+    **options: Any,
 ) -> list[RequestRecord]:
-    """Run `workflows` through Parrot against the OpenAI-compatible `endpoint_url` (vLLM or
-    the simulator's endpoint; without /v1). Times in the records are seconds since the
-    first workflow could arrive. `env`: a `wattflow.parrot.env.ParrotEnv` (default: built or
-    found by `prepare()`). `info`, if given, is filled with what the run saw of Parrot."""
-    for c in (criteria, latency_critical_criteria):
-        if c not in CRITERIA:
-            raise ValueError(f"unknown Parrot performance criteria {c!r}; known: {CRITERIA}")
-    if env is None:
-        from wattflow.parrot.env import prepare
-
-        env = await asyncio.to_thread(prepare)
-    engine = OpenAIEngine(
-        endpoint_url, api_key, model, vocab_size, request_timeout_s, salt=salt, name="parrot"
-    )
-    run = _Run(
-        workflows,
-        engine,
-        max_output_tokens=max_output_tokens,
-        on_record=on_record,
-        criteria=criteria,
-        critical_criteria=latency_critical_criteria,
-        stall_timeout_s=stall_timeout_s if stall_timeout_s is not None else request_timeout_s,
-    )
-    proxy = ChatProxy(run.handle)
-    parrot: ParrotServer | None = None
-    try:
-        proxy_url = await proxy.start()
-        parrot = ParrotServer(
-            env, endpoint=f"{proxy_url}/v1", api_key="wattflow-proxy", model=model, config=config
-        )
+    """Start Parrot, run `workflows` through it against the OpenAI-compatible `endpoint_url`
+    (vLLM or the simulator's endpoint; without /v1), stop it. Records are shaped like
+    `wattflow.drive`'s, times in seconds since the run began (`info["t0_monotonic"]`).
+    `options`: ParrotRunner's (env, config, criteria, request_timeout_s, ...). `info`, if
+    given, is filled with `ParrotRunner.info()`."""
+    async with ParrotRunner(
+        endpoint_url=endpoint_url,
+        api_key=api_key,
+        model=model,
+        vocab_size=vocab_size,
+        salt=salt,
+        **options,
+    ) as parrot:
         try:
-            await asyncio.to_thread(parrot.start)
-        except RuntimeError as exc:
-            raise ParrotRunError(str(exc)) from exc
-        records = await run.run(parrot)
-    finally:
-        if parrot is not None:
-            await asyncio.to_thread(parrot.stop)
-        await proxy.stop()
-        await engine.close()
-    if info is not None:
-        info.update(
-            parrot=parrot.describe() if parrot else None,
-            proxy_requests=proxy.requests,
-            proxy_errors=list(proxy.errors),
-            variable_mismatches=list(run.mismatches),
-            criteria={"default": criteria, "latency_critical": latency_critical_criteria},
-            t0_monotonic=getattr(run, "t0", None),  # the records' time 0 on time.monotonic
-        )
-    return records
+            return await parrot.run(
+                workflows, max_output_tokens=max_output_tokens, on_record=on_record
+            )
+        finally:
+            if info is not None:
+                info.update(parrot.info())
 
 
 class _Run:
