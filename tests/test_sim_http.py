@@ -38,8 +38,9 @@ KEY = "test-key"
 # differ only where an arrival races a step boundary (one step, ~10 ms).
 SERVER_TOL_S = 0.05
 # What a client sees adds the server's callback lateness, the loopback hop and the client's
-# own loop: milliseconds on an idle box, up to ~100 ms on a loaded 2-core one.
-CLIENT_TOL_S = 0.25
+# own loop: milliseconds on an idle box, up to a few 100 ms when a loaded 2-core box
+# deschedules a process.
+CLIENT_TOL_S = 0.5
 
 
 def _engine(url: str, salt: str, **kw) -> OpenAIEngine:
@@ -80,9 +81,12 @@ def _replay(entries: list[dict], knobs: SimKnobs) -> tuple[SimEngine, list]:
 
 def test_wall_clock_server_matches_virtual_time_replay():
     shared = Segment("shared-doc", 64)
+    # Arrivals tens of ms apart (queueing at max_num_seqs 4 all the same): two requests
+    # arriving within the same millisecond race the step that starts then, and whether the
+    # second shares the first's prefix computation would be down to that race.
     jobs = [
         (t, _req(f"r{i}", (shared, Segment(f"tail{i}", 20 + 37 * i)), 20 + 15 * i))
-        for i, t in enumerate([0.0, 0.0, 0.0, 0.05, 0.3, 0.3, 0.6, 0.9])
+        for i, t in enumerate([0.0, 0.06, 0.09, 0.12, 0.3, 0.33, 0.6, 0.9])
     ]
     with SimServerProcess(SLICE, "--max-num-seqs", "4", "--log-prompts", "--api-key", KEY) as srv:
         engine = _engine(srv.url, salt="replay")
@@ -109,7 +113,7 @@ def test_wall_clock_server_matches_virtual_time_replay():
         assert rec.finish - srv.t0_monotonic == pytest.approx(v.finish, abs=CLIENT_TOL_S)
         assert len(rec.token_times) == req.max_tokens  # every token streamed on its own
     # requests 1..7 share the 64-token prefix the first computed
-    assert sum(1 for r in recs if r.cached_prompt_tokens == 64) >= 6
+    assert [r.cached_prompt_tokens for r in recs] == [0] + [64] * 7
     # the power trace served as telemetry is the simulator's: same energy as the replay's
     t_last = rows[-1]["t_s"]  # telemetry_rows put it on the server's own time base here
     ref_eng.close(t_last)

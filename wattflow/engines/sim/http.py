@@ -26,7 +26,8 @@ Endpoints, shaped like vLLM's:
   server started, plus the clock (`t0_monotonic`: the server's time 0 on this host's
   `time.monotonic`, which asyncio's loop reads), so a client can put them on its own time base.
 * `GET /wattflow/requests?since=S`: what the server saw of each request (arrival, first
-  token, finish, prompt/cached/output tokens; prompt and output ids with `--log-prompts`);
+  token, finish, prompt/cached/output tokens; prompt and output ids with `--log-prompts`;
+  the latest `--log-size` requests);
   `GET /wattflow/clock`: the clock alone.
 
 Prompts are cut into 16-token blocks keyed by a hash of the whole prefix
@@ -47,6 +48,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -94,7 +96,7 @@ def engine_from_slice(
     sm_clock_mhz: float | None = None,
     scheduling_policy: str = "fcfs",
     max_num_batched_tokens: int | None = None,
-    max_lag_s: float = 0.05,
+    max_lag_s: float = 1.0,
 ) -> RealtimeSimEngine:
     """A wall-clock simulator for a config's engine slice (`wattflow.config.engine_slice`)."""
     kind = engine.get("kind", "sim")
@@ -131,6 +133,7 @@ class SimServer:
         api_key: str | None = None,
         seed: int = 0,
         log_prompts: bool = False,
+        log_size: int = 100_000,
     ) -> None:
         self.engine = engine
         self.model_name = model_name or engine.model.name
@@ -138,7 +141,7 @@ class SimServer:
         self.seed = seed
         self.log_prompts = log_prompts
         self.vocab = engine.model.vocab_size
-        self.log: list[dict[str, Any]] = []
+        self.log: deque[dict[str, Any]] = deque(maxlen=log_size)  # the latest requests
         self._t0_unix: float | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -576,10 +579,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--served-model-name", default=None, help="default: the model's name")
     p.add_argument("--seed", type=int, default=0, help="seeds the output token ids")
     p.add_argument("--log-prompts", action="store_true", help="keep prompt/output ids in the log")
+    p.add_argument("--log-size", type=int, default=100_000, help="requests kept in the log")
     p.add_argument(
         "--max-lag-s",
         type=float,
-        default=0.05,
+        default=1.0,
         help="a step-end callback later than this stalls the simulated GPU (see realtime.py)",
     )
     return p.parse_args(argv)
@@ -605,6 +609,7 @@ def main(argv: list[str] | None = None) -> None:
         api_key=args.api_key,
         seed=args.seed,
         log_prompts=args.log_prompts,
+        log_size=args.log_size,
     )
 
     async def run() -> None:

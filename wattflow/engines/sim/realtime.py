@@ -8,12 +8,14 @@ has passed). Three things make that a faithful server:
   their tokens only at the end; here every step has its own timer, so each token exists at
   its step's end and can be streamed then. (Macro-steps are exact, so the timeline is the
   same: `tests/test_sim_http.py` replays a server's requests in virtual time.)
-* **No accumulated lateness.** A timer fires a little after its due time (scheduling
-  latency, a loaded CPU). A step that follows another starts at the simulated end of the
-  previous one, not at the moment the late callback ran, so lateness does not add up step
-  after step and the power trace has no phantom idle gaps. Where the loop falls more than
-  `max_lag_s` behind, the GPU is taken to have stalled (a real host that cannot feed its
-  GPU idles it): the step starts at the current time and `stalls` counts it.
+* **No accumulated lateness, and still causal.** A timer fires a little after its due time
+  (scheduling latency, a loaded CPU). A step that follows another starts at the simulated
+  end of the previous one, not at the moment the late callback ran, so lateness does not
+  add up step after step and the power trace has no phantom idle gaps. A request that
+  arrived after that simulated start (while the loop was late) is held back from the step,
+  so no request is served before it arrived. Where the loop falls more than `max_lag_s`
+  behind, the GPU is taken to have stalled (a host that cannot feed its GPU idles it): the
+  step starts at the current time and `stalls` counts it.
 * **Its own time origin.** Engine times (steps, power trace, records) are seconds since
   `start()`, so telemetry sampled from the trace starts at the server's start.
 """
@@ -57,7 +59,7 @@ class RealtimeSimEngine(SimEngine):
         gpu: GpuSpec,
         knobs: SimKnobs | None = None,
         *,
-        max_lag_s: float = 0.05,
+        max_lag_s: float = 1.0,
     ) -> None:
         super().__init__(model, gpu, knobs)
         self.max_lag_s = max_lag_s
@@ -65,6 +67,9 @@ class RealtimeSimEngine(SimEngine):
         self.max_lag_seen_s = 0.0  # largest lateness of a step-end callback
         self._after_step = False
         self._sinks: dict[str, TokenSink] = {}
+        self._arrival: dict[str, float] = {}  # engine time each running request arrived
+        self._last_arrival = float("-inf")
+        self._held: list = []  # waiting requests that arrived after the step being planned
         self.clock: EngineClock | None = None
 
     # -- public -------------------------------------------------------------------------
@@ -100,10 +105,12 @@ class RealtimeSimEngine(SimEngine):
         if on_token is not None:
             self._sinks[request.request_id] = on_token
         arrival = self.clock.time()
+        self._arrival[request.request_id] = self._last_arrival = arrival
         try:
             rec = await self.generate(request)
         finally:
             self._sinks.pop(request.request_id, None)
+            self._arrival.pop(request.request_id, None)
         rec.arrival = rec.dispatch = arrival  # generate() read the loop's own clock
         return rec
 
@@ -111,16 +118,34 @@ class RealtimeSimEngine(SimEngine):
     def _plan_decode(self, now: float) -> bool:
         return False  # one timer per step: every token is released at its own step end
 
+    def _begin(self) -> None:
+        super()._begin()
+        held, self._held = self._held, []
+        for seq in held:  # back where they were, for the next step
+            self.sched.waiting.push(seq)
+        if held and not self._busy:  # nothing else to do: a step for them, starting now
+            self._busy = True
+            self._loop.call_soon(self._begin)
+
     def _step_start(self, now: float) -> float:
         after, self._after_step = self._after_step, False
+        start = None
         if after:
             lag = now - self.power_trace.end
             if lag > self.max_lag_seen_s:
                 self.max_lag_seen_s = lag
             if lag <= self.max_lag_s:
-                return self.power_trace.end
-            self.stalls += 1
-        return super()._step_start(now)
+                start = self.power_trace.end
+            else:
+                self.stalls += 1
+        if start is None:
+            start = super()._step_start(now)
+        if self._last_arrival > start:  # someone arrived after the step's simulated start
+            arrival = self._arrival
+            self._held = self.sched.waiting.remove_where(
+                lambda q: arrival.get(q.req.request_id, start) > start
+            )
+        return start
 
     def _end_step(self) -> None:
         t1 = self._step_rec[0]
