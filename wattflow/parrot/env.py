@@ -202,17 +202,21 @@ def _build_venv(cache: Path, timeout_s: float) -> Path:
     shutil.rmtree(venv, ignore_errors=True)  # a half-built one (interrupted) is rebuilt
     deadline = time.monotonic() + timeout_s
     base = getattr(sys, "_base_executable", sys.executable)
-    made = subprocess.run([base, "-m", "venv", str(venv)], capture_output=True, text=True)
-    if made.returncode != 0:  # Debian without python3-venv: try virtualenv
+    makers = (  # Debian without python3-venv: virtualenv (the Makefile's --user install)
+        [base, "-m", "venv"],
+        [sys.executable, "-m", "virtualenv", "-q"],
+        [base, "-m", "virtualenv", "-q"],
+    )
+    for maker in makers:
         shutil.rmtree(venv, ignore_errors=True)
-        made = subprocess.run(
-            [sys.executable, "-m", "virtualenv", "-q", str(venv)], capture_output=True, text=True
+        made = subprocess.run([*maker, str(venv)], capture_output=True, text=True)
+        if made.returncode == 0:
+            break
+    else:
+        raise ParrotUnavailable(
+            "cannot create Parrot's venv: `python -m venv` failed and virtualenv is "
+            f"missing ({made.stderr.strip()[-300:]}); install python3-venv or virtualenv"
         )
-        if made.returncode != 0:
-            raise ParrotUnavailable(
-                "cannot create Parrot's venv: `python -m venv` failed and virtualenv is "
-                f"missing ({made.stderr.strip()[-300:]}); install python3-venv or virtualenv"
-            )
     pip = [str(_venv_python(venv)), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     try:
         done = subprocess.run(
