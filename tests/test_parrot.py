@@ -257,7 +257,8 @@ def test_failed_calls_are_skipped_below_and_control_dependencies_kept(parrot_env
     """A call the server refuses does not stop Parrot: it is an error, its dependents are
     skipped (as in the naive driver), and independent calls run. A closed-loop lane (each
     request waits for the previous one, reading nothing of it) stays serial: the client
-    releases such calls, since Parrot sees only data dependencies."""
+    releases such calls, since Parrot sees only data dependencies. A workflow arriving after
+    a quiet spell longer than the stall timeout still runs."""
     doc = Segment("doc", 40)
     wf = Workflow(
         "wf",
@@ -276,11 +277,13 @@ def test_failed_calls_are_skipped_below_and_control_dependencies_kept(parrot_env
          "shared_prefix": False},
         random.Random(0),
     )[0]  # fmt: skip
+    # arrives after a gap longer than the stall timeout: waiting for it is not a stall
+    late = Workflow("late", "custom", 4.0, (Call("x", (Segment("late", 20),), 4),))
     spec = cell_spec(_config(), _knobs("agentic", "parrot"))
     with SimServerProcess(spec["engine"], "--max-num-seqs", "4") as srv:
         records = asyncio.run(
             run_parrot(
-                [wf, lane],
+                [wf, lane, late],
                 endpoint_url=srv.url,
                 api_key=None,
                 model=srv.info["model"],
@@ -289,6 +292,7 @@ def test_failed_calls_are_skipped_below_and_control_dependencies_kept(parrot_env
                 salt="fail",
                 env=parrot_env,
                 request_timeout_s=60,
+                stall_timeout_s=2.0,
             )
         )
     by_id = {r.request_id: r for r in records}
@@ -296,6 +300,7 @@ def test_failed_calls_are_skipped_below_and_control_dependencies_kept(parrot_env
     assert [r.status for r in steps] == ["ok"] * 3
     assert steps[0].finish <= steps[1].dispatch and steps[1].finish <= steps[2].dispatch
     assert steps[1].arrival == steps[0].finish  # ready when its parent returned
+    assert by_id["late/x"].status == "ok" and by_id["late/x"].dispatch >= 4.0
     records = [r for r in records if r.workflow_id == "wf"]
     status = {r.node_id: (r.status, r.error) for r in records}
     assert status["bad"][0] == "error" and "HTTP 400" in status["bad"][1]

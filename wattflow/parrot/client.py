@@ -290,6 +290,7 @@ class _Run:
                     table[p].children.append(c.node_id)
             self.nodes.append(table)
         self._progress = 0.0
+        self._in_parrot = 0  # calls submitted to Parrot and not yet recorded
 
     # -- driving ------------------------------------------------------------------------
     async def run(self, parrot: ParrotServer) -> list[RequestRecord]:
@@ -320,11 +321,13 @@ class _Run:
         return self.records
 
     async def _watch(self, parrot: ParrotServer) -> None:
-        """End the run if Parrot dies or makes no progress for stall_timeout_s."""
+        """End the run if Parrot dies, or holds calls without progress for stall_timeout_s
+        (time between workflows' arrivals, with nothing at Parrot, is not a stall)."""
         while True:
             await asyncio.sleep(0.5)
             why = parrot.dead()
-            if why is None and self.loop.time() - self._progress > self.stall_timeout_s:
+            idle_s = self.loop.time() - self._progress
+            if why is None and self._in_parrot and idle_s > self.stall_timeout_s:
                 why = f"no progress from Parrot for {self.stall_timeout_s:.0f} s"
             if why is not None:
                 for node in self.by_no:
@@ -389,6 +392,8 @@ class _Run:
                         self._fail(node, "error", f"Parrot refused the call: {exc}")
                         continue
                     node.submitted = True
+                    self._in_parrot += 1
+                    self._progress = self.loop.time()
                     batch.append(node)
             in_batch = {n.call.node_id for n in batch}
             for node in batch:
@@ -547,6 +552,8 @@ class _Run:
         if node.record is not None:
             return
         node.record = rec
+        if node.submitted:
+            self._in_parrot -= 1
         self.records.append(rec)
         self._progress = self.loop.time()
         if self.on_record and rec.status != "skipped":
