@@ -150,6 +150,10 @@ def test_parrot_cell_on_the_simulator_endpoint(parrot_env, tmp_path, monkeypatch
     assert dict(zip(wfs["workflow_id"], wfs["calls"], strict=True)) == {
         w.workflow_id: len(w.calls) for w in workflows
     }
+    # telemetry spans the drive, as a sampler started before it and stopped after it would
+    tel = pl.read_parquet(tmp_path / "cell" / "telemetry.parquet")
+    assert -0.1 - 1e-9 <= tel["t_s"].min() <= 0.0
+    assert reqs["finish_s"].max() < tel["t_s"].max() <= reqs["finish_s"].max() + 0.1 + 1e-9
     assert manifest["valid"], manifest["validity"]
     assert manifest["energy"]["counter_j"] > 0
     assert reqs["energy_j"].sum() == pytest.approx(manifest["energy"]["counter_j"], rel=0.01)

@@ -68,6 +68,7 @@ def measure_sim_endpoint(
         # one sample before time 0, so the counter covers the whole drive
         rows, meta = telemetry_rows(srv.url, info["t0_monotonic"], since_s=-TELEMETRY_PERIOD_S)
         version = get_json(srv.url, "/version")["version"]
+    rows = until_done(rows, records)
     return Measurement(
         records,
         rows,
@@ -83,3 +84,12 @@ def measure_sim_endpoint(
             "sim_http": {"stalls": meta["stalls"], "max_lag_s": meta["max_lag_s"]},
         },
     )
+
+
+def until_done(rows: list[dict], records: list) -> list[dict]:
+    """The rows up to the last call's end and the first after it, as a sampler stopped when
+    the drive returns would have: Parrot's shutdown afterwards is not the cell's energy."""
+    t_end = max((r.finish or r.dispatch for r in records), default=0.0)
+    inside = [r for r in rows if r["t_s"] <= t_end]
+    after = [r for r in rows if r["t_s"] > t_end][:1]
+    return inside + after
