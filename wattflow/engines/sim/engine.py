@@ -187,12 +187,7 @@ class SimEngine:
     def _begin(self) -> None:
         """Plan the next step (or macro-step) at the current time and arm its timer."""
         loop = self._loop
-        now = loop.time()
-        end = self.power_trace.end
-        if now - end < CLOCK_SLACK_S:
-            now = end  # the loop's clock re-adds timeouts; keep steps exactly contiguous
-        else:
-            self.power.rest(now - end)
+        now = self._step_start(loop.time())
         self.power_trace.append(now, *self._idle)  # no-op unless the GPU sat idle
         sched = self.sched
         pending = self._pending
@@ -223,6 +218,17 @@ class SimEngine:
         self._batch = b
         self._step_rec = (now + dt, dt, p, mhz, u, pm, r)
         self._handle = loop.call_at(now + dt, self._end_step)
+
+    def _step_start(self, now: float) -> float:
+        """When the step planned at `now` starts. The virtual loop re-adds timeouts, so a step
+        that follows its predecessor reads a time a hair past that one's end: snap to it and
+        keep steps exactly contiguous (the wall-clock server, `realtime.py`, widens this).
+        After an idle gap the power controller's average decays toward idle."""
+        end = self.power_trace.end
+        if now - end < CLOCK_SLACK_S:
+            return end
+        self.power.rest(now - end)
+        return now
 
     def _end_step(self) -> None:
         t1, dt, p, mhz, u, pm, r = self._step_rec

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 from array import array
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from wattflow.engines.base import Request, RequestRecord
 from wattflow.engines.sim.kvcache import KvCache, Node
@@ -109,6 +109,19 @@ class WaitQueue:
 
     def pop(self) -> Seq:
         return heapq.heappop(self._heap)[2] if self.priority else self._dq.popleft()
+
+    def remove_where(self, pred: Callable[[Seq], bool]) -> list[Seq]:
+        """Take out the queued sequences `pred` selects, in queue order; `push` puts them
+        back where they were (the wall-clock engine holds back requests that arrived after
+        the simulated start of the step being planned)."""
+        if self.priority:
+            out = [e[2] for e in sorted(self._heap, key=lambda e: e[:2]) if pred(e[2])]
+            self._heap = [e for e in self._heap if not pred(e[2])]
+            heapq.heapify(self._heap)
+        else:
+            out = [q for q in self._dq if pred(q)]
+            self._dq = deque(q for q in self._dq if not pred(q))
+        return out
 
 
 class Batch:

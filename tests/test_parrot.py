@@ -1,0 +1,354 @@
+"""Parrot's serving core in front of the simulator's HTTP endpoint (wattflow.parrot).
+
+Parrot comes from the vendored tarball (../shared/vendor/ParrotServe-2e1825e.tar.gz, or
+WATTFLOW_PARROT_TARBALL / WATTFLOW_PARROT_SRC) and runs from its own venv, built once per
+machine into ~/.cache/wattflow/parrot (about 40 s with PyPI reachable, then cached).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import textwrap
+import time
+
+import polars as pl
+import pytest
+import yaml
+from conftest import ROOT
+from wattflow.workloads.patterns import single
+
+from wattflow import cell
+from wattflow.client.executor import resolve_prompt
+from wattflow.config import cell_spec, validate
+from wattflow.engines.sim.served import SimServerProcess, get_json
+from wattflow.parrot import client as parrot_client
+from wattflow.parrot import env as parrot_env_mod
+from wattflow.parrot.client import run_parrot
+from wattflow.parrot.launch import BOOT
+from wattflow.parrot.measure import measure_sim_endpoint
+from wattflow.progress import Progress
+from wattflow.workloads import build
+from wattflow.workloads.core import Call, Segment, Workflow, output_segment
+
+MAX_OUT = 32
+
+
+@pytest.fixture(scope="session")
+def parrot_env():
+    if not os.environ.get("WATTFLOW_PARROT_SRC") and parrot_env_mod.find_tarball() is None:
+        pytest.skip(
+            f"Parrot's source is absent: no ../shared/vendor/{parrot_env_mod.TARBALL} beside the "
+            "checkout (set WATTFLOW_PARROT_TARBALL or WATTFLOW_PARROT_SRC)"
+        )
+    return parrot_env_mod.prepare(timeout_s=600)
+
+
+def _config() -> dict:
+    """Four patterns, a few small workflows each, running concurrently (composite)."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["engines"]["sim"]["request_timeout_s"] = 60  # a hang fails in a minute, not ten
+    w = cfg["workloads"]
+    w["sequential"].update(workflows=2, doc_tokens=[2000, 4000], arrival_rate=4.0)
+    w["interactive"].update(workflows=2, turns=[2, 2], think_time_s=[0.2, 0.4], arrival_rate=4.0)
+    w["agentic"].update(workflows=1, coders=2, fix_rounds=1)
+    w["map_reduce"]["params"] = {"workflows": 1, "doc_tokens": 7000}
+    w["composite"].update(members=["sequential", "interactive", "agentic", "map_reduce"], scale=1)
+    return validate(cfg)
+
+
+def _knobs(workload: str, mode: str) -> dict:
+    return {
+        "engine": "sim",
+        "workload": workload,
+        "mode": mode,
+        "max_num_seqs": 8,
+        "power_cap_w": "default",
+        "sm_clock_mhz": "default",
+        "max_output_tokens": MAX_OUT,
+        "rep": 0,
+    }
+
+
+def test_parrot_runs_from_its_own_env_without_torch_or_the_builtin_engine(parrot_env):
+    code = textwrap.dedent(
+        f"""
+        import importlib.util, sys
+        assert importlib.util.find_spec("torch") is None, "torch must not be in Parrot's venv"
+        sys.path.insert(0, {str(BOOT.parent)!r})
+        import boot
+        boot.install()
+        import parrot.engine.engine_creator  # imports the builtin engine eagerly upstream
+        import parrot.serve.core
+        import torch
+        assert {{torch.float16: 2}}[torch.float16] == 2 and torch.cuda.manual_seed(0)
+        from transformers.utils import is_torch_available
+        assert not is_torch_available()
+        from parrot.engine.builtin.builtin_engine import BuiltinEngine
+        try:
+            BuiltinEngine({{}})
+        except RuntimeError as e:
+            assert "builtin engine is not available" in str(e)
+        else:
+            raise AssertionError("the builtin engine must refuse")
+        # upstream defect worked around by the proxy: ignore_eos never reaches the server
+        from parrot.sampling_config import SamplingConfig
+        params = SamplingConfig(ignore_tokenizer_eos=True).get_openai_params()
+        assert "ignore_eos" not in params and "ignore_tokenizer_eos" not in params
+        print("ok")
+        """
+    )
+    out = subprocess.run(
+        [str(parrot_env.python), "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(parrot_env.src)},
+        timeout=120,
+    )
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_parrot_cell_on_the_simulator_endpoint(parrot_env, tmp_path, monkeypatch):
+    """Same workflows as the other modes, every call accounted for, makespans, energy."""
+    cfg = _config()
+    knobs = _knobs("composite", "parrot")
+    spec = cell_spec(cfg, knobs)
+    workflows = build(spec["workload"], spec["seed"], 0)
+    assert {w.pattern for w in workflows} >= {"sequential", "interactive", "agentic"}
+    monkeypatch.setitem(
+        cell.BACKENDS,
+        "sim",
+        lambda s, k, wfs, p: measure_sim_endpoint(s, k, wfs, p, env=parrot_env),
+    )
+    manifest = cell.run(spec, knobs, tmp_path / "cell", quiet=True)
+
+    reqs = pl.read_parquet(tmp_path / "cell" / "requests.parquet")
+    wfs = pl.read_parquet(tmp_path / "cell" / "workflows.parquet")
+    calls = {f"{w.workflow_id}/{c.node_id}" for w in workflows for c in w.calls}
+    assert set(reqs["request_id"]) == calls and reqs.height == len(calls)
+    assert (reqs["status"] == "ok").all(), reqs.filter(pl.col("status") != "ok")["error"].to_list()
+    for col in ("dispatch_s", "first_token_s", "finish_s", "ttft_s", "e2e_s", "energy_j"):
+        assert reqs[col].null_count() == 0, col
+    assert reqs["cached_prompt_tokens"].null_count() == 0
+    assert (reqs["dispatch_s"] >= reqs["arrival_s"]).all()
+    # the same calls with the same prompts as the naive client on the virtual simulator
+    naive = cell.measure_sim(
+        spec, _knobs("composite", "naive"), workflows, Progress("naive", 1, after_s=1e9)
+    )
+    by_id = {r.request_id: r for r in naive.records}
+    for row in reqs.iter_rows(named=True):
+        ref = by_id[row["request_id"]]
+        assert (row["prompt_tokens"], row["output_tokens"]) == (
+            ref.prompt_tokens,
+            ref.output_tokens,
+        ), row["request_id"]
+    # a makespan for every workflow, and the measured energy attributed to the calls
+    assert wfs.height == len(workflows) and wfs["makespan_s"].null_count() == 0
+    assert (wfs["makespan_s"] > 0).all() and (wfs["failed_calls"] == 0).all()
+    assert dict(zip(wfs["workflow_id"], wfs["calls"], strict=True)) == {
+        w.workflow_id: len(w.calls) for w in workflows
+    }
+    # telemetry spans the drive, as a sampler started before it and stopped after it would
+    tel = pl.read_parquet(tmp_path / "cell" / "telemetry.parquet")
+    assert -0.1 - 1e-9 <= tel["t_s"].min() <= 0.0
+    assert reqs["finish_s"].max() < tel["t_s"].max() <= reqs["finish_s"].max() + 0.1 + 1e-9
+    assert manifest["valid"], manifest["validity"]
+    assert manifest["energy"]["counter_j"] > 0
+    assert reqs["energy_j"].sum() == pytest.approx(manifest["energy"]["counter_j"], rel=0.01)
+    assert manifest["engine"]["client"] == "parrot"
+    assert manifest["parrot"]["commit"] == parrot_env_mod.COMMIT
+    assert manifest["parrot_proxy_errors"] == [] and manifest["parrot_variable_mismatches"] == []
+
+
+def test_parrot_itself_releases_dependent_calls(parrot_env, monkeypatch):
+    """From what the inference server saw: each child call arrives after its parents' last
+    tokens, with the parents' outputs (as the proxy answered Parrot) in its prompt, and the
+    client sent nothing to Parrot between the parents' finish and the child's arrival."""
+    cfg = _config()
+    spec = cell_spec(cfg, _knobs("composite", "parrot"))
+    workflows = [
+        w for w in build(spec["workload"], spec["seed"], 0) if w.pattern != "interactive"
+    ]  # no think time: the client submits each workflow once, at its arrival
+    assert all(c.think_time == 0 for w in workflows for c in w.calls)
+    for w in workflows:  # and every dependency is a data dependency: Parrot sees them all
+        for c in w.calls:
+            reads = {s.key.rsplit(":", 1)[1] for s in c.prompt if s.key.startswith("out:")}
+            assert set(c.parents) <= reads, (w.workflow_id, c.node_id)
+    # time.monotonic of every client -> Parrot message about a workflow's calls, by workflow
+    # (a submission is sent before its answer comes back; a fetch when it starts)
+    sent: dict[str, list[float]] = {w.workflow_id: [] for w in workflows}
+    answers: dict[str, str] = {}  # request id -> what the proxy told Parrot it generated
+    run = parrot_client._Run
+    submit, fetch, finish = run._submit, run._fetch, run._finish
+
+    async def logged_submit(self, node, sess):
+        await submit(self, node, sess)
+        sent[node.wf.workflow_id].append(self.loop.time())
+
+    async def logged_fetch(self, node, sess):
+        sent[node.wf.workflow_id].append(self.loop.time())
+        await fetch(self, node, sess)
+
+    def keep_answer(self, node, rec):
+        answers[node.request_id] = node.answer
+        finish(self, node, rec)
+
+    monkeypatch.setattr(run, "_submit", logged_submit)
+    monkeypatch.setattr(run, "_fetch", logged_fetch)
+    monkeypatch.setattr(run, "_finish", keep_answer)
+    info: dict = {}
+    vocab, salt = spec["engine"]["model"]["vocab_size"], "release"
+    with SimServerProcess(spec["engine"], "--max-num-seqs", "8", "--log-prompts") as srv:
+        records = asyncio.run(
+            run_parrot(
+                workflows,
+                endpoint_url=srv.url,
+                api_key=None,
+                model=srv.info["model"],
+                vocab_size=vocab,
+                max_output_tokens=MAX_OUT,
+                salt=salt,
+                env=parrot_env,
+                info=info,
+                request_timeout_s=60,
+            )
+        )
+        seen = get_json(srv.url, "/wattflow/requests")["requests"]
+    assert all(r.status == "ok" for r in records), [r.error for r in records]
+    assert info["proxy_errors"] == [] and info["variable_mismatches"] == []
+    # each call's prompt as the other modes build it (every output MAX_OUT tokens long)
+    expected: dict[tuple[int, ...], tuple[Workflow, Call]] = {}
+    for wf in workflows:
+        produced = {c.node_id: MAX_OUT for c in wf.calls}
+        for c in wf.calls:
+            prompt = resolve_prompt(c, produced)
+            expected[tuple(i for s in prompt for i in s.token_ids(vocab, salt))] = (wf, c)
+    assert len(expected) == len(records) == len(seen)  # all distinct, all seen once
+    at_server = {}
+    for e in seen:
+        wf, c = expected[tuple(e["prompt_ids"])]  # the server got exactly these prompts
+        at_server[(wf.workflow_id, c.node_id)] = e
+    shift = srv.t0_monotonic  # server time + shift = time.monotonic
+    children = 0
+    for wf, c in expected.values():
+        if not c.parents:
+            continue
+        children += 1
+        e = at_server[(wf.workflow_id, c.node_id)]
+        parents = [at_server[(wf.workflow_id, p)] for p in c.parents]
+        released_after = max(p["finish_s"] for p in parents)
+        assert e["arrival_s"] >= released_after
+        # no client round trip: the client said nothing to Parrot in between
+        window = (released_after + shift, e["arrival_s"] + shift)
+        assert not [t for t in sent[wf.workflow_id] if window[0] < t < window[1]], c.node_id
+        for p in c.parents:
+            if any(s.key == output_segment(wf.workflow_id, p, 0).key for s in c.prompt):
+                words = answers[f"{wf.workflow_id}/{p}"].split()
+                out = [int(w[1:]) for w in words]
+                assert out == output_segment(wf.workflow_id, p, MAX_OUT).token_ids(vocab, salt)
+                assert _contains(e["prompt_ids"], out), (c.node_id, p)
+    assert children >= 10
+
+
+def _contains(seq: list[int], sub: list[int]) -> bool:
+    n = len(sub)
+    return any(seq[i : i + n] == sub for i in range(len(seq) - n + 1))
+
+
+def test_failed_calls_are_skipped_below_and_control_dependencies_kept(parrot_env):
+    """A call the server refuses does not stop Parrot: it is an error, its dependents are
+    skipped (as in the naive driver), and independent calls run. A closed-loop lane (each
+    request waits for the previous one, reading nothing of it) stays serial: the client
+    releases such calls, since Parrot sees only data dependencies. A workflow arriving after
+    a quiet spell longer than the stall timeout still runs."""
+    doc = Segment("doc", 40)
+    wf = Workflow(
+        "wf",
+        "custom",
+        0.0,
+        (
+            Call("bad", (doc,), 10**7),  # more tokens than the model's context: HTTP 400
+            Call("child", (doc, output_segment("wf", "bad", 5)), 8, parents=("bad",)),
+            Call("grandchild", (output_segment("wf", "child", 8),), 8, parents=("child",)),
+            Call("fine", (Segment("other", 30),), 8),
+            Call("after_fine", (output_segment("wf", "fine", 8),), 8, parents=("fine",)),
+        ),
+    )
+    lane = single(
+        {"workflows": 3, "concurrency": 1, "prompt_tokens": 50, "output_tokens": 8,
+         "shared_prefix": False},
+        random.Random(0),
+    )[0]  # fmt: skip
+    # arrives after a gap longer than the stall timeout: waiting for it is not a stall
+    late = Workflow("late", "custom", 4.0, (Call("x", (Segment("late", 20),), 4),))
+    spec = cell_spec(_config(), _knobs("agentic", "parrot"))
+    with SimServerProcess(spec["engine"], "--max-num-seqs", "4") as srv:
+        records = asyncio.run(
+            run_parrot(
+                [wf, lane, late],
+                endpoint_url=srv.url,
+                api_key=None,
+                model=srv.info["model"],
+                vocab_size=spec["engine"]["model"]["vocab_size"],
+                max_output_tokens=10**7,
+                salt="fail",
+                env=parrot_env,
+                request_timeout_s=60,
+                stall_timeout_s=2.0,
+            )
+        )
+    by_id = {r.request_id: r for r in records}
+    steps = [by_id[f"{lane.workflow_id}/{c.node_id}"] for c in lane.calls]
+    assert [r.status for r in steps] == ["ok"] * 3
+    assert steps[0].finish <= steps[1].dispatch and steps[1].finish <= steps[2].dispatch
+    assert steps[1].arrival == steps[0].finish  # ready when its parent returned
+    assert by_id["late/x"].status == "ok" and by_id["late/x"].dispatch >= 4.0
+    records = [r for r in records if r.workflow_id == "wf"]
+    status = {r.node_id: (r.status, r.error) for r in records}
+    assert status["bad"][0] == "error" and "HTTP 400" in status["bad"][1]
+    assert status["child"] == ("skipped", "parent bad did not complete")
+    assert status["grandchild"] == ("skipped", "parent child did not complete")
+    assert status["fine"][0] == status["after_fine"][0] == "ok"
+
+
+def test_a_dying_parrot_ends_the_run_with_errors_not_a_hang(parrot_env, monkeypatch):
+    """Parrot's core exits after the first call: the calls it never ran become errors that
+    say so, and run_parrot returns at once (the watchdog), instead of waiting forever."""
+    started: list = []
+    start = parrot_client.ParrotServer.start
+
+    def keep(self):
+        started.append(self)
+        return start(self)
+
+    monkeypatch.setattr(parrot_client.ParrotServer, "start", keep)
+    chain = (
+        Call("a", (Segment("p", 30),), 8),
+        Call("b", (output_segment("wf", "a", 8),), 8, parents=("a",)),
+        Call("c", (output_segment("wf", "b", 8),), 8, parents=("b",)),
+    )
+    spec = cell_spec(_config(), _knobs("agentic", "parrot"))
+    t = time.monotonic()
+    with SimServerProcess(spec["engine"]) as srv:
+        records = asyncio.run(
+            run_parrot(
+                [Workflow("wf", "chain", 0.0, chain)],
+                endpoint_url=srv.url,
+                api_key=None,
+                model=srv.info["model"],
+                vocab_size=spec["engine"]["model"]["vocab_size"],
+                max_output_tokens=8,
+                salt="die",
+                env=parrot_env,
+                on_record=lambda r: started[0]._procs["core"].kill(),
+                request_timeout_s=60,
+            )
+        )
+    took = time.monotonic() - t
+    status = {r.node_id: (r.status, r.error or "") for r in records}
+    assert status["a"][0] == "ok"
+    for n in ("b", "c"):
+        assert status[n][0] == "error" and "Parrot's core exited" in status[n][1], status[n]
+    assert took < 30  # Parrot's start (~6 s) and a few seconds, not the 60 s stall timeout
