@@ -15,6 +15,10 @@ include: "rules/cells.smk"
 include: "rules/analysis.smk"
 
 
+onstart:
+    wf_progress.start_grid(RESULTS, cell_dirs(), workflow)
+
+
 # Cheap once-per-grid jobs stay on the submitting host under a cluster executor (the
 # `image` rule marks itself local).
 localrules:

@@ -12,10 +12,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from wattflow.cell import run  # noqa: E402
+from wattflow.progress import cell_finished  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--knobs", required=True, help="the cell's knobs as JSON")
 parser.add_argument("--spec", required=True, help="the cell's config slice as JSON")
 parser.add_argument("--out", required=True, help="the cell's output directory")
 args = parser.parse_args()
-run(json.loads(args.spec), json.loads(args.knobs), args.out)
+try:
+    manifest = run(json.loads(args.spec), json.loads(args.knobs), args.out)
+except BaseException:
+    cell_finished(args.out, None)  # the grid's progress line (a no-op outside a grid run)
+    raise
+cell_finished(args.out, manifest["valid"])
