@@ -5,6 +5,7 @@ import sys
 
 from wattflow import config as wf_config
 from wattflow import container as wf_container
+from wattflow import progress as wf_progress
 from wattflow.knobs import KNOB_NAMES
 
 try:
@@ -36,7 +37,16 @@ def cell_spec(wildcards):
 
 
 def analysis_params():
-    return {"grid": config["grid"], "config_hash": wf_config.config_hash(config)}
+    return {
+        "grid": config["grid"],
+        "config_hash": wf_config.config_hash(config),
+        "analysis": config.get("analysis") or {},
+    }
+
+
+def accuracy_table(wildcards):
+    """The simulator accuracy table the report shows (config analysis.accuracy), if any."""
+    return (config.get("analysis") or {}).get("accuracy") or []
 
 
 def is_real(engine):

@@ -89,6 +89,34 @@ def cmd_cell(args: argparse.Namespace) -> int:
     return 0 if manifest["valid"] else 1
 
 
+def cmd_advise(args: argparse.Namespace) -> int:
+    """Pareto fronts and the cheapest setting meeting the objectives (wattflow.analysis.advise)."""
+    import polars as pl
+
+    from wattflow.analysis import advise as adv
+
+    cfg = _load(args.config)
+    analysis = cfg.get("analysis") or {}
+    path = Path(args.summary or Path(cfg["results"]) / "summary.parquet")
+    if not path.exists():
+        sys.exit(f"wattflow advise: {path} does not exist; run the grid first (make run)")
+    summary = pl.read_parquet(path)
+    if args.workload:
+        summary = summary.filter(pl.col("workload").is_in(args.workload))
+        if summary.is_empty():
+            sys.exit(f"wattflow advise: no cells of workload(s) {args.workload} in {path}")
+    objectives = args.objective if args.objective else analysis.get("objectives")
+    try:
+        advice = adv.advise(summary, objectives, analysis.get("defaults"))
+    except adv.AdviseError as err:
+        sys.exit(f"wattflow advise: {err}")
+    if args.json:
+        print(adv.advice_table(advice).write_json())
+    else:
+        print(adv.format_text(advice, summary, analysis.get("defaults")), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="wattflow", description=__doc__)
     p.add_argument("--config", default=str(wf_config.DEFAULT_CONFIG), help="config YAML")
@@ -107,6 +135,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     c.add_argument("--out", help="output directory (default: the cell's path under results/)")
     c.set_defaults(fn=cmd_cell)
+    a = sub.add_parser(
+        "advise",
+        help="per workload: Pareto fronts and the cheapest setting meeting latency objectives",
+    )
+    a.add_argument("--summary", help="summary.parquet (default: RESULTS/summary.parquet)")
+    a.add_argument(
+        "--objective",
+        action="append",
+        metavar="METRIC<=VALUE",
+        help='e.g. "makespan_p90_s<=30", "ttft_p99_s<=2" (repeatable; default: the '
+        "config's analysis.objectives)",
+    )
+    a.add_argument("--workload", action="append", help="only these workloads (repeatable)")
+    a.add_argument("--json", action="store_true", help="one JSON row per scenario")
+    a.set_defaults(fn=cmd_advise)
     args = p.parse_args(argv)
     return args.fn(args)
 

@@ -117,6 +117,7 @@ def check(cfg: dict) -> None:
             raise ConfigError(f"engines.{name}.url: required for kind openai")
     for name, w in workloads.items():
         _check_workload(name, w, workloads)
+    _check_analysis(cfg)
     grid = cfg["grid"]
     for i, e in enumerate(grid["engine"]):
         if e not in engines:
@@ -153,6 +154,30 @@ def check(cfg: dict) -> None:
                         f"to {longest} tokens (workload {w}) exceed model "
                         f"{engines[e]['model']}'s context of {model['max_context']}"
                     )
+
+
+def _check_analysis(cfg: dict) -> None:
+    """slo: and analysis: name known workloads and well-formed objectives."""
+    from wattflow.analysis.advise import AdviseError, parse_objective
+    from wattflow.analysis.extras import EXTRA_COLUMNS
+    from wattflow.analysis.summary import summary_columns
+
+    columns = [*summary_columns(), *EXTRA_COLUMNS]
+
+    for name in (cfg.get("slo") or {}).get("workloads") or {}:
+        if name not in cfg["workloads"]:
+            raise ConfigError(f"slo.workloads.{name}: unknown workload")
+    objectives = (cfg.get("analysis") or {}).get("objectives") or []
+    groups = objectives.items() if isinstance(objectives, dict) else [(None, objectives)]
+    for name, texts in groups:
+        key = "analysis.objectives" + (f".{name}" if name is not None else "")
+        if name not in (None, "*") and name not in cfg["workloads"]:
+            raise ConfigError(f"{key}: unknown workload")
+        for i, text in enumerate(texts):
+            try:
+                parse_objective(text, columns)
+            except AdviseError as err:
+                raise ConfigError(f"{key}[{i}]: {err}") from None
 
 
 def _check_workload(name: str, w: dict, workloads: dict) -> None:

@@ -24,12 +24,13 @@ Metric definitions (the README's glossary points here):
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from wattflow.analysis.extras import extra_columns
 from wattflow.knobs import BY_NAME, DEFAULT, KNOB_NAMES, KNOBS
 from wattflow.outputs import write_frame
 
@@ -228,8 +229,12 @@ def summary_columns() -> list[str]:
     ]
 
 
-def summarize(cell_dirs: Sequence[str | Path]) -> pl.DataFrame:
-    """One row per cell directory, in input order; see the module docstring for metrics."""
+def summarize(
+    cell_dirs: Sequence[str | Path], slo: Mapping[str, Any] | None = None
+) -> pl.DataFrame:
+    """One row per cell directory, in input order; see the module docstring for metrics,
+    and wattflow.analysis.extras for the columns appended after them (`slo`: the config's
+    `slo:` section, or None)."""
     dirs = [Path(d) for d in cell_dirs]
     if not dirs:
         raise ValueError("summarize: no cell directories given")
@@ -250,12 +255,15 @@ def summarize(cell_dirs: Sequence[str | Path]) -> pl.DataFrame:
         .sort(_CELL)
     )
     _check_knobs(df)
-    return df.select(summary_columns())
+    core = df.select(summary_columns())
+    return pl.concat([core, extra_columns(dirs, core, slo)], how="horizontal")
 
 
-def write_summary(cell_dirs: Sequence[str | Path], out_path: str | Path) -> pl.DataFrame:
+def write_summary(
+    cell_dirs: Sequence[str | Path], out_path: str | Path, slo: Mapping[str, Any] | None = None
+) -> pl.DataFrame:
     """Summarize and write Parquet (or CSV when `out_path` ends in .csv), atomically."""
-    df = summarize(cell_dirs)
+    df = summarize(cell_dirs, slo)
     write_frame(out_path, df)
     return df
 
