@@ -18,7 +18,7 @@ import vl_convert as vlc
 from wattflow.analysis import accuracy
 from wattflow.analysis import findings as fnd
 from wattflow.analysis.figures import charts, make_figures, save_chart
-from wattflow.analysis.report import write_report
+from wattflow.analysis.report import png_size, write_report
 from wattflow.analysis.summary import summarize, summary_columns, write_summary
 from wattflow.knobs import KNOB_NAMES
 from wattflow.outputs import frame, write_json, write_table
@@ -332,7 +332,12 @@ def test_findings_hold_on_synthetic_physics(grid_summary: pl.DataFrame) -> None:
     # the numbers behind (a)-(d): one row per workload with its reduction and cache share
     rows = {r["workload"]: r for r in f["a"].numbers}
     assert rows["interactive"]["reduction %"] == pytest.approx(red["interactive"], abs=0.05)
+    assert set(rows) == set(BATCH_GAIN)
+    rows = {r["workload"]: r for r in f["b"].numbers}
     assert rows["interactive"]["prefix-cache share %"] == pytest.approx(80.0)
+    # (c) and (d) show the workload they are about and the one it is compared with
+    assert [r["workload"] for r in f["c"].numbers] == ["agentic", "sequential"]
+    assert [r["workload"] for r in f["d"].numbers] == ["agentic", "interactive"]
     assert "largest prefix-cache share: interactive (80%)" in f["b"].evidence
     # g1/g2 need the mode axis, and say so
     for key in ("g1", "g2"):
@@ -463,9 +468,13 @@ def test_figures_and_report(grid_summary: pl.DataFrame, tmp_path: Path) -> None:
         grid_summary, paths, found, tmp_path / "report.html", {"config_hash": "abc123"}
     )
     text = out.read_text()
-    svgs = {p.stem for p in paths if p.suffix == ".svg"}
-    assert text.count('src="data:image/svg+xml;base64,') == len(svgs)
-    assert all(f'id="fig-{n}"' in text for n in svgs)
+    pngs = {p.stem for p in paths if p.suffix == ".png"}
+    assert text.count('src="data:image/png;base64,') == len(pngs)
+    assert all(f'id="fig-{n}"' in text for n in pngs)
+    # shown at layout size: the 216-dpi PNG's pixels x 72 / 216
+    w, h, ppi = png_size((tmp_path / "fig/batch_size.png").read_bytes())
+    assert ppi == pytest.approx(216, abs=1)
+    assert f'<img alt="batch_size" width="{round(w / 3)}" height="{round(h / 3)}"' in text
     assert all(html_escape(f.claim) in text for f in found)
     assert "abc123" in text and "sim-1" in text and ">holds<" in text and ">not tested<" in text
     # each finding links to the figure it rests on; simulator verdicts say so

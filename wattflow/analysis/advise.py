@@ -130,6 +130,12 @@ def setting_text(row: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={_text(row[k])}" for k in CHOICES)
 
 
+def changes(row: Mapping[str, Any], base: Mapping[str, Any]) -> str:
+    """The knobs in which a setting differs from `base`, e.g. `power_cap_w=250`."""
+    diff = [f"{k}={_text(row[k])}" for k in CHOICES if _text(row[k]) != _text(base[k])]
+    return " ".join(diff) or "all-default"
+
+
 def settings(
     summary: pl.DataFrame, metrics: Sequence[str], defaults: Mapping[str, Any] | None = None
 ) -> pl.DataFrame:
@@ -214,7 +220,7 @@ class Advice:
         if self.interval is not None:
             lo, hi = self.interval
             return f"95% CI {lo:+.1f} to {hi:+.1f} % over {self.paired_reps} repetitions"
-        return "1 repetition: no interval (set repetitions > 1 for one)"
+        return "1 repetition: no interval"
 
 
 def _matches(row: Mapping[str, Any], setting: Mapping[str, Any]) -> bool:

@@ -522,12 +522,15 @@ def pareto_chart(
         .map_elements(adv.setting_text, return_dtype=pl.String)
         .alias("knobs"),
     ).select("workload", "max_output_tokens", "length", x, y, "on_front", "setting", "knobs")
+    # drawn in row order: the marked settings last, on top of the others
+    rank = {"other setting": 0, "on the front": 1, "all-default": 2, "recommended": 3}
+    data = data.sort(pl.col("setting").replace_strict(rank, return_dtype=pl.Int64), x)
     lengths = data.sort("max_output_tokens")["length"].unique(maintain_order=True).to_list()
     enc_x = alt.X(
         f"{x}:Q",
         title="makespan p90 (s), log scale",
         scale=alt.Scale(type="log"),
-        axis=alt.Axis(labelOverlap="greedy", labelFlush=True),
+        axis=alt.Axis(labelOverlap="parity", labelSeparation=4, tickCount=4),
     )
     enc_y = alt.Y(f"{y}:Q", title=J_WF, scale=alt.Scale(zero=False))
     roles = ["recommended", "all-default", "on the front", "other setting"]

@@ -242,10 +242,14 @@ def _combine(parts: Sequence[bool | None]) -> bool | None:
     return None
 
 
-def _batch_numbers(df: pl.DataFrame) -> list[dict[str, Any]]:
+def _batch_numbers(
+    df: pl.DataFrame, only: Sequence[str] | None = None, cache: bool = False
+) -> list[dict[str, Any]]:
+    """Per workload (those in `only`, default all): J/workflow at the smallest and largest
+    max_num_seqs, the reduction, and (with `cache`) the prefix-cache share."""
     rows = []
     for (wl,), g in _means(df, "max_num_seqs").group_by("workload", maintain_order=True):
-        if g.height < 2:
+        if g.height < 2 or (only is not None and str(wl) not in only):
             continue
         j = g["j_per_workflow"].to_list()
         b = g["max_num_seqs"].to_list()
@@ -255,7 +259,7 @@ def _batch_numbers(df: pl.DataFrame) -> list[dict[str, Any]]:
             "J/workflow": f"{j[0]:,.0f} → {j[-1]:,.0f}",
             "reduction %": round(_pct(j[0], j[-1]), 1),
         }
-        if "cache_share" in df.columns:
+        if cache and "cache_share" in df.columns:
             share = df.filter(pl.col("workload") == wl)["cache_share"].mean()
             row["prefix-cache share %"] = None if share is None else round(100 * share, 1)
         rows.append(row)
@@ -332,7 +336,7 @@ def check_shared_prompts(summary: pl.DataFrame) -> Finding:
         "figure": "batch_size_relative",
         "metrics": ("j_per_workflow", "cache_share"),
         "engines": _engines(df),
-        "numbers": tuple(_batch_numbers(df)),
+        "numbers": tuple(_batch_numbers(df, cache=True)),
     }
     red = batch_reductions(summary)
     if len(red) < 2:
@@ -400,6 +404,8 @@ def check_sequential(summary: pl.DataFrame) -> Finding:
         return Finding(claim, None, why, **meta)
     least = min(red, key=red.get)
     ok = red[seq] < BARELY_PCT and (least == seq or len(red) == 1)
+    nearest = sorted((v, k) for k, v in red.items() if k != seq)[:1]
+    meta["numbers"] = tuple(_batch_numbers(df, [seq, *(k for _, k in nearest)]))
     others = _fmt({k: v for k, v in red.items() if k != seq}) or "none"
     evidence = f"{seq}: {red[seq]:.1f}% (others: {others})"
     return Finding(claim, ok, evidence, **meta)
@@ -428,6 +434,8 @@ def check_agentic(summary: pl.DataFrame) -> Finding:
         return Finding(claim, None, why, **meta)
     best_other = max(v for k, v in red.items() if k != ag)
     ok = BARELY_PCT <= red[ag] < best_other
+    best = max((k for k in red if k != ag), key=red.get)
+    meta["numbers"] = tuple(_batch_numbers(df, [ag, best]))
     evidence = f"{ag}: {red[ag]:.1f}%; best other workload {best_other:.1f}%"
     return Finding(claim, ok, evidence, **meta)
 

@@ -1,15 +1,17 @@
 """A single self-contained HTML report: findings, decisions, SLO goodput, steady-state
 energy, where the energy goes, figures, cell counts and provenance.
 
-No scripts and no external resources (figures are inline SVG data URIs, PNG where no SVG
-was written), so it opens anywhere and can be archived or mailed as one file. Every
-number in it comes from the summary (and stages) tables it is given.
+No scripts and no external resources (figures are inline PNG data URIs at print
+resolution, SVG where no PNG was written), so it opens anywhere and can be archived or
+mailed as one file. Every number in it comes from the summary (and stages) tables it is
+given.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ td table { margin: 0.3em 0 0; font-size: 0.9em; }
 .na { color: #777; font-weight: bold; } .sim { color: #8a5a00; }
 figure { margin: 1em 0 2em; } figcaption { color: #555; font-size: 0.9em; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
-.note { color: #555; }
+.note { color: #555; } .scroll { overflow-x: auto; }
 """
 
 # Which section shows which figure; figures not listed go under "Other figures".
@@ -83,7 +85,10 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """An HTML table; cells are escaped unless they are already markup (`_Raw`)."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def _dict_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -156,20 +161,35 @@ def counts_html(summary: pl.DataFrame) -> str:
     return _table(("workload", "cells", "valid", "repetitions", "energy (J)"), rows)
 
 
-def _embed(paths: Sequence[Path]) -> tuple[str, str]:
-    """(mime, base64) of a figure: its SVG where written, else its PNG."""
+def png_size(data: bytes) -> tuple[int, int, float]:
+    """(width px, height px, pixels per inch) from a PNG's IHDR and pHYs (72 without)."""
+    width, height = struct.unpack(">II", data[16:24])
+    i = data.find(b"pHYs", 0, 4096)
+    ppm = struct.unpack(">I", data[i + 4 : i + 8])[0] if i > 0 and data[i + 12] == 1 else 0
+    return width, height, (ppm * 0.0254 if ppm else 72.0)
+
+
+def _embed(paths: Sequence[Path]) -> tuple[str, str, str]:
+    """(mime, base64, size attributes) of a figure. The PNG is preferred: vl-convert drew
+    its text with the fonts it measured it with, where an SVG's text takes the browser's
+    fonts and can overflow. Shown at its layout size (pixels x 72 / ppi), sharp on any
+    screen."""
     by_ext = {p.suffix.lower(): p for p in paths}
-    p = by_ext.get(".svg") or by_ext.get(".png")
-    mime = "image/svg+xml" if p.suffix.lower() == ".svg" else "image/png"
-    return mime, base64.b64encode(p.read_bytes()).decode("ascii")
+    p = by_ext.get(".png") or by_ext[".svg"]
+    data = p.read_bytes()
+    if p.suffix.lower() == ".svg":
+        return "image/svg+xml", base64.b64encode(data).decode("ascii"), ""
+    w, h, ppi = png_size(data)
+    size = f' width="{round(w * 72 / ppi)}" height="{round(h * 72 / ppi)}"'
+    return "image/png", base64.b64encode(data).decode("ascii"), size
 
 
 def _figure(name: str, paths: Sequence[Path]) -> str:
-    mime, b64 = _embed(paths)
+    mime, b64, size = _embed(paths)
     cap = html.escape(CAPTIONS.get(name, ""))
     n = html.escape(name)
     return (
-        f'<figure id="fig-{n}"><img alt="{n}" src="data:{mime};base64,{b64}">'
+        f'<figure id="fig-{n}"><img alt="{n}"{size} src="data:{mime};base64,{b64}">'
         f"<figcaption><b>{n}</b>: {cap}</figcaption></figure>"
     )
 
@@ -224,31 +244,32 @@ def decisions_html(
         advice = adv.advise(summary, objectives, defaults)
     except adv.AdviseError as err:
         return intro + f'<p class="no">{html.escape(str(err))}</p>'
-    table = adv.advice_table(advice)
-    if table.is_empty():
+    if not advice:
         return intro + "<p>No valid cells.</p>"
-    rows = [
-        (
-            r["workload"],
-            r["engine"],
-            r["max_output_tokens"],
-            r["objectives"],
-            r["recommended"] or "",
-            r["energy"],
-            r["met"] or "",
-            r["default_energy"],
-            _pct(r["saving_pct"]),
-            r["uncertainty"] or "",
-            r["notes"] or "",
+    rows = []
+    for a in advice:
+        b = a.best
+        rows.append(
+            (
+                a.scenario["workload"],
+                a.scenario["engine"],
+                a.scenario["max_output_tokens"],
+                ", ".join(map(str, a.objectives)) or "none",
+                adv.changes(b, base) if b else "",
+                _energy(b, a.energy),
+                a.met,
+                _energy(a.default, a.energy),
+                _pct(a.saving_pct),
+                a.uncertainty,
+                "; ".join(a.notes),
+            )
         )
-        for r in table.iter_rows(named=True)
-    ]
     header = (
         "workload",
         "engine",
         "max_output_tokens",
         "objectives",
-        "cheapest setting meeting them",
+        "cheapest setting meeting them (knobs changed from all-default)",
         "its energy",
         "met in",
         "all-default energy",
@@ -257,6 +278,13 @@ def decisions_html(
         "notes",
     )
     return intro + _table(header, rows)
+
+
+def _energy(row: Mapping[str, Any] | None, metric: str) -> str:
+    if row is None:
+        return ""
+    unit = "J/workflow" if metric == "j_per_workflow" else "J/output token"
+    return f"{row[metric]:,.4g} {unit}"
 
 
 def slo_html(summary: pl.DataFrame) -> str:
