@@ -417,6 +417,9 @@ def test_mode_findings(mode_summary: pl.DataFrame) -> None:
     util = {(r["workload"], r["max_num_seqs"]): r for r in f["g1"].numbers}
     assert util[("agentic", 8)]["util naive %"] == pytest.approx(80.0)
     assert util[("agentic", 8)]["util workflow-aware %"] == pytest.approx(75.0)
+    # only the decode-heavy half is judged: sequential's prompts are mostly uncached
+    heavy = {w for (w, _), r in util.items() if r["decode-heavy"]}
+    assert heavy == {"agentic"} and "not decode-heavy, not judged: sequential" in f["g1"].evidence
     # workflow-aware busier than naive: g1 fails
     flip = pl.when(pl.col("mode") == "naive").then(60.0).otherwise(pl.col("gpu_util_mean_pct"))
     busy = mode_summary.with_columns(flip.alias("gpu_util_mean_pct"))
