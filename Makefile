@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml
 # The grid prints one [wattflow] line per finished cell (done/total, elapsed, ETA);
 # Snakemake's per-job lines are quieted, its scheduler's two per round filtered out.
 run: $(STAMP)
-	@bash -o pipefail -c '$(BIN)/snakemake --cores $(CORES) --quiet rules progress 2>&1 \
+	@bash -o pipefail -c '$(BIN)/snakemake --cores $(CORES) --quiet rules progress host 2>&1 \
 	  | grep --line-buffered -v -E "^(Select jobs to execute|Execute [0-9]+ jobs)\.\.\.$$"'
-	$(BIN)/snakemake --cores 1 --quiet all --report results/snakemake-report.html
+	$(BIN)/snakemake --cores 1 --quiet rules progress host --report results/snakemake-report.html
 	@$(BIN)/python -m wattflow.progress results
 	@echo "[wattflow] Snakemake's report: results/snakemake-report.html"
 

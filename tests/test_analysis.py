@@ -601,3 +601,39 @@ def test_power_finding_fails_when_not_monotonic(grid_summary: pl.DataFrame) -> N
     bumped = grid_summary.with_columns(pl.col("j_per_workflow") * bump)
     finding = fnd.check_power(bumped)
     assert finding.holds is False and "non-monotonic: ['agentic'" in finding.evidence
+
+
+def test_energy_breakdown_shows_what_each_source_has(tmp_path: Path) -> None:
+    """Memory energy where the telemetry has it, a host row where RAPL had readings, and a
+    title that says what is missing otherwise."""
+    rapl = {"package-0": 50.0, "dram-0": 5.0}
+    cells = [
+        make_cell(
+            tmp_path,
+            knobs(max_num_seqs=b),
+            [request(0, "w0", 2.0, 0.5)],
+            [workflow("w0", 2.0)],
+            500.0,
+            2.0,
+            telemetry=telemetry_rows(2.0, 250.0, 60.0, mem),
+            rapl=r,
+        )  # fmt: skip
+        for b, mem, r in ((8, 20.0, rapl), (64, 20.0, rapl))
+    ]
+    spec = str(charts(summarize(cells))["energy_breakdown"].to_dict())
+    assert "dynamic: memory" in spec and "host J/workflow" in spec and "CPU package" in spec
+    bare = [
+        make_cell(
+            tmp_path / "bare",
+            knobs(max_num_seqs=b),
+            [request(0, "w0", 2.0, 0.5)],
+            [workflow("w0", 2.0)],
+            500.0,
+            2.0,
+            telemetry=telemetry_rows(2.0, 250.0, 60.0, None),
+        )  # fmt: skip
+        for b in (8, 64)
+    ]
+    spec = charts(summarize(bare))["energy_breakdown"].to_dict()
+    assert "no memory power in this telemetry; no RAPL (CPU/DRAM) readings" in str(spec["title"])
+    assert "host J/workflow" not in str(spec) and "dynamic: memory" not in str(spec)

@@ -610,7 +610,7 @@ def check_utilization(summary: pl.DataFrame) -> Finding:
     r = r.drop_nulls(["util_naive", "util_aware"])
     if r.is_empty():
         return Finding(claim, None, "no (workload, max_num_seqs) has cells of both modes", **meta)
-    decode = _decode_share(df.filter(pl.col("workload").is_in(r["workload"].unique())))
+    decode = _decode_share(df.filter(pl.col("workload").is_in(r["workload"].unique().to_list())))
     known = sorted(v for v in decode.values() if v is not None)
     median = statistics.median(known) if known else None
     numbers = [
