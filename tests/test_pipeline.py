@@ -104,13 +104,24 @@ def test_slo_edit_reruns_only_the_analysis(workdir):
 
 
 def test_analysis_edit_reruns_figures_and_report_only(workdir):
+    """Objectives and the simulator accuracy table reach the report through the rule."""
+    (workdir / "accuracy.csv").write_text("metric,mape_pct\nj_per_workflow,4.5\n")
     cfg = small_config("results")
-    cfg["analysis"] = {"objectives": ["makespan_p90_s<=60"]}
+    cfg["analysis"] = {"objectives": ["makespan_p90_s<=600"], "accuracy": "accuracy.csv"}
     write_config(workdir, cfg)
     try:
         assert planned(workdir) == {"figures": 1, "report": 1, "all": 1}
+        out = smk(workdir, "--cores", "2", "--quiet", "all")
+        assert out.returncode == 0, out.stderr[-3000:]
+        text = (workdir / "results" / "report.html").read_text()
+        assert "MAPE vs real GPU: j_per_workflow 4.5 %" in text
+        assert "makespan_p90_s&lt;=600" in text
+        # editing the table reruns the report alone
+        (workdir / "accuracy.csv").write_text("metric,mape_pct\nj_per_workflow,5.5\n")
+        assert planned(workdir) == {"report": 1, "all": 1}
     finally:
         write_config(workdir, small_config("results"))
+        assert smk(workdir, "--cores", "2", "--quiet", "all").returncode == 0
 
 
 def test_nothing_to_do_when_complete(workdir):
