@@ -157,17 +157,19 @@ def check(cfg: dict) -> None:
 
 
 def _check_analysis(cfg: dict) -> None:
-    """slo: and analysis: name known workloads and well-formed objectives."""
-    from wattflow.analysis.advise import AdviseError, parse_objective
-    from wattflow.analysis.extras import EXTRA_COLUMNS
-    from wattflow.analysis.summary import summary_columns
-
-    columns = [*summary_columns(), *EXTRA_COLUMNS]
-
+    """slo: and analysis: name known workloads and well-formed objectives over summary
+    columns."""
     for name in (cfg.get("slo") or {}).get("workloads") or {}:
         if name not in cfg["workloads"]:
             raise ConfigError(f"slo.workloads.{name}: unknown workload")
     objectives = (cfg.get("analysis") or {}).get("objectives") or []
+    if not objectives:
+        return
+    from wattflow.analysis.advise import AdviseError, parse_objective  # polars: only if needed
+    from wattflow.analysis.extras import EXTRA_COLUMNS
+    from wattflow.analysis.summary import summary_columns
+
+    columns = [*summary_columns(), *EXTRA_COLUMNS]
     groups = objectives.items() if isinstance(objectives, dict) else [(None, objectives)]
     for name, texts in groups:
         key = "analysis.objectives" + (f".{name}" if name is not None else "")
