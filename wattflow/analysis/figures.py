@@ -582,45 +582,61 @@ def pareto_chart(
     )
 
 
-def steady_state_chart(summary: pl.DataFrame) -> alt.Chart | None:
-    """Single-call loads: whole-cell vs steady-state J/output token; hollow where the
-    steady window is not stable."""
+def steady_state_chart(summary: pl.DataFrame) -> alt.LayerChart | None:
+    """Single-call loads: whole-cell vs steady-state J/output token side by side (log
+    scale); hollow where the steady window is not stable, a note where there is none."""
     if "steady_j_per_output_token" not in summary.columns:
         return None
     df = summary.filter(pl.col("valid") & (pl.col("pattern") == "single"))
     if df.is_empty():
         return None
+    measure = "J/output token over"
     data = pl.concat(
         [
             df.select(
                 "workload",
                 pl.col("j_per_output_token").alias("value"),
-                pl.lit("whole cell").alias("measure"),
+                pl.lit("whole cell").alias(measure),
                 pl.lit(True).alias("stable"),
             ),
             df.select(
                 "workload",
                 pl.col("steady_j_per_output_token").alias("value"),
-                pl.lit("steady state").alias("measure"),
-                pl.col("steady_stable").alias("stable"),
+                pl.lit("steady state").alias(measure),
+                pl.col("steady_stable").fill_null(False).alias("stable"),
             ),
         ]
     ).drop_nulls("value")
+    missing = df.filter(pl.col("steady_j_per_output_token").is_null()).select(
+        "workload", pl.col("j_per_output_token").alias("value"), pl.lit("no window").alias("note")
+    )
     order = df.sort("concurrency", "workload")["workload"].unique(maintain_order=True).to_list()
-    return (
-        alt.Chart(data)
-        .mark_point(size=70)
-        .encode(
-            x=alt.X("workload:N", title="workload", sort=order),
-            y=alt.Y("value:Q", title=J_TOK, scale=alt.Scale(zero=True)),
-            color=alt.Color("measure:N", title=J_TOK),
-            fill=alt.condition(
-                alt.datum.stable, alt.Color("measure:N", legend=None), alt.value("white")
-            ),
-            tooltip=["workload:N", "measure:N", "stable:N", alt.Tooltip("value:Q", format=".4g")],
+    x = alt.X("workload:N", title="workload", sort=order, axis=alt.Axis(labelAngle=-30))
+    y = alt.Y("value:Q", title=J_TOK, scale=alt.Scale(type="log"))
+    color = alt.Color(f"{measure}:N", title=measure, sort=["whole cell", "steady state"])
+    tip = ["workload:N", f"{measure}:N", "stable:N", alt.Tooltip("value:Q", format=".4g")]
+    offset = alt.XOffset(f"{measure}:N", sort=["whole cell", "steady state"])
+
+    def points(stable: bool) -> alt.Chart:
+        return (
+            alt.Chart(data)
+            .transform_filter(alt.datum.stable if stable else ~alt.datum.stable)
+            .mark_point(size=90, filled=stable, strokeWidth=2)
+            .encode(x=x, y=y, color=color, xOffset=offset, tooltip=tip)
         )
+
+    notes = (
+        alt.Chart(missing)
+        .mark_text(dy=-14, fontSize=10, color="#555")
+        .encode(x=x, y=y, text="note:N")
+    )
+    return (
+        alt.layer(points(True), points(False), notes)
         .properties(width=2 * PANEL_W, height=int(1.6 * PANEL_H))
-        .properties(title="Single-call loads: whole cell vs steady state (hollow: not stable)")
+        .properties(
+            title="Single-call loads: whole cell vs steady state (hollow: not stable; "
+            "no window: N <= 2B)"
+        )
     )
 
 
