@@ -637,3 +637,13 @@ def test_energy_breakdown_shows_what_each_source_has(tmp_path: Path) -> None:
     spec = charts(summarize(bare))["energy_breakdown"].to_dict()
     assert "no memory power in this telemetry; no RAPL (CPU/DRAM) readings" in str(spec["title"])
     assert "host J/workflow" not in str(spec) and "dynamic: memory" not in str(spec)
+
+
+def test_report_without_valid_cells_says_so(grid_summary: pl.DataFrame, tmp_path: Path) -> None:
+    invalid = grid_summary.with_columns(pl.lit(False).alias("valid"))
+    figs = make_figures(invalid, tmp_path / "fig", html=False)
+    assert figs == []
+    out = write_report(invalid, figs, fnd.check_findings(invalid), tmp_path / "r.html", {})
+    text = out.read_text()
+    assert "No figures: no valid cells (144 cells, none valid" in text
+    assert "two values" not in text

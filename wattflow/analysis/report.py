@@ -212,6 +212,15 @@ def _group(paths: Iterable[Path]) -> dict[str, list[Path]]:
     return out
 
 
+def _why_no_figures(summary: pl.DataFrame) -> str:
+    if summary.is_empty():
+        return "the summary has no cells"
+    valid = int(summary["valid"].sum())
+    if valid == 0:
+        return f"no valid cells ({summary.height} cells, none valid: see their cell.json)"
+    return "no slice of the valid cells has two values on any knob axis"
+
+
 def _provenance(summary: pl.DataFrame, given: Mapping[str, Any]) -> dict[str, Any]:
     """Provenance as given, with the version and engines filled in when absent."""
     engines = sorted({str(e) for e in summary["engine_version"].drop_nulls()})
@@ -486,7 +495,7 @@ def write_report(
     if others:
         body += ["<h2>Other figures</h2>", figures_html(figure_paths, others)]
     if not groups:
-        body.append(figures_html([]))
+        body.append(f"<p>No figures: {html.escape(_why_no_figures(summary))}.</p>")
     body += [
         "<h2>Cells</h2>",
         counts_html(summary),
