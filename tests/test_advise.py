@@ -187,3 +187,14 @@ def test_config_checks_slo_and_objectives(raw_config: dict) -> None:
     }
     raw_config["analysis"] = {"objectives": ["ttft_p99_s<=2"], "defaults": {"max_num_seqs": 128}}
     wf_config.validate(raw_config)
+
+
+def test_single_call_fronts_are_drawn_where_there_is_a_choice() -> None:
+    from wattflow.analysis.figures import pareto_chart, pareto_single_chart
+
+    s = summary(workload="single-c8", pattern="single")
+    spec = str(pareto_single_chart(s, ["ttft_p90_s<=2.5"]).to_dict())
+    assert "TTFT p90 · max_output_tokens=256" in spec and "TPOT p90 · max_output_tokens=256" in spec
+    assert pareto_single_chart(summary()) is None  # no single-call load
+    one = s.filter((pl.col("max_num_seqs") == 256) & (pl.col("power_cap_w") == "default"))
+    assert pareto_single_chart(one) is None and pareto_chart(one) is None  # one setting: no front

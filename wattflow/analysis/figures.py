@@ -490,50 +490,78 @@ def stage_energy_chart(summary: pl.DataFrame, stages: pl.DataFrame | None) -> al
 # -- decisions -------------------------------------------------------------------------------
 
 
-def pareto_chart(
-    summary: pl.DataFrame, objectives: Any = None, defaults: Mapping[str, Any] | None = None
-) -> alt.FacetChart | None:
-    """J/workflow vs makespan p90 of every setting, per workload; the front joined by a
-    line per max_output_tokens; the all-default and the recommended setting marked."""
-    fr = adv.fronts(summary, defaults).get(adv.WORKFLOW_FRONTS[0])
-    if fr is None or fr.is_empty():
-        return None
-    x, y = adv.WORKFLOW_FRONTS[0]
+ROLES = ["recommended", "all-default", "on the front", "other setting"]
+LATENCY_TITLES = {
+    "makespan_p90_s": "makespan p90 (s)",
+    "ttft_p90_s": "TTFT p90 (s)",
+    "tpot_p90_s": "TPOT p90 (s)",
+}
+
+
+def _front_points(
+    summary: pl.DataFrame,
+    pairs: Sequence[tuple[str, str]],
+    objectives: Any,
+    defaults: Mapping[str, Any] | None,
+) -> pl.DataFrame:
+    """Every setting of the given (latency, energy) fronts in long form: `latency`,
+    `energy`, `front` (which pair), `on_front` and its `setting` role."""
+    all_fronts = adv.fronts(summary, defaults)
     base = adv.default_setting(defaults)
-    picks = {}
-    for a in adv.advise(summary, objectives, defaults):
-        if a.best is not None:
-            picks[tuple(a.best[k] for k in (*adv.SCENARIO, *adv.CHOICES))] = True
     keys = [*adv.SCENARIO, *adv.CHOICES]
-    role = []
-    for r in fr.iter_rows(named=True):
-        if tuple(r[k] for k in keys) in picks:
-            role.append("recommended")
-        elif all(adv._text(r[k]) == adv._text(base[k]) for k in adv.CHOICES):
-            role.append("all-default")
-        elif r["on_front"]:
-            role.append("on the front")
-        else:
-            role.append("other setting")
-    data = fr.with_columns(
-        pl.Series("setting", role),
-        pl.format("max_output_tokens={}", "max_output_tokens").alias("length"),
-        pl.struct(adv.CHOICES)
-        .map_elements(adv.setting_text, return_dtype=pl.String)
-        .alias("knobs"),
-    ).select("workload", "max_output_tokens", "length", x, y, "on_front", "setting", "knobs")
+    picks = {
+        tuple(a.best[k] for k in keys)
+        for a in adv.advise(summary, objectives, defaults)
+        if a.best is not None
+    }
+    parts = []
+    for x, y in pairs:
+        fr = all_fronts.get((x, y))
+        if fr is None or fr.is_empty():
+            continue
+        role = [
+            "recommended"
+            if tuple(r[k] for k in keys) in picks
+            else "all-default"
+            if all(adv._text(r[k]) == adv._text(base[k]) for k in adv.CHOICES)
+            else "on the front"
+            if r["on_front"]
+            else "other setting"
+            for r in fr.iter_rows(named=True)
+        ]
+        parts.append(
+            fr.select(
+                "workload",
+                "max_output_tokens",
+                pl.col(x).alias("latency"),
+                pl.col(y).alias("energy"),
+                "on_front",
+                pl.lit(LATENCY_TITLES[x]).alias("front"),
+                pl.struct(adv.CHOICES)
+                .map_elements(adv.setting_text, return_dtype=pl.String)
+                .alias("knobs"),
+            ).with_columns(pl.Series("setting", role))
+        )
+    if not parts:
+        return pl.DataFrame()
+    data = pl.concat(parts)
     # drawn in row order: the marked settings last, on top of the others
-    rank = {"other setting": 0, "on the front": 1, "all-default": 2, "recommended": 3}
-    data = data.sort(pl.col("setting").replace_strict(rank, return_dtype=pl.Int64), x)
-    lengths = data.sort("max_output_tokens")["length"].unique(maintain_order=True).to_list()
+    rank = {r: len(ROLES) - i for i, r in enumerate(ROLES)}
+    return data.sort(pl.col("setting").replace_strict(rank, return_dtype=pl.Int64), "latency")
+
+
+def _front_chart(
+    data: pl.DataFrame, row_sort: list[str], x_title: str, y_title: str, title: str
+) -> alt.FacetChart:
     enc_x = alt.X(
-        f"{x}:Q",
-        title="makespan p90 (s), log scale",
+        "latency:Q",
+        title=x_title,
         scale=alt.Scale(type="log"),
         axis=alt.Axis(labelOverlap="parity", labelSeparation=4, tickCount=4),
     )
-    enc_y = alt.Y(f"{y}:Q", title=J_WF, scale=alt.Scale(zero=False))
-    roles = ["recommended", "all-default", "on the front", "other setting"]
+    enc_y = alt.Y(
+        "energy:Q", title=y_title, scale=alt.Scale(zero=False), axis=alt.Axis(format=".3~g")
+    )
     points = (
         alt.Chart()
         .mark_point(filled=True, size=45)
@@ -543,21 +571,22 @@ def pareto_chart(
             color=alt.Color(
                 "setting:N",
                 title="setting",
-                sort=roles,
-                scale=alt.Scale(domain=roles, range=["#d62728", "#1f77b4", "#2ca02c", "#bbbbbb"]),
+                sort=ROLES,
+                scale=alt.Scale(domain=ROLES, range=["#d62728", "#1f77b4", "#2ca02c", "#bbbbbb"]),
             ),
             shape=alt.Shape(
                 "setting:N",
                 title="setting",
-                sort=roles,
-                scale=alt.Scale(domain=roles, range=["diamond", "square", "circle", "cross"]),
+                sort=ROLES,
+                scale=alt.Scale(domain=ROLES, range=["diamond", "square", "circle", "cross"]),
             ),
             tooltip=[
                 "workload:N",
-                "length:N",
+                "max_output_tokens:Q",
                 "knobs:N",
-                alt.Tooltip(f"{x}:Q", format=".3g"),
-                alt.Tooltip(f"{y}:Q", format=".4g"),
+                "front:N",
+                alt.Tooltip("latency:Q", format=".3g"),
+                alt.Tooltip("energy:Q", format=".4g"),
             ],
         )
     )
@@ -572,13 +601,62 @@ def pareto_chart(
         .properties(width=PANEL_W, height=PANEL_H)
         .facet(
             column=alt.Column("workload:N", title=None),
-            row=alt.Row("length:N", title=None, sort=lengths),
+            row=alt.Row("row:N", title=None, sort=row_sort),
         )
         .resolve_scale(x="independent", y="independent")
-        .properties(
-            title="Energy vs makespan p90 of every knob setting; line: Pareto front "
-            "(axes differ per panel)"
-        )
+        .properties(title=title)
+    )
+
+
+def pareto_chart(
+    summary: pl.DataFrame, objectives: Any = None, defaults: Mapping[str, Any] | None = None
+) -> alt.FacetChart | None:
+    """J/workflow vs makespan p90 of every setting, per workload and max_output_tokens;
+    the front joined by a line; the all-default and the recommended setting marked."""
+    data = _front_points(summary, adv.WORKFLOW_FRONTS, objectives, defaults)
+    if not _has_choice(data):
+        return None
+    data = data.with_columns(pl.format("max_output_tokens={}", "max_output_tokens").alias("row"))
+    rows = data.sort("max_output_tokens")["row"].unique(maintain_order=True).to_list()
+    return _front_chart(
+        data,
+        rows,
+        "makespan p90 (s), log scale",
+        J_WF,
+        "Energy vs makespan p90 of every knob setting; line: Pareto front (axes differ per panel)",
+    )
+
+
+def _has_choice(data: pl.DataFrame) -> bool:
+    """Some scenario has two settings or more: a front to draw."""
+    if data.is_empty():
+        return False
+    n = data.group_by("workload", "max_output_tokens", "front").len()["len"]
+    return n.max() >= 2
+
+
+def pareto_single_chart(
+    summary: pl.DataFrame, objectives: Any = None, defaults: Mapping[str, Any] | None = None
+) -> alt.FacetChart | None:
+    """Single-call loads: J/output token vs TTFT p90 and vs TPOT p90 of every setting."""
+    data = _front_points(summary, adv.SINGLE_FRONTS, objectives, defaults)
+    if not _has_choice(data):
+        return None
+    data = data.with_columns(
+        pl.format(
+            "{} · max_output_tokens={}",
+            pl.col("front").str.replace(r" \(s\)", ""),
+            "max_output_tokens",
+        ).alias("row")  # fmt: skip
+    )
+    rows = data.sort("front", "max_output_tokens")["row"].unique(maintain_order=True).to_list()
+    return _front_chart(
+        data,
+        rows,
+        "TTFT or TPOT p90 (s, see row), log scale",
+        J_TOK,
+        "Single-call loads: energy per token vs TTFT and TPOT p90; line: Pareto front "
+        "(axes differ per panel)",
     )
 
 
@@ -700,6 +778,7 @@ def charts(
         "utilization": utilization_chart(summary),
         "mode_power_cap": mode_power_cap_chart(summary),
         "pareto": pareto_chart(summary, objectives, defaults),
+        "pareto_single": pareto_single_chart(summary, objectives, defaults),
         "goodput": goodput_chart(summary),
         "steady_state": steady_state_chart(summary),
         "energy_breakdown": energy_breakdown_chart(summary),

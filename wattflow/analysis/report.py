@@ -48,7 +48,7 @@ FINDING_FIGURES = (
     "mode_power_cap",
 )
 SECTION_FIGURES = {
-    "decisions": ("pareto",),
+    "decisions": ("pareto", "pareto_single"),
     "slo": ("goodput",),
     "steady": ("steady_state",),
     "energy": ("energy_breakdown", "stage_energy"),
@@ -62,6 +62,7 @@ CAPTIONS = {
     "utilization": "Mean GPU utilisation per client mode.",
     "mode_power_cap": "Workflow-aware against naive, per power cap.",
     "pareto": "Every knob setting's J/workflow against makespan p90; the Pareto front.",
+    "pareto_single": "Single-call loads: J/output token against TTFT and TPOT p90.",
     "goodput": "Workflows per minute meeting the SLOs, and energy per good workflow.",
     "steady_state": "Whole-cell and steady-state J/output token of single-call loads.",
     "energy_breakdown": "Static (idle) and dynamic GPU energy per workflow.",
