@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@
 
+# The grid prints one [wattflow] line per finished cell (done/total, elapsed, ETA);
+# Snakemake's per-job lines are quieted, its scheduler's two per round filtered out.
 run: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES)
-	$(BIN)/snakemake --cores 1 --report results/snakemake-report.html
-	@echo "done: results/summary.parquet, results/figures/, results/report.html, results/snakemake-report.html"
+	@bash -o pipefail -c '$(BIN)/snakemake --cores $(CORES) --quiet rules progress host 2>&1 \
+	  | grep --line-buffered -v -E "^(Select jobs to execute|Execute [0-9]+ jobs)\.\.\.$$"'
+	$(BIN)/snakemake --cores 1 --quiet rules progress host --report results/snakemake-report.html
+	@$(BIN)/python -m wattflow.progress results
+	@echo "[wattflow] Snakemake's report: results/snakemake-report.html"
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --quiet rules

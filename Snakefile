@@ -20,6 +20,23 @@ include: "rules/analysis.smk"
 include: "rules/accuracy.smk"
 
 
+onstart:
+    wf_files.prune_empty_dirs(
+        f"{RESULTS}/cells"
+    )  # what a killed cell may have left
+    wf_progress.start_grid(RESULTS, cell_dirs(), workflow)
+
+
+onsuccess:
+    stop_servers()
+
+
+onerror:
+    stop_servers()
+    wf_files.prune_empty_dirs(f"{RESULTS}/cells")  # the folders of failed cells
+    print(wf_progress.failures(RESULTS), file=sys.stderr)
+
+
 # Cheap once-per-grid jobs stay on the submitting host under a cluster executor (the
 # `image` rule marks itself local).
 localrules:

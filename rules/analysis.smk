@@ -11,13 +11,16 @@ rule summary:
         f"{RESULTS}/logs/summary.log",
     conda:
         "../envs/wattflow.yaml"
+    params:
+        slo=config.get("slo"),
     script:
         "../scripts/aggregate.py"
 
 
 rule figures:
     input:
-        f"{RESULTS}/summary.parquet",
+        summary=f"{RESULTS}/summary.parquet",
+        stages=f"{RESULTS}/stages.parquet",
     output:
         report(
             directory(f"{RESULTS}/figures"),
@@ -39,6 +42,7 @@ rule report:
     input:
         summary=f"{RESULTS}/summary.parquet",
         figures=f"{RESULTS}/figures",
+        accuracy=accuracy_table,
     output:
         report(
             f"{RESULTS}/report.html", caption="../report/report.rst", category="Report"

@@ -18,7 +18,7 @@ rule cell:
         telemetry=f"{RESULTS}/cells/{{cell}}/telemetry.parquet",
         manifest=f"{RESULTS}/cells/{{cell}}/cell.json",
     log:
-        f"{RESULTS}/cells/{{cell}}/cell.log",
+        f"{RESULTS}/logs/cells/{{cell}}.log",
     priority: cell_priority
     conda:
         "../envs/wattflow.yaml"

@@ -7,6 +7,8 @@ import sys
 
 from wattflow import config as wf_config
 from wattflow import container as wf_container
+from wattflow import files as wf_files
+from wattflow import progress as wf_progress
 from wattflow.engines.registry import backend
 
 try:
@@ -40,11 +42,27 @@ def cell_spec(wildcards):
 
 
 def analysis_params():
-    """The grid (axes at their knob's default left out, as in cell paths) and its hash."""
+    """The grid (axes at their knob's default left out, as in cell paths), its hash, and
+    the config's `analysis` section (objectives, defaults, accuracy table)."""
     return {
         "grid": wf_config.canonical(config)["grid"],
         "config_hash": wf_config.config_hash(config),
+        "analysis": config.get("analysis") or {},
     }
+
+
+def accuracy_table(wildcards):
+    """The simulator accuracy table the report shows (config analysis.accuracy), if any."""
+    return (config.get("analysis") or {}).get("accuracy") or []
+
+
+def gpu_lanes(workflow):
+    """How many real cells may run at once: `--resources gpu=N` (profile default 1)."""
+    try:
+        gpu = workflow.global_resources.get("gpu")
+        return max(1, int(getattr(gpu, "value", gpu) or 1))  # a Resource in Snakemake 9
+    except (AttributeError, TypeError, ValueError):
+        return 1
 
 
 def needs(engine):
@@ -54,13 +72,13 @@ def needs(engine):
 SERVER_ENGINES = sorted(
     {c.knobs["engine"] for c in CELLS if needs(c.knobs["engine"]).server}
 )
-SERVER_RANK = wf_config.server_ranks(config, CELLS)
+CELL_PRIORITY = wf_config.cell_priorities(config, CELLS, gpu_lanes(workflow))
 
 
 def cell_priority(wildcards):
-    """Cells sharing a server run back to back (wattflow.config.server_ranks)."""
-    group = wf_config.server_group(config, cell_knobs(wildcards))
-    return 0 if group is None else SERVER_RANK[group]
+    """Cells sharing a server run back to back, one lane of server groups per GPU
+    (wattflow.config.cell_priorities)."""
+    return CELL_PRIORITY.get(wildcards.cell, 0)
 
 
 def cell_gpus(wildcards):

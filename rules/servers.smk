@@ -24,11 +24,3 @@ def stop_servers():
         from wattflow.engines import pool
 
         pool.stop_all(SERVER_STATE)
-
-
-onsuccess:
-    stop_servers()
-
-
-onerror:
-    stop_servers()

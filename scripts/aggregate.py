@@ -12,8 +12,9 @@ from wattflow.analysis.summary import write_summary  # noqa: E402
 if "snakemake" in globals():
     cells = [str(Path(p).parent) for p in snakemake.input.cells]  # noqa: F821
     out, stages = snakemake.output.summary, snakemake.output.stages  # noqa: F821
+    slo = snakemake.params.slo  # noqa: F821  (config `slo:`, or None)
 else:  # by hand: python scripts/aggregate.py OUT CELL_DIR... (stages.parquet next to OUT)
-    out, cells = sys.argv[1], sys.argv[2:]
+    out, cells, slo = sys.argv[1], sys.argv[2:], None
     stages = str(Path(out).with_name("stages.parquet"))
-write_summary(cells, out)
+write_summary(cells, out, slo)
 write_stages(cells, stages)

@@ -15,9 +15,20 @@ if "snakemake" in globals():
     summary_path = snakemake.input.summary  # noqa: F821
     fig_dir, out = Path(snakemake.input.figures), snakemake.output[0]  # noqa: F821
     provenance = {**wattflow_info(), "config_hash": snakemake.params.config_hash}  # noqa: F821
-else:  # by hand: python scripts/report.py SUMMARY FIG_DIR OUT
+    analysis = snakemake.params.analysis  # noqa: F821  (config `analysis:`)
+else:  # by hand: python scripts/report.py SUMMARY FIG_DIR OUT [ACCURACY]
     summary_path, fig_dir, out = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     provenance = wattflow_info()
+    analysis = {"accuracy": sys.argv[4]} if len(sys.argv) > 4 else {}
 summary = pl.read_parquet(summary_path)
-figures = sorted(fig_dir.glob("*.png"))
-write_report(summary, figures, check_findings(summary), Path(out), provenance)
+figures = sorted([*fig_dir.glob("*.png"), *fig_dir.glob("*.svg")])
+write_report(
+    summary,
+    figures,
+    check_findings(summary),
+    Path(out),
+    provenance,
+    objectives=analysis.get("objectives"),
+    defaults=analysis.get("defaults"),
+    accuracy=analysis.get("accuracy"),
+)

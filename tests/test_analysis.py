@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+import re
+import struct
 from collections.abc import Sequence
 from html import escape as html_escape
 from pathlib import Path
@@ -11,11 +13,13 @@ from typing import Any
 
 import polars as pl
 import pytest
+import vl_convert as vlc
 
+from wattflow.analysis import accuracy
 from wattflow.analysis import findings as fnd
-from wattflow.analysis.figures import make_figures
-from wattflow.analysis.report import write_report
-from wattflow.analysis.summary import summarize, write_summary
+from wattflow.analysis.figures import charts, make_figures, save_chart
+from wattflow.analysis.report import png_size, write_report
+from wattflow.analysis.summary import summarize, summary_columns, write_summary
 from wattflow.knobs import cell_path, complete
 from wattflow.outputs import frame, write_json, write_table
 
@@ -65,6 +69,27 @@ def workflow(wid: str, makespan: float, failed: int = 0) -> dict:
     }
 
 
+def telemetry_rows(duration_s: float, power_w: float, util: float, mem_w: float | None):
+    """10 Hz rows of constant power: the energy counter is power x t."""
+    n = max(int(duration_s * 10), 1)
+    return [
+        {
+            "t_s": i / 10,
+            "gpu": 0,
+            "power_w": power_w,
+            "energy_j": power_w * i / 10,
+            "mem_power_w": mem_w,
+            "gpu_util_pct": util,
+            "sm_clock_mhz": 1980.0,
+            "mem_clock_mhz": 2619.0,
+            "temperature_c": 50.0,
+            "power_limit_w": 700.0,
+            "throttle_reasons": 0,
+        }
+        for i in range(n + 1)
+    ]
+
+
 def make_cell(
     root: Path,
     k: dict[str, Any],
@@ -72,12 +97,17 @@ def make_cell(
     workflows: list[dict],
     energy_j: float,
     duration_s: float,
+    telemetry: list[dict] | None = None,
+    spec_workload: dict | None = None,
+    kind: str = "sim",
+    rapl: Any = None,
+    valid: bool = True,
 ) -> Path:
     """Write one cell directory the way the driver does."""
     d = root / cell_path(k)
     write_table(d / "requests.parquet", "requests", frame("requests", requests))
     write_table(d / "workflows.parquet", "workflows", frame("workflows", workflows))
-    write_table(d / "telemetry.parquet", "telemetry", frame("telemetry", []))
+    write_table(d / "telemetry.parquet", "telemetry", frame("telemetry", telemetry or []))
     meta = {
         "knobs": k,
         "duration_s": duration_s,
@@ -86,12 +116,19 @@ def make_cell(
             "integral_j": energy_j * 0.999,
             "disagreement_pct": 0.1,
             "idle_power_w": 125.0,
+            "static_j": 125.0 * duration_s,
         },
         "gpu": GPU,
-        "valid": True,
-        "validity": {"all_requests_ok": True},
-        "engine": {"name": "sim", "version": "sim-1"},
+        "spec": {
+            "engine": {"kind": kind},
+            "workload": spec_workload or {"name": k["workload"], "pattern": k["workload"]},
+        },
+        "valid": valid,
+        "validity": {"all_requests_ok": valid},
+        "engine": {"name": kind, "version": f"{kind}-1"},
     }
+    if rapl is not None:  # as the runner writes it: the reason where RAPL was unavailable
+        meta["telemetry"] = {"rapl": rapl if isinstance(rapl, str) else {"energy_j": rapl}}
     write_json(d / "cell.json", meta)
     return d
 
@@ -187,26 +224,39 @@ def test_linear_fit_r2() -> None:
     assert math.isnan(fnd.linear_fit([1.0, 1.0], [2.0, 3.0])[2])
 
 
-# Gains of the synthetic physics: interactive gains most from batching, sequential least.
-BATCH_GAIN = {"interactive": 0.6, "composite": 0.45, "agentic": 0.4, "sequential": 0.2}
+# Gains of the synthetic physics: interactive gains most from batching, sequential barely.
+BATCH_GAIN = {"interactive": 0.6, "composite": 0.45, "agentic": 0.4, "sequential": 0.05}
+# Prefix-cache share of prompt tokens: the larger the shared prompt, the larger the gain.
+CACHE_SHARE = {"interactive": 0.8, "composite": 0.6, "agentic": 0.5, "sequential": 0.05}
+# Workflow-aware / naive J/workflow per cap: saves more under the strictest cap.
+AWARE_RATIO = {"default": 0.995, 450: 0.97, 250: 0.9}
 
 
 def synth_cell(root: Path, k: dict[str, Any], rng: random.Random, workflows: int = 8) -> Path:
     """A cell whose J/workflow follows a known law: linear in output length, falling with
-    log2(batch) by a workload-dependent gain and by up to 12 % under the lowest cap."""
+    log2(batch) by a workload-dependent gain and by up to 12 % under the lowest cap; the
+    workflow-aware mode scales it by AWARE_RATIO and runs the GPU 5 points less busy."""
     cap = 700.0 if k["power_cap_w"] == "default" else float(k["power_cap_w"])
     batch = 1 - BATCH_GAIN[k["workload"]] * math.log2(k["max_num_seqs"] / 4) / 6
     j_wf = 2.0 * (200 + k["max_output_tokens"]) * batch * (1 - 0.12 * (700 - cap) / 450)
     j_wf *= 1 + rng.gauss(0, 0.005)
+    util = 80.0
+    if k["mode"] == "workflow-aware":
+        j_wf *= AWARE_RATIO[k["power_cap_w"]]
+        util -= 5.0
     slow = (700 / cap) ** 0.3 * (4 / k["max_num_seqs"]) ** 0.2
+    cached = int(100 * CACHE_SHARE[k["workload"]])
     reqs, wfs = [], []
     for w in range(workflows):
         span = slow * k["max_output_tokens"] / 10 * (1 + rng.random())
         wfs.append(workflow(f"w{w}", span))
         for j in range(6):
             e2e = span * (j + 1) / 6
-            reqs.append(request(w * 6 + j, f"w{w}", e2e, e2e / 10, k["max_output_tokens"]))
-    return make_cell(root, k, reqs, wfs, j_wf * workflows, duration_s=40.0 * slow)
+            r = request(w * 6 + j, f"w{w}", e2e, e2e / 10, k["max_output_tokens"])
+            reqs.append(r | {"cached_prompt_tokens": cached})
+    duration = 40.0 * slow
+    tel = telemetry_rows(min(duration, 5.0), 300.0, util, 40.0)
+    return make_cell(root, k, reqs, wfs, j_wf * workflows, duration_s=duration, telemetry=tel)
 
 
 def synth_grid(
@@ -216,13 +266,17 @@ def synth_grid(
     caps: Sequence[int | str] = ("default", 250, 450),
     lengths: Sequence[int] = (64, 128, 256),
     reps: int = 1,
+    modes: Sequence[str] = ("naive",),
 ) -> list[Path]:
     rng = random.Random(0)
     return [
         synth_cell(
-            root, knobs(workload=w, max_num_seqs=b, power_cap_w=c, max_output_tokens=n, rep=r), rng
+            root,
+            knobs(workload=w, mode=m, max_num_seqs=b, power_cap_w=c, max_output_tokens=n, rep=r),
+            rng,
         )
         for w in workloads
+        for m in modes
         for b in batches
         for c in caps
         for n in lengths
@@ -235,39 +289,170 @@ def grid_summary(tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
     return summarize(synth_grid(tmp_path_factory.mktemp("grid")))
 
 
+@pytest.fixture(scope="module")
+def mode_summary(tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
+    """Both client modes, two workloads, two batch sizes, three caps."""
+    cells = synth_grid(
+        tmp_path_factory.mktemp("modes"),
+        workloads=("agentic", "sequential"),
+        batches=(8, 64),
+        lengths=(128, 256),
+        modes=("naive", "workflow-aware"),
+    )
+    return summarize(cells)
+
+
+def by_key(found: list[fnd.Finding]) -> dict[str, fnd.Finding]:
+    return {f.key: f for f in found}
+
+
+def test_every_seed_claim_is_a_finding(grid_summary: pl.DataFrame) -> None:
+    found = fnd.check_findings(grid_summary)
+    assert [f.key for f in found] == ["a", "b", "c", "d", "e", "f", "g1", "g2"]
+    for f in found:
+        assert f.figure and f.metrics and f.engines == ("sim",) and f.simulated
+
+
 def test_findings_hold_on_synthetic_physics(grid_summary: pl.DataFrame) -> None:
-    batch, power, length = fnd.check_findings(grid_summary)
-    assert batch.holds is True, batch.evidence
-    assert power.holds is True, power.evidence
-    assert length.holds is True, length.evidence
+    f = by_key(fnd.check_findings(grid_summary))
+    for key in "abcdef":
+        assert f[key].holds is True, (key, f[key].evidence)
     red = fnd.batch_reductions(grid_summary)
     assert red["interactive"] == pytest.approx(60.0, abs=2)
+    assert red["sequential"] == pytest.approx(5.0, abs=1)
     assert fnd.power_savings(grid_summary)["agentic"] == pytest.approx(12.0, abs=2)
+    # the numbers behind (a)-(d): one row per workload with its reduction and cache share
+    rows = {r["workload"]: r for r in f["a"].numbers}
+    assert rows["interactive"]["reduction %"] == pytest.approx(red["interactive"], abs=0.05)
+    assert set(rows) == set(BATCH_GAIN)
+    rows = {r["workload"]: r for r in f["b"].numbers}
+    assert rows["interactive"]["prefix-cache share %"] == pytest.approx(80.0)
+    # (c) and (d) show the workload they are about and the one it is compared with
+    assert [r["workload"] for r in f["c"].numbers] == ["agentic", "sequential"]
+    assert [r["workload"] for r in f["d"].numbers] == ["agentic", "interactive"]
+    assert "largest prefix-cache share: interactive (80%)" in f["b"].evidence
+    # g1/g2 need the mode axis, and say so
+    for key in ("g1", "g2"):
+        assert f[key].holds is None and "grid lacks the mode axis" in f[key].evidence
 
 
 def test_findings_fail_when_order_is_wrong(grid_summary: pl.DataFrame) -> None:
-    # Swap the workload labels: now sequential gains most, so finding 1 must fail.
+    # Swap the workload labels: now "sequential" gains most and "interactive" barely.
     swap = {"sequential": "interactive", "interactive": "sequential"}
-    swapped = grid_summary.with_columns(pl.col("workload").replace(swap))
-    assert fnd.check_batch(swapped).holds is False
+    swapped = grid_summary.with_columns(pl.col("workload").replace(swap)).drop("pattern")
+    assert fnd.check_sequential(swapped).holds is False
+    # (b) compares cache share and gain: swap the gains alone, the largest share loses
+    red = grid_summary.with_columns(
+        pl.when(pl.col("workload") == "interactive")
+        .then(pl.lit("sequential"))
+        .when(pl.col("workload") == "sequential")
+        .then(pl.lit("interactive"))
+        .otherwise(pl.col("workload"))
+        .alias("workload")
+    ).drop("cache_share")
+    shares = grid_summary.group_by("workload").agg(pl.col("cache_share").first())
+    assert fnd.check_shared_prompts(red.join(shares, on="workload")).holds is False
+    # (d) fails once agentic gains as much as the best workload
+    agentic_best = grid_summary.with_columns(
+        pl.when(pl.col("workload") == "interactive")
+        .then(pl.lit("agentic"))
+        .when(pl.col("workload") == "agentic")
+        .then(pl.lit("interactive"))
+        .otherwise(pl.col("workload"))
+        .alias("workload")
+    ).drop("pattern")
+    assert fnd.check_agentic(agentic_best).holds is False
 
 
-def test_findings_none_for_missing_axis(grid_summary: pl.DataFrame) -> None:
+def test_batch_is_not_strongest_when_power_moves_more(grid_summary: pl.DataFrame) -> None:
+    # Make capping worth far more than batching: (a) must fail on "strongest".
+    cap = pl.when(pl.col("power_cap_w") == "250").then(0.2).otherwise(1.0)
+    strong_cap = grid_summary.with_columns(pl.col("j_per_workflow") * cap)
+    finding = fnd.check_batch(strong_cap)
+    assert (
+        finding.holds is False and "best of the other knobs: power_cap_w 82.5%" in finding.evidence
+    )
+    # One workload only: "workload-dependent" cannot be tested, "strongest" still holds
+    one = grid_summary.filter(pl.col("workload") == "interactive")
+    finding = fnd.check_batch(one)
+    assert finding.holds is None and "workload-dependent: not tested" in finding.evidence
+
+
+def test_findings_say_what_is_missing(grid_summary: pl.DataFrame) -> None:
     one_point = grid_summary.filter(
         (pl.col("max_num_seqs") == 64)
         & (pl.col("power_cap_w") == "default")
         & (pl.col("max_output_tokens") == 128)
     )
-    assert [f.holds for f in fnd.check_findings(one_point)] == [None, None, None]
+    found = by_key(fnd.check_findings(one_point))
+    assert all(f.holds is None for f in found.values())
+    assert "1 max_num_seqs value(s) (64); it needs 2: add values to grid.max_num_seqs" in (
+        found["a"].evidence
+    )
+    assert "grid.power_cap_w" in found["e"].evidence
+    assert "it needs 3: add values to grid.max_output_tokens" in found["f"].evidence
     two_lengths = grid_summary.filter(pl.col("max_output_tokens") != 256)
     assert fnd.check_length(two_lengths).holds is None
+    # no valid cell: every finding says that, not that an axis is missing
+    invalid = grid_summary.with_columns(pl.lit(False).alias("valid"))
+    for f in fnd.check_findings(invalid):
+        assert f.holds is None and "no valid cells (144 cells, none valid" in f.evidence, f.key
+
+
+def test_mode_findings(mode_summary: pl.DataFrame) -> None:
+    f = by_key(fnd.check_findings(mode_summary))
+    assert f["g2"].holds is True, f["g2"].evidence
+    for row in f["g2"].numbers:  # AWARE_RATIO, give or take the 0.5 % noise of each cell
+        assert row["saving at lowest cap %"] == pytest.approx(10.0, abs=1.5)
+        assert row["saving at default %"] == pytest.approx(0.5, abs=1.5)
+    assert f["g1"].holds is True, f["g1"].evidence
+    util = {(r["workload"], r["max_num_seqs"]): r for r in f["g1"].numbers}
+    assert util[("agentic", 8)]["util naive %"] == pytest.approx(80.0)
+    assert util[("agentic", 8)]["util workflow-aware %"] == pytest.approx(75.0)
+    # only the decode-heavy half is judged: sequential's prompts are mostly uncached
+    heavy = {w for (w, _), r in util.items() if r["decode-heavy"]}
+    assert heavy == {"agentic"} and "not decode-heavy, not judged: sequential" in f["g1"].evidence
+    # workflow-aware busier than naive: g1 fails
+    flip = pl.when(pl.col("mode") == "naive").then(60.0).otherwise(pl.col("gpu_util_mean_pct"))
+    busy = mode_summary.with_columns(flip.alias("gpu_util_mean_pct"))
+    assert fnd.check_utilization(busy).holds is False
+
+
+def test_extras_by_hand(tmp_path: Path) -> None:
+    """Utilisation, memory energy, static/dynamic split, RAPL and cache share of one cell."""
+    reqs = [request(i, "w0", 2.0, 0.5) | {"cached_prompt_tokens": 25} for i in range(4)]
+    tel = telemetry_rows(5.0, 200.0, 50.0, 30.0)
+    a = make_cell(
+        tmp_path, knobs(), reqs, [workflow("w0", 2.0)], 1000.0, 4.0, telemetry=tel,
+        rapl={"package-0": 300.0, "package-1": 100.0, "dram-0": 40.0},
+    )  # fmt: skip
+    b = make_cell(
+        tmp_path, knobs(max_num_seqs=8), reqs, [workflow("w0", 2.0)], 900.0, 4.0,
+        telemetry=telemetry_rows(5.0, 200.0, 70.0, None), kind="vllm",
+        rapl="unavailable: /sys/class/powercap does not exist",
+    )  # fmt: skip
+    s = summarize([a, b])
+    ra, rb = s.iter_rows(named=True)
+    assert ra["gpu_util_mean_pct"] == pytest.approx(50.0)
+    assert ra["mem_energy_j"] == pytest.approx(30.0 * 5.0)  # constant 30 W for 5 s
+    assert ra["static_j"] == pytest.approx(125.0 * 4.0)
+    assert ra["dynamic_j"] == pytest.approx(1000.0 - 500.0)
+    assert (ra["cpu_j"], ra["dram_j"]) == (400.0, 40.0)
+    assert (ra["prompt_tokens"], ra["cached_prompt_tokens"]) == (400, 100)
+    assert ra["cache_share"] == pytest.approx(0.25)
+    assert (ra["engine_kind"], ra["pattern"]) == ("sim", "agentic")
+    assert rb["mem_energy_j"] is None and rb["cpu_j"] is None and rb["dram_j"] is None
+    assert rb["engine_kind"] == "vllm" and rb["gpu_util_mean_pct"] == pytest.approx(70.0)
+    # the existing columns come first, in their order; the new ones after them
+    assert s.columns[: len(summary_columns())] == summary_columns()
 
 
 def test_figures_and_report(grid_summary: pl.DataFrame, tmp_path: Path) -> None:
     paths = make_figures(grid_summary, tmp_path / "fig")
     names = {p.name for p in paths}
-    for fig in ("batch_size", "power_cap", "output_length"):
-        assert {f"{fig}.png", f"{fig}.svg", f"{fig}.html"} <= names
+    for fig in ("batch_size", "batch_size_relative", "power_cap", "power_cap_relative",
+                "output_length", "pareto", "energy_breakdown", "utilization"):  # fmt: skip
+        assert {f"{fig}.png", f"{fig}.svg", f"{fig}.html"} <= names, fig
     assert all(p.stat().st_size > 1000 for p in paths)
     assert (tmp_path / "fig/batch_size.png").read_bytes()[:4] == b"\x89PNG"
     assert "<svg" in (tmp_path / "fig/power_cap.svg").read_text()
@@ -278,15 +463,128 @@ def test_figures_and_report(grid_summary: pl.DataFrame, tmp_path: Path) -> None:
         grid_summary, paths, found, tmp_path / "report.html", {"config_hash": "abc123"}
     )
     text = out.read_text()
-    assert text.count('src="data:image/png;base64,') == 3
+    pngs = {p.stem for p in paths if p.suffix == ".png"}
+    assert text.count('src="data:image/png;base64,') == len(pngs)
+    assert all(f'id="fig-{n}"' in text for n in pngs)
+    # shown at layout size: the 216-dpi PNG's pixels x 72 / 216
+    w, h, ppi = png_size((tmp_path / "fig/batch_size.png").read_bytes())
+    assert ppi == pytest.approx(216, abs=1)
+    assert f'<img alt="batch_size" width="{round(w / 3)}" height="{round(h / 3)}"' in text
     assert all(html_escape(f.claim) in text for f in found)
-    assert "abc123" in text and "sim-1" in text and ">holds<" in text
+    assert "abc123" in text and "sim-1" in text and ">holds<" in text and ">not tested<" in text
+    # each finding links to the figure it rests on; simulator verdicts say so
+    assert '<a href="#fig-batch_size_relative">' in text and '<a href="#fig-output_length">' in text
+    assert text.count('<span class="sim">simulator</span>') == len(found)
+    assert "simulator accuracy not measured here" in text
+
+
+def test_report_shows_simulator_accuracy(grid_summary: pl.DataFrame, tmp_path: Path) -> None:
+    table = tmp_path / "accuracy.parquet"
+    pl.DataFrame(
+        {
+            "metric": ["j_per_workflow", "j_per_workflow", "j_per_workflow", "makespan_p90_s"],
+            "workload": ["all", "agentic", "sequential", None],
+            "mape_pct": [4.25, 3.0, 6.5, 11.0],
+        }
+    ).write_parquet(table)
+    found = fnd.check_findings(grid_summary)
+    out = write_report(grid_summary, [], found, tmp_path / "r.html", {}, accuracy=table)
+    text = out.read_text()
+    # every simulator verdict resting on J/workflow shows its overall MAPE
+    j_based = [f for f in found if "j_per_workflow" in f.metrics]
+    assert text.count("MAPE vs real GPU: j_per_workflow 4.2 %") >= len(j_based) - 1
+    assert "cache_share: not in the accuracy table" in text  # (b) also rests on cache share
+    assert "gpu_util_mean_pct: not in the accuracy table" in text
+    assert accuracy.describe(accuracy.read(table), ["makespan_p90_s"]) == "makespan_p90_s 11.0 %"
+    per_wl = accuracy.read(table).filter(pl.col("workload") != "all")
+    assert (
+        accuracy.describe(per_wl, ["j_per_workflow"]) == "j_per_workflow 3.0-6.5 % (per workload)"
+    )
+    # a measured (non-simulator) verdict shows no MAPE
+    real = grid_summary.with_columns(pl.lit("vllm").alias("engine_kind"))
+    out = write_report(real, [], fnd.check_findings(real), tmp_path / "r2.html", {}, accuracy=table)
+    assert "MAPE" not in out.read_text() and "measured: vllm" in out.read_text()
+
+
+def test_accuracy_table_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,error\nj_per_workflow,3\n")
+    with pytest.raises(accuracy.AccuracyError, match="needs a metric column .* and a MAPE column"):
+        accuracy.read(bad)
+    with pytest.raises(accuracy.AccuracyError, match="no such file"):
+        accuracy.read(tmp_path / "missing.parquet")
+    md = tmp_path / "accuracy.md"
+    md.write_text("| metric | mape |")
+    with pytest.raises(accuracy.AccuracyError, match="expected .parquet or .csv"):
+        accuracy.read(md)
+    ok = tmp_path / "ok.csv"
+    ok.write_text("summary_column,mape\nttft_p99_s,12.5\n")
+    assert accuracy.read(ok)["mape_pct"].to_list() == [12.5]
+
+
+def _spec(chart: Any) -> dict:
+    return chart.to_dict()
+
+
+def _find_all(obj: Any, key: str) -> list:
+    out = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == key:
+                out.append(v)
+            out += _find_all(v, key)
+    elif isinstance(obj, list):
+        for v in obj:
+            out += _find_all(v, key)
+    return out
+
+
+def test_figures_paper_rules(grid_summary: pl.DataFrame, tmp_path: Path) -> None:
+    cs = charts(grid_summary)
+    # shared y within each metric row: nothing resolves y independently, except the
+    # Pareto figure, whose title says so
+    for name, chart in cs.items():
+        if chart is None:
+            continue
+        spec = _spec(chart)
+        indep = [
+            r for r in _find_all(spec, "resolve") if r.get("scale", {}).get("y") == "independent"
+        ]
+        if name == "pareto":
+            assert indep and "axes differ per panel" in str(spec["title"])
+        else:
+            assert not indep, name
+    # default marked as such on the power-cap axis
+    svg = vlc.vegalite_to_svg(_spec(cs["power_cap"]))
+    assert "default (700 W)" in svg
+    assert "default (700 W)" in vlc.vegalite_to_svg(_spec(cs["power_cap_relative"]))
+    # legend titles are axis titles: batch_size's makespan legend is named like its axis
+    spec = _spec(cs["batch_size"])
+    y_titles = {y.get("title") for y in _find_all(spec, "y") if isinstance(y, dict)}
+    legend_titles = {c.get("title") for c in _find_all(spec, "color") if isinstance(c, dict)}
+    assert legend_titles <= y_titles and "makespan (s)" in legend_titles
+    assert "energy" not in str(spec)  # the old legend name for J/workflow
+    # a relative-change figure for the relative claims
+    rel = _spec(cs["batch_size_relative"])
+    assert "J/workflow change vs smallest max_num_seqs (%)" in str(rel)
+    # PNG at print resolution: pHYs says >= 200 dpi and the pixels are there
+    paths = save_chart(cs["batch_size_relative"], tmp_path, "rel", html=False)
+    png = paths[0].read_bytes()
+    width = struct.unpack(">I", png[16:20])[0]
+    i = png.index(b"pHYs")
+    ppm = struct.unpack(">I", png[i + 4 : i + 8])[0]
+    assert ppm * 0.0254 >= 200
+    svg_w = float(re.search(r'<svg[^>]* width="([0-9.]+)', paths[1].read_text()).group(1))
+    assert width >= svg_w * 200 / 72 - 2
 
 
 def test_figures_skip_missing_axis(grid_summary: pl.DataFrame, tmp_path: Path) -> None:
     one_cap = grid_summary.filter(pl.col("power_cap_w") == "default")
-    names = {p.stem for p in make_figures(one_cap, tmp_path)}
-    assert names == {"batch_size", "output_length"}
+    names = {p.stem for p in make_figures(one_cap, tmp_path, html=False)}
+    assert names == {
+        "batch_size", "batch_size_relative", "output_length", "pareto", "energy_breakdown",
+        "utilization",
+    }  # fmt: skip
     assert not (tmp_path / "power_cap.png").exists()
 
 
@@ -295,3 +593,49 @@ def test_power_finding_fails_when_not_monotonic(grid_summary: pl.DataFrame) -> N
     bumped = grid_summary.with_columns(pl.col("j_per_workflow") * bump)
     finding = fnd.check_power(bumped)
     assert finding.holds is False and "non-monotonic: ['agentic'" in finding.evidence
+
+
+def test_energy_breakdown_shows_what_each_source_has(tmp_path: Path) -> None:
+    """Memory energy where the telemetry has it, a host row where RAPL had readings, and a
+    title that says what is missing otherwise."""
+    rapl = {"package-0": 50.0, "dram-0": 5.0}
+    cells = [
+        make_cell(
+            tmp_path,
+            knobs(max_num_seqs=b),
+            [request(0, "w0", 2.0, 0.5)],
+            [workflow("w0", 2.0)],
+            500.0,
+            2.0,
+            telemetry=telemetry_rows(2.0, 250.0, 60.0, mem),
+            rapl=r,
+        )  # fmt: skip
+        for b, mem, r in ((8, 20.0, rapl), (64, 20.0, rapl))
+    ]
+    spec = str(charts(summarize(cells))["energy_breakdown"].to_dict())
+    assert "dynamic: memory" in spec and "host J/workflow" in spec and "CPU package" in spec
+    bare = [
+        make_cell(
+            tmp_path / "bare",
+            knobs(max_num_seqs=b),
+            [request(0, "w0", 2.0, 0.5)],
+            [workflow("w0", 2.0)],
+            500.0,
+            2.0,
+            telemetry=telemetry_rows(2.0, 250.0, 60.0, None),
+        )  # fmt: skip
+        for b in (8, 64)
+    ]
+    spec = charts(summarize(bare))["energy_breakdown"].to_dict()
+    assert "no memory power in this telemetry; no RAPL (CPU/DRAM) readings" in str(spec["title"])
+    assert "host J/workflow" not in str(spec) and "dynamic: memory" not in str(spec)
+
+
+def test_report_without_valid_cells_says_so(grid_summary: pl.DataFrame, tmp_path: Path) -> None:
+    invalid = grid_summary.with_columns(pl.lit(False).alias("valid"))
+    figs = make_figures(invalid, tmp_path / "fig", html=False)
+    assert figs == []
+    out = write_report(invalid, figs, fnd.check_findings(invalid), tmp_path / "r.html", {})
+    text = out.read_text()
+    assert "No figures: no valid cells (144 cells, none valid" in text
+    assert "two values" not in text

@@ -138,3 +138,28 @@ def test_server_ranks_group_real_cells_by_server(raw_config):
     assert C.server_group(cfg, sim.knobs) is None
     big_fcfs = ranks[group(64, "fcfs")]
     assert big_fcfs == max(ranks.values())  # largest batch first, fcfs before priority
+
+
+def test_cell_priorities_one_lane_per_gpu(raw_config):
+    """One GPU: each server group's cells back to back. Two GPUs: two groups side by side,
+    lanes advancing in step, so no two GPUs start the same group's server."""
+    raw_config["engines"]["gpu"] = {"kind": "vllm", "model": "llama-3.1-8b", "gpu": "h100-sxm"}
+    raw_config["grid"].update(
+        engine=["gpu"], workload=["sequential", "agentic"], max_num_seqs=[8, 64, 256]
+    )
+    raw_config["grid"]["power_cap_w"] = ["default"]
+    raw_config["grid"]["max_output_tokens"] = [64]
+    cfg = C.validate(raw_config)
+    cells = C.cells(cfg)
+
+    def run_order(lanes: int) -> list[int]:
+        prio = C.cell_priorities(cfg, cells, lanes)
+        assert len(prio) == len(cells) == 6 and len(set(prio.values())) == 6
+        ordered = sorted(cells, key=lambda c: -prio[c.path])
+        return [c.knobs["max_num_seqs"] for c in ordered]
+
+    assert run_order(1) == [256, 256, 64, 64, 8, 8]  # a group's cells back to back
+    # two lanes: (256, 8) on one, 64 on the other; taken two at a time, never one group twice
+    two = run_order(2)
+    assert two == [256, 64, 256, 64, 8, 8]
+    assert all(a != b for a, b in zip(two[0::2], two[1::2], strict=False) if b != 8)

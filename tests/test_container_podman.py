@@ -217,7 +217,7 @@ def test_image_rule_and_cell_through_podman(tmp_path):
         res = work / "results"
         logs = "".join(
             f"\n--- {p}\n{p.read_text(errors='replace')[-3000:]}"
-            for pattern in ("images/*.log", "cells/**/cell.log", ".servers/*.log")
+            for pattern in ("images/*.log", "logs/cells/**/*.log", ".servers/*.log")
             for p in res.glob(pattern)
         )
         assert out.returncode == 0, out.stderr[-4000:] + logs

@@ -177,3 +177,28 @@ def test_no_gpu_list_without_nvml():
 
     with pytest.raises(gpus.NoGpu, match="nvml is unavailable"):
         gpus.candidates(lib(NoNvml(1)), env={})
+
+
+def test_affinity_waits_for_the_gpu_that_serves_the_cell_then_gives_up(tmp_path):
+    """A cell prefers the GPU whose server it can reuse, waits for it while it is busy (up
+    to wait_s), and otherwise takes a GPU serving nothing before one serving another group."""
+    nvml = lib(FakeNvml(3))
+    # preferred GPU 2 free: taken at once, although 0 and 1 are free too
+    with gpus.acquire(nvml, state_dir=tmp_path, affinity=gpus.Affinity((2,), (), 5.0)) as s:
+        assert s.index == 2
+    # nothing preferred: GPU 1 serves nothing, 0 serves another group -> 1
+    with gpus.acquire(nvml, state_dir=tmp_path, affinity=gpus.Affinity((), (0,), 0.0)) as s:
+        assert s.index == 1
+    # preferred GPU busy: wait for it while it is released within wait_s ...
+    held = gpus.acquire(nvml, state_dir=tmp_path, affinity=gpus.Affinity((0,)))
+    assert held.index == 0
+    threading.Timer(0.3, held.release).start()
+    t0 = time.monotonic()
+    with gpus.acquire(nvml, state_dir=tmp_path, affinity=gpus.Affinity((0,), (), 5.0)) as s:
+        assert s.index == 0 and 0.2 < time.monotonic() - t0 < 4
+    # ... and past wait_s take another (GPU 1, not 2 which serves another group)
+    with gpus.acquire(nvml, state_dir=tmp_path, affinity=gpus.Affinity((0,))) as busy:
+        t0 = time.monotonic()
+        aff = gpus.Affinity((0,), (2,), 0.3)
+        with gpus.acquire(nvml, state_dir=tmp_path, affinity=aff) as s:
+            assert busy.index == 0 and s.index == 1 and time.monotonic() - t0 >= 0.3

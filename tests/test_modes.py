@@ -261,5 +261,11 @@ def test_mode_figure_needs_both_modes(tmp_path):
     assert mode_power_cap_chart(_summary({200: 0.9, 700: 1.0}, modes=("naive",))) is None
     chart = mode_power_cap_chart(_summary({200: 0.9, 450: 0.95, 700: 1.0}))
     assert chart is not None
+    # the claim is about workflow-aware relative to naive: the figure plots that change
     spec = chart.to_dict()
-    assert spec["spec"]["encoding"]["color"]["field"] == "mode"
+    ys = [layer["encoding"]["y"] for panel in spec["hconcat"] for layer in panel["layer"][1:]]
+    assert [y["field"] for y in ys] == ["energy_pct", "latency_pct"]
+    assert ys[0]["title"] == "J/workflow change, workflow-aware vs naive (%)"
+    (rows,) = [d for d in spec["datasets"].values() if "energy_pct" in d[0]]
+    values = {r["power_cap_w_effective"]: r["energy_pct"] for r in rows}
+    assert values == pytest.approx({200: -10.0, 450: -5.0, 700: 0.0})

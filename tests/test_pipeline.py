@@ -27,6 +27,7 @@ def workdir(tmp_path_factory) -> Path:
     write_config(d, small_config("results"))
     out = smk(d, "--cores", "2")
     assert out.returncode == 0, out.stderr[-3000:]
+    (d / "run.out").write_text(out.stdout)
     return d
 
 
@@ -75,6 +76,52 @@ def test_run_produces_cells_summary_figures_and_report(workdir):
     figs = {p.suffix for p in (res / "figures").iterdir() if not p.name.startswith(".")}
     assert figs == {".png", ".svg", ".html"}
     assert "<img" in (res / "report.html").read_text()
+
+
+def test_grid_prints_one_progress_line_per_cell(workdir):
+    lines = [x for x in (workdir / "run.out").read_text().splitlines() if "[wattflow] cells" in x]
+    assert len(lines) == 4
+    assert sorted(x.split("cells ")[1].split(" ")[0] for x in lines) == ["1/4", "2/4", "3/4", "4/4"]
+    assert all("elapsed, ETA" in x and "engine=sim/workload=" in x for x in lines)
+
+
+def test_slo_edit_reruns_only_the_analysis(workdir):
+    cfg = small_config("results")
+    cfg["slo"] = {"ttft_s": 2.0, "makespan_s": 60}
+    write_config(workdir, cfg)
+    try:
+        assert planned(workdir) == {"summary": 1, "figures": 1, "report": 1, "all": 1}
+        out = smk(workdir, "--cores", "2", "--quiet", "all")
+        assert out.returncode == 0, out.stderr[-3000:]
+        summary = pl.read_parquet(workdir / "results" / "summary.parquet")
+        assert (summary["slo_ttft_s"] == 2.0).all() and summary[
+            "good_workflows"
+        ].is_not_null().all()
+        assert "good workflows/min" in (workdir / "results" / "report.html").read_text()
+    finally:
+        write_config(workdir, small_config("results"))
+        assert smk(workdir, "--cores", "2", "--quiet", "all").returncode == 0
+
+
+def test_analysis_edit_reruns_figures_and_report_only(workdir):
+    """Objectives and the simulator accuracy table reach the report through the rule."""
+    (workdir / "accuracy.csv").write_text("metric,mape_pct\nj_per_workflow,4.5\n")
+    cfg = small_config("results")
+    cfg["analysis"] = {"objectives": ["makespan_p90_s<=600"], "accuracy": "accuracy.csv"}
+    write_config(workdir, cfg)
+    try:
+        assert planned(workdir) == {"figures": 1, "report": 1, "all": 1}
+        out = smk(workdir, "--cores", "2", "--quiet", "all")
+        assert out.returncode == 0, out.stderr[-3000:]
+        text = (workdir / "results" / "report.html").read_text()
+        assert "MAPE vs real GPU: j_per_workflow 4.5 %" in text
+        assert "makespan_p90_s&lt;=600" in text
+        # editing the table reruns the report alone
+        (workdir / "accuracy.csv").write_text("metric,mape_pct\nj_per_workflow,5.5\n")
+        assert planned(workdir) == {"report": 1, "all": 1}
+    finally:
+        write_config(workdir, small_config("results"))
+        assert smk(workdir, "--cores", "2", "--quiet", "all").returncode == 0
 
 
 def test_nothing_to_do_when_complete(workdir):

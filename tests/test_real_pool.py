@@ -146,6 +146,9 @@ def test_reuse_replace_and_stop_all(tmp_path, fake_vllm):
     # the warm-up requests authenticated with it
     cmdline = Path(f"/proc/{a.server_pid}/cmdline").read_bytes().decode()
     assert a.api_key not in cmdline and "fake_server" in cmdline
+    # the GPU the server really got, read back from its process (what cell.json records)
+    assert srv.process_env(a.server_pid, "CUDA_VISIBLE_DEVICES") == "0"
+    assert srv.process_env(a.server_pid, "NO_SUCH_VARIABLE") is None
     c = _acquire(pool, ident(16), gpus=[0])
     assert c.server_pid != a.server_pid
     assert not pid_alive(a.server_pid) and not pid_alive(a.keeper_pid)
@@ -270,3 +273,15 @@ def test_apptainer_command(tmp_path, monkeypatch):
     assert seen["env"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     key = seen["env"]["APPTAINERENV_VLLM_API_KEY"]
     assert key and seen["env"]["VLLM_API_KEY"] == key and key not in " ".join(seen["cmd"])
+
+
+def test_warm_gpus_name_the_gpus_serving_an_identity(tmp_path, fake_vllm):
+    """What a cell's GPU slot prefers: the GPU whose live server it can reuse (the identity's
+    `gpus` is each server's own, as the vLLM backend keys them)."""
+    pool = _pool(tmp_path)
+    assert pool.warm_gpus(SPEC, ident(8)) == ([], [])
+    a = _acquire(pool, {**ident(8), "gpus": [1]}, gpus=[1])
+    assert pool.warm_gpus(SPEC, ident(8)) == ([1], [])
+    assert pool.warm_gpus(SPEC, ident(16)) == ([], [1])
+    assert stop_all(pool.dir) == 1 and not pid_alive(a.server_pid)
+    assert pool.warm_gpus(SPEC, ident(8)) == ([], [])

@@ -1,4 +1,5 @@
-"""A SIGTERM to Snakemake during a grid always ends it, and leaves no server behind.
+"""A SIGTERM (or SIGINT) to Snakemake during a grid always ends it, and leaves no server
+and no half-written cell behind.
 
 The cause of the rare hang (Snakemake's own SIGTERM handler taking a lock its thread holds)
 and the workaround are in wattflow.snakemake_signals; this module shows the deadlock in the
@@ -23,8 +24,10 @@ import yaml
 
 from tests.conftest import ROOT, SNAKEMAKE, TINY_MODEL, copy_pipeline
 from wattflow import snakemake_signals
+from wattflow.outputs import CELL_FILES
 
 REPEATS = 20  # each a few seconds: Snakemake's start, one server start, one signal
+SIGNALS = (signal.SIGTERM, signal.SIGINT)  # alternating: graceful, and jobs killed
 
 
 class _Scheduler:
@@ -134,7 +137,7 @@ def _cell_running(results) -> bool:  # noqa: ANN001
 
 
 @pytest.mark.slow
-def test_sigterm_always_ends_snakemake_and_stops_its_servers(tmp_path):
+def test_signals_always_end_snakemake_and_leave_no_server_or_partial_cell(tmp_path):
     work = copy_pipeline(tmp_path / "pipeline")
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(_config()))
     env = {**os.environ, "PYTHONPATH": str(work), "WATTFLOW_GPUS": "0"}
@@ -160,7 +163,7 @@ def test_sigterm_always_ends_snakemake_and_stops_its_servers(tmp_path):
             assert proc.poll() is None, f"repeat {i}: ended before a cell ran"
             time.sleep(rng.uniform(0, 1.5))  # mid-cell, between cells, while finishing one
             t0 = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(SIGNALS[i % 2])
             try:
                 _, err = proc.communicate(timeout=60)
             except subprocess.TimeoutExpired:
@@ -175,6 +178,13 @@ def test_sigterm_always_ends_snakemake_and_stops_its_servers(tmp_path):
         while _ours(work) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _ours(work), f"repeat {i}: left running: {_ours(work)}"
+        # no half cell: every cell folder left behind holds all four files
+        partial = [
+            d
+            for d in (results / "cells").glob("*/*/*")
+            if sorted(f.name for f in d.iterdir()) != sorted(CELL_FILES)
+        ]
+        assert not partial, f"repeat {i} ({SIGNALS[i % 2].name}): partial cells {partial}"
     assert len(outcomes) == REPEATS
     # "graceful": running cells finish, then Snakemake exits non-zero, never hangs
     assert all(rc != 0 for rc, _ in outcomes), outcomes

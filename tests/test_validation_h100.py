@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -83,3 +84,26 @@ def test_scheduling_cells_match_schemas_and_policy(cell):
     assert pl.read_parquet(cell / "telemetry.parquet")["power_limit_w"].unique().to_list() == [
         700.0
     ]
+
+
+def test_steady_state_of_the_single_call_cells():
+    """The committed summary's steady-state columns are what the analysis computes from the
+    cells, and RESULTS.md reports them: c=1 has a stable window close to the whole cell;
+    the others ran N = 2B requests and have none."""
+    from wattflow.analysis.summary import summarize
+
+    committed = pl.read_parquet(H100 / "summary.parquet").filter(pl.col("pattern") == "single")
+    assert not any(Path(d).is_absolute() for d in committed["cell_dir"])
+    fresh = summarize(sorted(ROOT / d for d in committed["cell_dir"]))
+    cols = ["workload", "steady_window_s", "steady_j_per_output_token", "steady_stable"]
+    assert fresh.select(cols).sort("workload").equals(committed.select(cols).sort("workload"))
+    c1 = committed.filter(pl.col("concurrency") == 1).row(0, named=True)
+    assert c1["steady_stable"] and c1["steady_window_s"] > 20
+    assert c1["steady_j_per_output_token"] == pytest.approx(c1["j_per_output_token"], rel=0.01)
+    rest = committed.filter(pl.col("concurrency") > 1)
+    assert (rest["requests"] == 2 * rest["steady_batch"]).all()
+    assert rest["steady_j_per_output_token"].is_null().all() and not rest["steady_stable"].any()
+    results = (H100 / "RESULTS.md").read_text()
+    assert f"| 1 | 16 | 1 | {c1['j_per_output_token']:.3f} | " in results
+    assert f"{c1['steady_j_per_output_token']:.3f} | {c1['steady_window_s']:.1f} |" in results
+    assert results.count("no window (N <= 2B)") == rest.height

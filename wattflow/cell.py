@@ -40,6 +40,9 @@ from wattflow.workloads import Workflow, build
 
 DEFAULT_PERIOD_S = 0.1  # NVML's power and energy readings update every 100 ms on an H100
 DEFAULT_BASELINE_S = 2.0
+# How long a cell waits for the busy GPU that already serves its server before it takes
+# another (and starts a server there): about what a warm vLLM start costs on an H100.
+AFFINITY_WAIT_S = 90.0
 
 
 @dataclass
@@ -72,18 +75,25 @@ def telemetry_names(engine: dict, backend: Backend) -> list[str]:
 
 
 def _cell_gpus(
-    backend: Backend, names: list[str], cap: float | None, clock: float | None
+    backend: Backend,
+    names: list[str],
+    cap: float | None,
+    clock: float | None,
+    warm: tuple[list[int], list[int]] = ([], []),
 ) -> list[int]:
     """This cell's GPU (a slot held until the process exits), or [] where it has none.
     An engine whose GPU is optional (an endpoint), or one measured without telemetry
-    (`telemetry: none`, a stand-in server in CI), runs without a known GPU."""
+    (`telemetry: none`, a stand-in server in CI), runs without a known GPU. `warm`: the
+    backend's (GPUs serving this cell's server, GPUs serving others)."""
     required = _gpu_required(backend, names, cap, clock)
     measures_gpu = bool(set(names) & set(device_libraries()))
     wanted = (backend.needs.gpu and (backend.needs.gpu_required or measures_gpu)) or required
     if not wanted:
         return []
+    mine, others = warm
+    affinity = slots.Affinity(tuple(mine), tuple(others), AFFINITY_WAIT_S)
     try:
-        return [slots.cell_slot().index]
+        return [slots.cell_slot(affinity=affinity).index]
     except slots.NoGpu as exc:
         if required:
             raise RuntimeError(f"{exc}; no request was sent") from exc
@@ -135,7 +145,8 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
             f"engine {e['kind']}: telemetry none, but power caps and clock locks need the "
             "GPU's device library; no request was sent"
         )
-    gpus = _cell_gpus(backend, names, cap, clock) if physical else []
+    warm = backend.warm_gpus(spec, knobs) if physical else ([], [])
+    gpus = _cell_gpus(backend, names, cap, clock, warm) if physical else []
     period = float(e.get("telemetry_period_s", DEFAULT_PERIOD_S))
     baseline_s = float(e.get("idle_baseline_s", DEFAULT_BASELINE_S)) if physical else 0.0
     with contextlib.ExitStack() as stack:
@@ -193,21 +204,72 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
     return Measurement(records, rows, info, limit, idle, extra)
 
 
-def run(spec: dict, knobs: dict, out_dir: str | Path, *, quiet: bool = False) -> dict:
-    """Measure one cell and write requests/workflows/telemetry Parquet and cell.json."""
+class CellFailed(RuntimeError):
+    """Requests of the cell failed: it is not done (its outputs are not where the pipeline
+    takes them from), and what it measured was kept in `kept`."""
+
+    def __init__(self, message: str, kept: Path) -> None:
+        super().__init__(message)
+        self.kept = kept
+
+
+def run(
+    spec: dict,
+    knobs: dict,
+    out_dir: str | Path,
+    *,
+    quiet: bool = False,
+    failed_dir: str | Path | None = None,
+) -> dict:
+    """Measure one cell and write requests/workflows/telemetry Parquet and cell.json.
+
+    With `failed_dir`, a cell in which any request failed is not left in `out_dir`: its
+    files move to `failed_dir/<start time>/` (nothing measured is lost, and no earlier
+    attempt is overwritten) and CellFailed names the first error, so Snakemake ends non-zero
+    and a rerun measures the cell again. An interrupted cell leaves none of its files."""
     out_dir = Path(out_dir)
     knobs = complete(knobs)
     started, wall0 = dt.datetime.now(dt.UTC), time.monotonic()
     workflows = build(spec["workload"], spec["seed"], int(knobs["rep"]))
     n_calls = sum(len(w.calls) for w in workflows)
     progress = Progress(f"cell {out_dir}", n_calls, after_s=float("inf") if quiet else 3.0)
-    m = measure(spec, knobs, workflows, progress)
-    manifest = write(out_dir, spec, knobs, workflows, m)
-    manifest["started_at"] = started.isoformat()
-    manifest["ended_at"] = dt.datetime.now(dt.UTC).isoformat()
-    manifest["wall_s"] = round(time.monotonic() - wall0, 3)
-    outputs.write_json(out_dir / "cell.json", manifest)
+    try:
+        m = measure(spec, knobs, workflows, progress)
+        manifest = write(out_dir, spec, knobs, workflows, m)
+        manifest["started_at"] = started.isoformat()
+        manifest["ended_at"] = dt.datetime.now(dt.UTC).isoformat()
+        manifest["wall_s"] = round(time.monotonic() - wall0, 3)
+        outputs.write_json(out_dir / "cell.json", manifest)
+    except BaseException:
+        _remove_cell_files(out_dir)  # half a cell is no cell (SIGINT, SIGTERM, an error)
+        raise
+    failed = manifest["failed_requests"]
+    if failed_dir is not None and failed:
+        kept = Path(failed_dir) / started.strftime("%Y%m%dT%H%M%SZ")
+        _move_cell_files(out_dir, kept)
+        raise CellFailed(
+            f"cell {out_dir}: {failed} of {manifest['requests']} requests failed; first: "
+            f"{manifest['first_error']}. What was measured is kept in {kept}; the cell is "
+            "not done, so a rerun measures it again.",
+            kept,
+        )
     return manifest
+
+
+def _remove_cell_files(out_dir: Path) -> None:
+    for name in outputs.CELL_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        out_dir.rmdir()  # only if empty
+
+
+def _move_cell_files(out_dir: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in outputs.CELL_FILES:
+        if (out_dir / name).exists():
+            (out_dir / name).replace(dest / name)
+    with contextlib.suppress(OSError):
+        out_dir.rmdir()
 
 
 def write(
@@ -224,10 +286,14 @@ def write(
     outputs.write_table(out_dir / "workflows.parquet", "workflows", workflows_df)
     outputs.write_table(out_dir / "telemetry.parquet", "telemetry", tel)
 
-    counter = float(energy[-1] - energy[0]) if len(energy) else 0.0
-    integral = _power_integral(tel)
-    disagreement = abs(counter - integral) / counter * 100 if counter else None
+    # No telemetry: no energy was measured, which is null, never 0 J.
+    counter = float(energy[-1] - energy[0]) if len(energy) else None
+    integral = _power_integral(tel) if tel.height else None
+    disagreement = (
+        abs(counter - integral) / counter * 100 if counter and integral is not None else None
+    )
     ok = [r for r in m.records if r.status == "ok"]
+    bad = [r for r in m.records if r.status != "ok"]
     duration = max((r.finish for r in ok), default=0.0)
     validity = {
         "all_requests_ok": len(ok) == len(m.records),
@@ -252,6 +318,8 @@ def write(
         "host": host_info(),
         "duration_s": duration,
         "requests": len(m.records),
+        "failed_requests": len(bad),
+        "first_error": f"{bad[0].status}: {bad[0].error}" if bad else None,
         "workflows": len(workflows),
         "energy": {
             "counter_j": counter,
@@ -296,7 +364,9 @@ def _power_integral(tel) -> float:  # noqa: ANN001
     return total
 
 
-def _attribution_closes(shares: list[float | None], counter: float) -> bool:
+def _attribution_closes(shares: list[float | None], counter: float | None) -> bool:
+    if counter is None:
+        return False  # nothing measured, nothing attributed
     s = sum(x for x in shares if x is not None)
     return counter == 0 or abs(s - counter) <= 0.01 * counter
 

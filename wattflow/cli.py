@@ -14,7 +14,10 @@ import os
 import sys
 from pathlib import Path
 
+import polars as pl
+
 from wattflow import config as wf_config
+from wattflow.analysis import advise as adv
 from wattflow.calibration import accuracy, fit
 from wattflow.calibration import profile as prof
 from wattflow.cell import run
@@ -138,6 +141,30 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_advise(args: argparse.Namespace) -> int:
+    """Pareto fronts and the cheapest setting meeting the objectives (wattflow.analysis.advise)."""
+    cfg = _load(args.config)
+    analysis = cfg.get("analysis") or {}
+    path = Path(args.summary or Path(cfg["results"]) / "summary.parquet")
+    if not path.exists():
+        raise UserError(f"advise: {path} does not exist; run the grid first (make run)")
+    summary = pl.read_parquet(path)
+    if args.workload:
+        summary = summary.filter(pl.col("workload").is_in(args.workload))
+        if summary.is_empty():
+            raise UserError(f"advise: no cells of workload(s) {args.workload} in {path}")
+    objectives = args.objective if args.objective else analysis.get("objectives")
+    try:
+        advice = adv.advise(summary, objectives, analysis.get("defaults"))
+    except adv.AdviseError as err:
+        raise UserError(f"advise: {err}") from None
+    if args.json:
+        print(adv.advice_table(advice).write_json())
+    else:
+        print(adv.format_text(advice, summary, analysis.get("defaults")), end="")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wattflow", description=__doc__)
     p.add_argument("--config", default=str(wf_config.DEFAULT_CONFIG), help="config YAML")
@@ -183,6 +210,21 @@ def parser() -> argparse.ArgumentParser:
         "uncalibrated)",
     )
     a.set_defaults(fn=cmd_accuracy)
+    v = sub.add_parser(
+        "advise",
+        help="per workload: Pareto fronts and the cheapest setting meeting latency objectives",
+    )
+    v.add_argument("--summary", help="summary.parquet (default: RESULTS/summary.parquet)")
+    v.add_argument(
+        "--objective",
+        action="append",
+        metavar="METRIC<=VALUE",
+        help='e.g. "makespan_p90_s<=30", "ttft_p99_s<=2" (repeatable; default: the '
+        "config's analysis.objectives)",
+    )
+    v.add_argument("--workload", action="append", help="only these workloads (repeatable)")
+    v.add_argument("--json", action="store_true", help="one JSON row per scenario")
+    v.set_defaults(fn=cmd_advise)
     return p
 
 

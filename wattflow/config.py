@@ -40,6 +40,7 @@ from wattflow.knobs import (
     KNOBS,
     NAME_PATTERN,
     NAME_RULE,
+    SETTING_KNOBS,
     KnobError,
     cell_path,
     complete,
@@ -109,6 +110,8 @@ def schema() -> dict:
         "required": [k.name for k in GRID_KNOBS if k.default is None],
         "properties": {k.name: k.axis_schema() for k in GRID_KNOBS},
     }
+    defaults = s["properties"]["analysis"]["properties"]["defaults"]
+    defaults["properties"] = {k.name: k.item_schema() for k in SETTING_KNOBS}
     common = {"kind": {}, "model": {"type": "string"}, "gpu": {"type": "string"}}
     defs["engine"] = {
         "type": "object",
@@ -253,6 +256,7 @@ def check(cfg: dict) -> None:
             raise ConfigError(str(exc)) from None
     for name, w in workloads.items():
         _check_workload(name, w, workloads)
+    _check_analysis(cfg)
     grid = cfg["grid"]
     for section, knob in (("engines", "engine"), ("workloads", "workload")):
         for i, v in enumerate(grid[knob]):
@@ -281,6 +285,32 @@ def _check_telemetry(name: str, e: dict) -> None:
                 raise ConfigError(
                     f"engines.{name}.telemetry[{i}]: unknown source {s!r}; known: {sorted(known)}"
                 )
+
+
+def _check_analysis(cfg: dict) -> None:
+    """slo: and analysis: name known workloads and well-formed objectives over summary
+    columns."""
+    for name in (cfg.get("slo") or {}).get("workloads") or {}:
+        if name not in cfg["workloads"]:
+            raise ConfigError(f"slo.workloads.{name}: unknown workload")
+    objectives = (cfg.get("analysis") or {}).get("objectives") or []
+    if not objectives:
+        return
+    from wattflow.analysis.advise import AdviseError, parse_objective  # polars: only if needed
+    from wattflow.analysis.extras import EXTRA_COLUMNS
+    from wattflow.analysis.summary import summary_columns
+
+    columns = [*summary_columns(), *EXTRA_COLUMNS]
+    groups = objectives.items() if isinstance(objectives, dict) else [(None, objectives)]
+    for name, texts in groups:
+        key = "analysis.objectives" + (f".{name}" if name is not None else "")
+        if name not in (None, "*") and name not in cfg["workloads"]:
+            raise ConfigError(f"{key}: unknown workload")
+        for i, text in enumerate(texts):
+            try:
+                parse_objective(text, columns)
+            except AdviseError as err:
+                raise ConfigError(f"{key}[{i}]: {err}") from None
 
 
 def _check_workload(name: str, w: dict, workloads: dict) -> None:
@@ -424,6 +454,35 @@ def server_ranks(cfg: dict, all_cells: list[Cell]) -> dict[tuple, int]:
     groups = {g for c in all_cells if (g := server_group(cfg, c.knobs)) is not None}
     ordered = sorted(groups, key=_group_order)
     return {g: len(ordered) - i for i, g in enumerate(ordered)}
+
+
+def cell_priorities(cfg: dict, all_cells: list[Cell], lanes: int = 1) -> dict[str, int]:
+    """A Snakemake priority per cell that needs a server (cell path -> int, higher first).
+
+    With one GPU (`lanes` 1) the cells of a server group run back to back, groups in
+    `server_ranks` order, so each server starts once. With N GPUs (`--resources gpu=N`)
+    group i goes to lane i mod N and the lanes advance in step (the first cell of every
+    lane, then the second of every lane, ...), so N groups run side by side, each on the GPU
+    that serves it (the cell's slot prefers that GPU: wattflow.devices.slots.Affinity),
+    instead of N GPUs starting the same group's server."""
+    lanes = max(1, int(lanes))
+    ranks = server_ranks(cfg, all_cells)
+    order = sorted(ranks, key=lambda g: -ranks[g])
+    lane_of = {g: i % lanes for i, g in enumerate(order)}
+    queues: list[list[str]] = [[] for _ in range(lanes)]
+    by_group: dict[tuple, list[str]] = {g: [] for g in order}
+    for c in all_cells:
+        g = server_group(cfg, c.knobs)
+        if g is not None:
+            by_group[g].append(c.path)
+    for g in order:
+        queues[lane_of[g]].extend(by_group[g])
+    total = sum(len(q) for q in queues)
+    return {
+        path: total - (pos * lanes + lane)
+        for lane, q in enumerate(queues)
+        for pos, path in enumerate(q)
+    }
 
 
 def workload_slice(cfg: dict, name: str) -> dict:

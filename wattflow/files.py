@@ -23,3 +23,19 @@ def umask() -> int:
 def default_mode(base: int = 0o666) -> int:
     """The mode a plain open() would give a new file (0644 under umask 022)."""
     return base & ~umask()
+
+
+def prune_empty_dirs(root: str | os.PathLike[str]) -> int:
+    """Remove empty folders under `root` (not `root`), deepest first: a cell killed
+    before it could clean up leaves at most its empty folder, which is no cell."""
+    removed = 0
+    for here, _, _ in os.walk(root, topdown=False):
+        if here == os.fspath(root):
+            continue
+        try:
+            if not os.listdir(here):  # children removed just before count as gone
+                os.rmdir(here)
+                removed += 1
+        except OSError:
+            pass
+    return removed

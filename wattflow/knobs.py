@@ -68,6 +68,9 @@ class Knob:
     choices: tuple[str, ...] = ()
     check: Check | None = field(default=None, compare=False)
     in_grid: bool = True  # False: the axis comes from elsewhere (rep: `repetitions`)
+    # True: a way of running the same work that an operator chooses (the advisor compares
+    # settings); False: part of what the work is (engine, workload, output length).
+    setting: bool = True
 
     # -- values ---------------------------------------------------------------------------
     def coerce(self, value: Any, where: str = "") -> Any:
@@ -219,8 +222,8 @@ def _fits_context(ctx: CheckContext, engine: str, workloads: list[str], value: A
 
 # Order is the order of the segments in a cell path.
 KNOBS: tuple[Knob, ...] = (
-    Knob("engine", "server", "name", "engine name from `engines:`"),
-    Knob("workload", "client", "name", "workload name from `workloads:`"),
+    Knob("engine", "server", "name", "engine name from `engines:`", setting=False),
+    Knob("workload", "client", "name", "workload name from `workloads:`", setting=False),
     Knob(
         "mode",
         "client",
@@ -269,6 +272,7 @@ KNOBS: tuple[Knob, ...] = (
         default=256,
         minimum=1,
         check=_fits_context,
+        setting=False,  # output length changes the work itself
     ),
     Knob(
         "rep",
@@ -278,11 +282,15 @@ KNOBS: tuple[Knob, ...] = (
         default=0,
         minimum=0,
         in_grid=False,
+        setting=False,
     ),
 )
 KNOB_NAMES = tuple(k.name for k in KNOBS)
 BY_NAME = {k.name: k for k in KNOBS}
 GRID_KNOBS = tuple(k for k in KNOBS if k.in_grid)
+# What the advisor holds fixed (the scenario) and what it chooses between (the setting).
+SCENARIO_KNOBS = tuple(k for k in GRID_KNOBS if not k.setting)
+SETTING_KNOBS = tuple(k for k in GRID_KNOBS if k.setting)
 
 
 def complete(knobs: Mapping[str, Any]) -> dict[str, Any]:

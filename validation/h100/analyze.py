@@ -9,6 +9,7 @@ its own for the single-call concurrency sweep, compared with `vllm bench serve`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,15 +19,25 @@ sys.path.insert(0, str(HERE.parents[1]))
 import altair as alt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from wattflow.analysis.figures import make_figures, save_chart  # noqa: E402
-from wattflow.analysis.findings import check_findings  # noqa: E402
+from wattflow.analysis.figures import make_figures, save_chart, steady_state_chart  # noqa: E402
+from wattflow.analysis.findings import (  # noqa: E402
+    check_findings,
+    check_modes,
+    check_utilization,
+)
 from wattflow.analysis.report import write_report  # noqa: E402
+from wattflow.analysis.stages import write_stages  # noqa: E402
+from wattflow.analysis.steady import MIN_WINDOW_S, STABLE_FILL  # noqa: E402
 from wattflow.analysis.summary import write_summary  # noqa: E402
 from wattflow.provenance import wattflow_info  # noqa: E402
 
+ROOT = HERE.parents[1]
+
 
 def cell_dirs(root: Path = HERE) -> list[Path]:
-    return sorted(p.parent for p in (root / "cells").rglob("cell.json"))
+    """Cell folders relative to the repository root (the summaries' cell_dir column stays
+    the same on every checkout; main() runs from the root)."""
+    return sorted(p.parent.relative_to(ROOT) for p in (root / "cells").rglob("cell.json"))
 
 
 def bench_rows() -> list[dict]:
@@ -126,6 +137,7 @@ def results_md(summary: pl.DataFrame, single: pl.DataFrame, bench: list[dict]) -
         f"{b['ttft_p50_s']:.3f} | {b['tpot_p50_s'] * 1000:.2f} |"
         for b in bench
     ]
+    out += steady_md(single)
     wf = summary.filter(~pl.col("workload").str.starts_with("single-c")).sort(
         "workload", "max_num_seqs"
     )
@@ -144,7 +156,59 @@ def results_md(summary: pl.DataFrame, single: pl.DataFrame, bench: list[dict]) -
         f"{r['energy_disagreement_pct']:.2f} | {r['valid']} |"
         for r in wf.iter_rows(named=True)
     ]
+    out += ["", "The seed study's claims on these cells (report.html has the numbers):", ""]
+    for f in check_findings(summary)[:6]:  # (g) needs the mode axis: section (c)
+        verdict = {True: "holds", False: "fails", None: "not tested"}[f.holds]
+        out.append(f"* **{verdict}**: {f.claim} Measured: {f.evidence}.")
     return "\n".join(out) + "\n"
+
+
+def steady_md(single: pl.DataFrame) -> list[str]:
+    """The ML.ENERGY-style steady-state J/output token beside the whole-cell figure."""
+    out = [
+        "",
+        "### Steady state (ML.ENERGY method) beside the whole cell",
+        "",
+        "J/output token over the window from the B-th to the (N-B)-th first token, "
+        "B = min(concurrency, max_num_seqs) (`wattflow/analysis/steady.py`); stable: window "
+        f">= {MIN_WINDOW_S:g} s and mean batch >= {STABLE_FILL:.0%} of B.",
+        "",
+        "| concurrency | N requests | B | J/output token, whole cell | J/output token, "
+        "steady state | window s | mean batch | mean batch / max_num_seqs | stable |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def num(v: float | None, fmt: str, empty: str = "") -> str:
+        return empty if v is None else format(v, fmt)
+
+    for r in single.iter_rows(named=True):
+        out.append(
+            f"| {r['concurrency']} | {r['requests']} | {r['steady_batch']} | "
+            f"{r['j_per_output_token']:.3f} | "
+            f"{num(r['steady_j_per_output_token'], '.3f', 'no window (N <= 2B)')} | "
+            f"{r['steady_window_s']:.1f} | {num(r['steady_mean_batch'], '.2f')} | "
+            f"{num(r['steady_batch_fill'], '.3f')} | {r['steady_stable']} |"
+        )
+    short = single.filter(pl.col("steady_j_per_output_token").is_null())
+    stable = single.filter(pl.col("steady_stable"))
+    notes = []
+    for r in stable.iter_rows(named=True):
+        diff = 100 * (r["steady_j_per_output_token"] / r["j_per_output_token"] - 1)
+        notes.append(
+            f"At concurrency {r['concurrency']} the steady state covers "
+            f"{r['steady_window_s']:.1f} of the cell's {r['duration_s']:.1f} s and differs "
+            f"from the whole-cell figure by {diff:+.2f} %."
+        )
+    if not short.is_empty():
+        cs = ", ".join(str(c) for c in short["concurrency"].to_list())
+        notes.append(
+            f"At concurrency {cs} the cells ran N = 2B requests (`--num-prompts max(16, 2C)`, "
+            "the `vllm bench serve` comparison), so the B-th and the (N-B)-th first token "
+            "coincide: these cells have no steady state to measure, and their whole-cell "
+            "J/output token includes the ramp-up and the drain. A steady-state figure needs "
+            "N well above 2B (e.g. 8B requests: a window of about six batch lifetimes)."
+        )
+    return [*out, *(x for n in notes for x in ("", n))]
 
 
 def mode_ratios(summary: pl.DataFrame) -> pl.DataFrame:
@@ -179,9 +243,7 @@ def scheduling() -> str:
     dirs = cell_dirs(root)
     summary = write_summary(dirs, root / "summary.parquet")
     (root / "figures").mkdir(exist_ok=True)
-    save_chart(mode_chart(summary), root / "figures", "modes")
-    for f in (root / "figures").glob("*.html"):
-        f.unlink()
+    save_chart(mode_chart(summary), root / "figures", "modes", html=False)
     r = mode_ratios(summary)
     out = [
         "",
@@ -201,20 +263,28 @@ def scheduling() -> str:
         f"{x['makespan_ratio']:.3f} |"
         for x in r.iter_rows(named=True)
     ]
+    out += ["", "The seed study's claim (g) on these cells (`wattflow/analysis/findings.py`):", ""]
+    for f in (check_utilization(summary), check_modes(summary)):
+        verdict = {True: "holds", False: "fails", None: "not tested"}[f.holds]
+        out.append(f"* **{verdict}**: {f.claim} Measured: {f.evidence}.")
     return "\n".join(out) + "\n"
 
 
 def main() -> None:
+    os.chdir(ROOT)
     dirs = cell_dirs()
     summary = write_summary(dirs, HERE / "summary.parquet")
+    stages = write_stages(dirs, HERE / "stages.parquet")
     fig_dir = HERE / "figures"
     fig_dir.mkdir(exist_ok=True)
-    figs = make_figures(summary.filter(~pl.col("workload").str.starts_with("single-c")), fig_dir)
-    single, bench = single_table(summary), bench_rows()
-    figs += save_chart(concurrency_chart(single, bench), fig_dir, "concurrency")
-    for f in fig_dir.glob("*.html"):  # interactive copies embed ~1 MB of JS each: not committed
+    for f in fig_dir.iterdir():  # only what this run draws stays
         f.unlink()
-    pngs = sorted(fig_dir.glob("*.png"))
+    workflows = ~pl.col("workload").str.starts_with("single-c")
+    figs = make_figures(summary.filter(workflows), fig_dir, stages=stages, html=False)
+    single, bench = single_table(summary), bench_rows()
+    figs += save_chart(steady_state_chart(summary), fig_dir, "steady_state", html=False)
+    figs += save_chart(concurrency_chart(single, bench), fig_dir, "concurrency", html=False)
+    pngs = sorted(fig_dir.glob("*.png"))  # no interactive HTML copies: ~1 MB of JS each
     write_report(
         summary,
         pngs,

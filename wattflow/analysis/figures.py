@@ -1,44 +1,52 @@
-"""The study's figures from the summary table, each as PNG, SVG and HTML.
+"""The study's figures from the summary (and stages) tables, as PNG, SVG and HTML.
 
-A few faceted charts rather than many small ones: one Vega-Lite spec per figure is
-compiled once and rendered by vl-convert to PNG (scale 1, fast) and SVG. Each figure
-plots exactly the cells its finding checks (the `*_slice` helpers in findings.py), with
-repetitions averaged. A slice that is empty or has a single x value is skipped, and only
-the files actually written are returned.
+Rules every figure follows, so that it can go into a paper as is:
+
+- each figure plots exactly the cells its finding checks (the `*_slice` helpers in
+  findings.py), repetitions averaged;
+- y scales are shared within a metric row (one row per metric, one column per workload);
+  the one exception, the Pareto figure, says so in its title;
+- a claim about relative change gets a relative-change figure (`*_relative`,
+  `mode_power_cap`), in % of the named baseline;
+- the `default` power cap is plotted at the GPU's limit and labelled "default (700 W)";
+- legend titles and series names are the axis names they stand for (no "energy" for an
+  axis called J/workflow);
+- PNG at DPI (216) pixels per inch of the figure's layout size (vl-convert lays out at 72
+  ppi, so the PNG has 3x the CSS pixels and prints at the on-screen size), SVG, and an
+  interactive HTML copy.
+
+A figure whose slice is empty, or has a single x value, is skipped; only the files
+written are returned.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import altair as alt
 import polars as pl
 import vl_convert as vlc
 
+from wattflow.analysis import advise as adv
 from wattflow.analysis.findings import (
     MODES,
     batch_slice,
     length_fits,
     length_slice,
+    mode_ratios,
     mode_slice,
     power_slice,
 )
+from wattflow.knobs import DEFAULT
 
 PANEL_W, PANEL_H = 170, 120
+DPI = 216  # vl-convert's ppi: pixels = layout size x DPI / 72, pHYs = DPI
 
-
-def _mean_long(df: pl.DataFrame, x: str, panels: dict[str, tuple[str, str]]) -> pl.DataFrame:
-    """Mean over repetitions per (workload, x), unpivoted to (panel, series, value) rows.
-
-    `panels` maps a summary column to its (panel title, series label)."""
-    means = df.group_by("workload", x).agg(pl.col(list(panels)).mean())
-    long = means.unpivot(on=list(panels), index=["workload", x], variable_name="col")
-    titles = {c: t for c, (t, _) in panels.items()}
-    series = {c: s for c, (_, s) in panels.items()}
-    return long.with_columns(
-        pl.col("col").replace_strict(titles).alias("panel"),
-        pl.col("col").replace_strict(series).alias("series"),
-    ).drop_nulls("value")
+# Axis names, used for legends too.
+J_WF = "J/workflow"
+J_TOK = "J/output token"
 
 
 def _enough(df: pl.DataFrame, x: str) -> bool:
@@ -56,125 +64,192 @@ def _batch_text(df: pl.DataFrame) -> str:
     return "largest max_num_seqs per workload"
 
 
-def _facet_lines(
-    long: pl.DataFrame, x: alt.X, panel_order: list[str], title: str, color: bool = True
-) -> alt.FacetChart:
-    """Lines of `value` vs x; rows are panels (own y scale), columns are workloads."""
-    enc = {
-        "x": x,
-        "y": alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
-        "tooltip": [
-            "workload:N",
-            x.shorthand,
-            "panel:N",
-            "series:N",
-            alt.Tooltip("value:Q", format=".4g"),
-        ],
-    }
-    if color:
-        enc["color"] = alt.Color("series:N", title=None)
-    chart = alt.Chart(long).mark_line(point=True).encode(**enc)
-    chart = chart.properties(width=PANEL_W, height=PANEL_H)
-    return (
-        chart.facet(
-            row=alt.Row("panel:N", sort=panel_order, title=None),
-            column=alt.Column("workload:N", title=None),
-        )
-        .resolve_scale(y="independent")
-        .properties(title=title)
+def _workloads(df: pl.DataFrame) -> list[str]:
+    return sorted(df["workload"].unique().to_list())
+
+
+def _long(df: pl.DataFrame, x: str, series: Mapping[str, str]) -> pl.DataFrame:
+    """Mean over repetitions per (workload, x) of each column in `series` (column ->
+    series name), unpivoted to (workload, x, series, value)."""
+    means = df.group_by("workload", x).agg(pl.col(list(series)).mean())
+    long = means.unpivot(on=list(series), index=["workload", x], variable_name="col")
+    return long.with_columns(pl.col("col").replace_strict(dict(series)).alias("series")).drop_nulls(
+        "value"
     )
 
 
-def batch_size_chart(summary: pl.DataFrame) -> alt.FacetChart | None:
-    """Latency, throughput and J/workflow vs max_num_seqs, per workload."""
+def _row(
+    long: pl.DataFrame,
+    x: alt.X,
+    y_title: str,
+    workloads: list[str],
+    *,
+    color: bool = False,
+    zero: bool = True,
+) -> alt.FacetChart:
+    """One metric row: a panel per workload, one y scale shared by the row."""
+    enc: dict[str, Any] = {
+        "x": x,
+        "y": alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=zero)),
+        "tooltip": ["workload:N", x.shorthand, "series:N", alt.Tooltip("value:Q", format=".4g")],
+    }
+    if color:  # the legend names the series exactly as the axis does
+        enc["color"] = alt.Color("series:N", title=y_title)
+    return (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(**enc)
+        .properties(width=PANEL_W, height=PANEL_H)
+        .facet(column=alt.Column("workload:N", title=None, sort=workloads))
+    )
+
+
+def _rows(rows: list[alt.FacetChart], title: str, color: str = "independent") -> alt.VConcatChart:
+    """Metric rows stacked; `color` "shared" where every row's colours mean the same."""
+    return alt.vconcat(*rows).resolve_scale(color=color).properties(title=title)
+
+
+def _log2_x(field: str, values: Sequence[int], title: str) -> alt.X:
+    return alt.X(
+        f"{field}:Q",
+        title=title,
+        scale=alt.Scale(type="log", base=2),
+        axis=alt.Axis(values=sorted(values)),
+    )
+
+
+def _cap_x(df: pl.DataFrame) -> alt.X:
+    """Effective power cap; the GPU default is labelled as such."""
+    caps = sorted({float(v) for v in df["power_cap_w_effective"].drop_nulls()})
+    defaults = sorted(
+        {float(v) for v in df.filter(pl.col("power_cap_w") == DEFAULT)["power_cap_w_effective"]}
+    )
+    expr = "format(datum.value, 'd')"
+    for d in defaults:
+        expr = f"datum.value == {d:g} ? 'default ({d:g} W)' : {expr}"
+    return alt.X(
+        "power_cap_w_effective:Q",
+        title="power cap (W)",
+        scale=alt.Scale(zero=False),
+        axis=alt.Axis(values=caps, labelExpr=expr, labelAngle=-30),
+    )
+
+
+# -- (a)-(d) batch size --------------------------------------------------------------------
+
+
+def batch_size_chart(summary: pl.DataFrame) -> alt.VConcatChart | None:
+    """J/workflow, makespan and throughput vs max_num_seqs, per workload."""
     df = batch_slice(summary)
     if not _enough(df, "max_num_seqs"):
         return None
-    panels = {
-        "makespan_p50_s": ("Makespan (s)", "makespan p50"),
-        "makespan_p99_s": ("Makespan (s)", "makespan p99"),
-        "output_tokens_per_s": ("Output tokens/s", "throughput"),
-        "j_per_workflow": ("J/workflow", "energy"),
-    }
-    ticks = sorted(df["max_num_seqs"].unique().to_list())
-    x = alt.X(
-        "max_num_seqs:Q",
-        title="max_num_seqs",
-        scale=alt.Scale(type="log", base=2),
-        axis=alt.Axis(values=ticks),
+    wls = _workloads(df)
+    x = _log2_x("max_num_seqs", df["max_num_seqs"].unique().to_list(), "max_num_seqs")
+    rows = [
+        _row(_long(df, "max_num_seqs", {"j_per_workflow": J_WF}), x, J_WF, wls),
+        _row(
+            _long(
+                df,
+                "max_num_seqs",
+                {"makespan_p50_s": "makespan p50 (s)", "makespan_p90_s": "makespan p90 (s)"},
+            ),
+            x,
+            "makespan (s)",
+            wls,
+            color=True,
+        ),
+        _row(
+            _long(df, "max_num_seqs", {"output_tokens_per_s": "output tokens/s"}),
+            x,
+            "output tokens/s",
+            wls,
+        ),
+    ]
+    return _rows(rows, "Batch size (default power cap and clock, longest outputs)")
+
+
+def _relative(df: pl.DataFrame, x: str, col: str, base: str) -> pl.DataFrame:
+    """Per workload: % change of mean `col` against its value at x == `base` (min/max)."""
+    means = df.group_by("workload", x).agg(pl.col(col).mean()).sort("workload", x)
+    pick = pl.col(col).sort_by(x).first() if base == "min" else pl.col(col).sort_by(x).last()
+    return means.with_columns(
+        (100.0 * (pl.col(col) / pick.over("workload") - 1.0)).alias("change_pct")
+    ).drop_nulls("change_pct")
+
+
+def _change_chart(data: pl.DataFrame, x: alt.X, y_title: str) -> alt.LayerChart:
+    zero = alt.Chart(pl.DataFrame({"y": [0.0]})).mark_rule(color="#888").encode(y="y:Q")
+    lines = (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("change_pct:Q", title=y_title),
+            color=alt.Color("workload:N", title="workload"),
+            tooltip=["workload:N", x.shorthand, alt.Tooltip("change_pct:Q", format="+.1f")],
+        )
     )
-    order = ["Makespan (s)", "Output tokens/s", "J/workflow"]
-    title = "Batch size (default power cap and clock, longest outputs)"
-    return _facet_lines(_mean_long(df, "max_num_seqs", panels), x, order, title)
+    return alt.layer(zero, lines).properties(width=2 * PANEL_W, height=int(1.6 * PANEL_H))
 
 
-def power_cap_chart(summary: pl.DataFrame, batch: int | None = None) -> alt.FacetChart | None:
-    """J/workflow and makespan p50 vs the effective power cap, per workload."""
+def batch_size_relative_chart(summary: pl.DataFrame) -> alt.LayerChart | None:
+    """Claims (a)-(d) are about relative gains: J/workflow change vs the smallest batch."""
+    df = batch_slice(summary)
+    if not _enough(df, "max_num_seqs"):
+        return None
+    data = _relative(df, "max_num_seqs", "j_per_workflow", "min")
+    x = _log2_x("max_num_seqs", df["max_num_seqs"].unique().to_list(), "max_num_seqs")
+    return _change_chart(data, x, "J/workflow change vs smallest max_num_seqs (%)").properties(
+        title="Batching gain per workload (default power cap and clock, longest outputs)"
+    )
+
+
+# -- (e) power cap ---------------------------------------------------------------------------
+
+
+def power_cap_chart(summary: pl.DataFrame, batch: int | None = None) -> alt.VConcatChart | None:
+    """J/workflow and makespan vs the effective power cap, per workload."""
     df = power_slice(summary, batch)
     if not _enough(df, "power_cap_w_effective"):
         return None
-    panels = {
-        "j_per_workflow": ("J/workflow", "energy"),
-        "makespan_p50_s": ("Makespan p50 (s)", "latency"),
-    }
-    x = alt.X("power_cap_w_effective:Q", title="power cap (W)", scale=alt.Scale(zero=False))
-    title = f"Power cap ({_batch_text(df)}, default clock, longest outputs)"
-    long = _mean_long(df, "power_cap_w_effective", panels)
-    order = list(dict.fromkeys(t for t, _ in panels.values()))
-    return _facet_lines(long, x, order, title, color=False)
+    wls, x, key = _workloads(df), _cap_x(df), "power_cap_w_effective"
+    rows = [
+        _row(_long(df, key, {"j_per_workflow": J_WF}), x, J_WF, wls),
+        _row(
+            _long(
+                df,
+                key,
+                {"makespan_p50_s": "makespan p50 (s)", "makespan_p90_s": "makespan p90 (s)"},
+            ),
+            x,
+            "makespan (s)",
+            wls,
+            color=True,
+        ),
+    ]
+    return _rows(rows, f"Power cap ({_batch_text(df)}, default clock, longest outputs)")
 
 
-def mode_power_cap_chart(summary: pl.DataFrame) -> alt.FacetChart | None:
-    """J/workflow and makespan p50 vs the effective power cap, one line per client mode;
-    columns are (workload, max_num_seqs). None unless the grid has both modes and two caps."""
-    df = mode_slice(summary).filter(pl.col("mode").is_in(MODES))
-    if df.is_empty() or df["mode"].n_unique() < 2 or df["power_cap_w_effective"].n_unique() < 2:
+def power_cap_relative_chart(
+    summary: pl.DataFrame, batch: int | None = None
+) -> alt.HConcatChart | None:
+    """Claim (e) is about relative savings: J/workflow and makespan change vs the default."""
+    df = power_slice(summary, batch)
+    if not _enough(df, "power_cap_w_effective"):
         return None
-    x = "power_cap_w_effective"
-    panels = {"j_per_workflow": "J/workflow", "makespan_p50_s": "Makespan p50 (s)"}
-    keys = ["workload", "max_num_seqs", "mode", x]
-    means = df.group_by(keys).agg(pl.col(list(panels)).mean())
-    long = (
-        means.unpivot(on=list(panels), index=keys, variable_name="col")
-        .with_columns(
-            pl.col("col").replace_strict(panels).alias("panel"),
-            pl.format("{} · max_num_seqs={}", "workload", "max_num_seqs").alias("series_key"),
-        )
-        .drop_nulls("value")
-        .sort("workload", "max_num_seqs", "mode", x)
+    x, key = _cap_x(df), "power_cap_w_effective"
+    energy = _change_chart(
+        _relative(df, key, "j_per_workflow", "max"), x, "J/workflow change vs default cap (%)"
     )
-    columns = long.unique(["workload", "max_num_seqs"]).sort("workload", "max_num_seqs")
-    chart = (
-        alt.Chart(long)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X(f"{x}:Q", title="power cap (W)", scale=alt.Scale(zero=False)),
-            y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
-            color=alt.Color("mode:N", title="client mode", sort=list(MODES)),
-            tooltip=[
-                "series_key:N",
-                "mode:N",
-                alt.Tooltip(f"{x}:Q", title="cap (W)"),
-                "panel:N",
-                alt.Tooltip("value:Q", format=".4g"),
-            ],
-        )
-        .properties(width=PANEL_W, height=PANEL_H)
+    latency = _change_chart(
+        _relative(df, key, "makespan_p50_s", "max"), x, "makespan p50 change vs default cap (%)"
     )
-    return (
-        chart.facet(
-            row=alt.Row("panel:N", sort=list(panels.values()), title=None),
-            column=alt.Column("series_key:N", sort=columns["series_key"].to_list(), title=None),
-        )
-        .resolve_scale(y="independent")
-        .properties(title="Client mode vs power cap (default clock, longest outputs)")
+    return alt.hconcat(energy, latency).properties(
+        title=f"Power-cap saving and its cost ({_batch_text(df)}, default clock, longest outputs)"
     )
 
 
-def _fit_label(fits: pl.DataFrame) -> dict[str, str]:
-    return {
-        r["workload"]: f"{r['workload']} (R²={r['r2']:.3f})" for r in fits.iter_rows(named=True)
-    }
+# -- (f) output length -----------------------------------------------------------------------
 
 
 def output_length_chart(summary: pl.DataFrame, batch: int | None = None) -> alt.FacetChart | None:
@@ -183,7 +258,9 @@ def output_length_chart(summary: pl.DataFrame, batch: int | None = None) -> alt.
     if not _enough(df, "max_output_tokens"):
         return None
     fits = length_fits(summary, batch).filter(pl.col("lengths") >= 2)
-    labels = _fit_label(fits)
+    labels = {
+        r["workload"]: f"{r['workload']} (R²={r['r2']:.3f})" for r in fits.iter_rows(named=True)
+    }
     cells = df.select(
         pl.col("workload").replace_strict(labels, default=pl.col("workload")).alias("label"),
         pl.col("max_output_tokens").cast(pl.Float64).alias("x"),
@@ -202,46 +279,531 @@ def output_length_chart(summary: pl.DataFrame, batch: int | None = None) -> alt.
     )
     data = pl.concat([cells, line])
     x = alt.X("x:Q", title="max_output_tokens")
-    y = alt.Y("y:Q", title="J/workflow", scale=alt.Scale(zero=False))
+    y = alt.Y("y:Q", title=J_WF, scale=alt.Scale(zero=True))
     base = alt.Chart().encode(x=x, y=y)
     points = base.mark_point(filled=True).transform_filter(alt.datum.kind == "cell")
     fit = base.mark_line(strokeDash=[4, 3]).transform_filter(alt.datum.kind == "fit")
-    at = _batch_text(df)
     return (
         alt.layer(points, fit, data=data)
         .properties(width=PANEL_W, height=PANEL_H + 40)
         .facet(column=alt.Column("label:N", title=None))
-        .resolve_scale(y="independent")
-        .properties(title=f"Output length ({at}, default power cap and clock); dashed: fit")
+        .properties(
+            title=f"Output length ({_batch_text(df)}, default power cap and clock); dashed: "
+            "least-squares fit"
+        )
     )
 
 
-def save_chart(chart: alt.TopLevelMixin, out_dir: Path, name: str) -> list[Path]:
-    """Write name.png/.svg/.html; the spec is compiled once for all three."""
+# -- (g) client modes ------------------------------------------------------------------------
+
+
+def mode_power_cap_chart(summary: pl.DataFrame) -> alt.HConcatChart | None:
+    """Claim (g2) is about the ratio of the modes: J/workflow and makespan p50 change of
+    workflow-aware against naive, vs the effective power cap; one line per (workload,
+    max_num_seqs). None unless the grid has both modes and two caps."""
+    df = mode_slice(summary).filter(pl.col("mode").is_in(MODES))
+    if df.is_empty() or df["mode"].n_unique() < 2 or df["power_cap_w_effective"].n_unique() < 2:
+        return None
+    r = mode_ratios(summary).with_columns(
+        pl.format("{} · max_num_seqs={}", "workload", "max_num_seqs").alias("series"),
+        (100.0 * (pl.col("ratio") - 1.0)).alias("energy_pct"),
+        (100.0 * (pl.col("makespan_aware") / pl.col("makespan_naive") - 1.0)).alias("latency_pct"),
+    )
+    x = _cap_x(df)
+    legend = "workload · max_num_seqs"
+
+    def panel(col: str, title: str) -> alt.LayerChart:
+        zero = alt.Chart(pl.DataFrame({"y": [0.0]})).mark_rule(color="#888").encode(y="y:Q")
+        lines = (
+            alt.Chart(r.drop_nulls(col))
+            .mark_line(point=True)
+            .encode(
+                x=x,
+                y=alt.Y(f"{col}:Q", title=title),
+                color=alt.Color("series:N", title=legend),
+                tooltip=["series:N", x.shorthand, alt.Tooltip(f"{col}:Q", format="+.2f")],
+            )
+        )
+        return alt.layer(zero, lines).properties(width=2 * PANEL_W, height=int(1.6 * PANEL_H))
+
+    return alt.hconcat(
+        panel("energy_pct", "J/workflow change, workflow-aware vs naive (%)"),
+        panel("latency_pct", "makespan p50 change, workflow-aware vs naive (%)"),
+    ).properties(title="Client mode under power caps (default clock, longest outputs)")
+
+
+def utilization_chart(summary: pl.DataFrame) -> alt.FacetChart | None:
+    """Mean GPU utilisation vs max_num_seqs per client mode, at the default cap and each
+    workload's longest outputs (claim g1)."""
+    df = mode_slice(summary)
+    if "gpu_util_mean_pct" not in df.columns or df.is_empty():
+        return None
+    df = df.filter(
+        pl.col("power_cap_w_effective") == pl.col("power_cap_w_effective").max().over("workload")
+    ).drop_nulls("gpu_util_mean_pct")
+    if not _enough(df, "max_num_seqs") and df["mode"].n_unique() < 2:
+        return None
+    means = df.group_by("workload", "mode", "max_num_seqs").agg(pl.col("gpu_util_mean_pct").mean())
+    x = _log2_x("max_num_seqs", df["max_num_seqs"].unique().to_list(), "max_num_seqs")
+    return (
+        alt.Chart(means)
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y(
+                "gpu_util_mean_pct:Q", title="mean GPU utilisation (%)", scale=alt.Scale(zero=True)
+            ),
+            color=alt.Color("mode:N", title="mode", sort=list(MODES)),
+            tooltip=[
+                "workload:N",
+                "mode:N",
+                "max_num_seqs:Q",
+                alt.Tooltip("gpu_util_mean_pct:Q", format=".1f"),
+            ],
+        )
+        .properties(width=PANEL_W, height=PANEL_H)
+        .facet(column=alt.Column("workload:N", title=None))
+        .properties(title="GPU utilisation by client mode (default power cap, longest outputs)")
+    )
+
+
+# -- where the energy goes ---------------------------------------------------------------------
+
+
+def energy_breakdown_chart(summary: pl.DataFrame) -> alt.VConcatChart | None:
+    """Static (idle) vs dynamic GPU energy per workflow, memory where the source reports it,
+    and host CPU/DRAM where RAPL had it; batch-size slice."""
+    df = batch_slice(summary)
+    need = {"static_j", "dynamic_j"}
+    if df.is_empty() or not need <= set(df.columns) or df["static_j"].is_null().all():
+        return None
+    done = (pl.col("workflows") - pl.col("failed_workflows")).cast(pl.Float64)
+    per_wf = {
+        "static (idle)": pl.col("static_j") / done,
+        "dynamic": pl.col("dynamic_j") / done,
+    }
+    has_mem = "mem_energy_j" in df.columns and df["mem_energy_j"].is_not_null().any()
+    if has_mem:
+        per_wf = {
+            "static (idle)": per_wf["static (idle)"],
+            "dynamic: memory": pl.col("mem_energy_j") / done,
+            "dynamic: other": (pl.col("dynamic_j") - pl.col("mem_energy_j")) / done,
+        }
+    gpu = df.select("workload", "max_num_seqs", **per_wf)
+    order = list(per_wf)
+    wls = _workloads(df)
+    x = alt.X("max_num_seqs:O", title="max_num_seqs")
+
+    def bars(
+        data: pl.DataFrame, parts: list[str], y_title: str, legend: str, stack: str = "zero"
+    ) -> alt.FacetChart:
+        long = (
+            data.group_by("workload", "max_num_seqs")
+            .agg(pl.col(parts).mean())
+            .unpivot(on=parts, index=["workload", "max_num_seqs"], variable_name="part")
+            .drop_nulls("value")
+        )
+        return (
+            alt.Chart(long)
+            .mark_bar()
+            .encode(
+                x=x,
+                y=alt.Y(
+                    "value:Q",
+                    title=y_title,
+                    stack=stack,
+                    axis=alt.Axis(format="%") if stack == "normalize" else alt.Axis(),
+                ),
+                color=alt.Color("part:N", title=legend, sort=parts),
+                order=alt.Order("part_order:Q"),
+                tooltip=[
+                    "workload:N",
+                    "max_num_seqs:O",
+                    "part:N",
+                    alt.Tooltip("value:Q", format=".4g"),
+                ],
+            )
+            .transform_calculate(
+                part_order=" + ".join(
+                    f"(datum.part == '{p}' ? {i} : 0)" for i, p in enumerate(parts)
+                )
+            )
+            .properties(width=PANEL_W, height=PANEL_H)
+            .facet(column=alt.Column("workload:N", title=None, sort=wls))
+        )
+
+    rows = [
+        bars(gpu, order, "GPU J/workflow", "GPU energy"),
+        bars(gpu, order, "share of GPU energy", "GPU energy", stack="normalize"),
+    ]
+    host_cols = [c for c in ("cpu_j", "dram_j") if c in df.columns and df[c].is_not_null().any()]
+    if host_cols:
+        names = {"cpu_j": "CPU package", "dram_j": "DRAM"}
+        host = df.select(
+            "workload", "max_num_seqs", **{names[c]: pl.col(c) / done for c in host_cols}
+        )
+        rows.append(bars(host, [names[c] for c in host_cols], "host J/workflow", "host energy"))
+    title = "Where the energy goes (default power cap and clock, longest outputs)"
+    if not has_mem:
+        title += "; no memory power in this telemetry"
+    if not host_cols:
+        title += "; no RAPL (CPU/DRAM) readings"
+    return _rows(rows, title, color="shared" if not host_cols else "independent")
+
+
+def stage_energy_chart(summary: pl.DataFrame, stages: pl.DataFrame | None) -> alt.FacetChart | None:
+    """Share of each stage (or agent role) in the attributed energy, per workload and
+    max_num_seqs, in the batch-size slice."""
+    if stages is None or stages.is_empty():
+        return None
+    cells = batch_slice(summary).select("cell_dir")
+    st = stages.join(cells, on="cell_dir", how="inner").drop_nulls("energy_j")
+    if st.is_empty():
+        return None
+    data = (
+        st.group_by("workload", "max_num_seqs", "stage")
+        .agg(pl.col("share").mean())
+        .with_columns((100.0 * pl.col("share")).alias("share_pct"))
+    )
+    return (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            x=alt.X("max_num_seqs:O", title="max_num_seqs"),
+            y=alt.Y("share_pct:Q", title="share of attributed energy (%)", stack="zero"),
+            color=alt.Color("stage:N", title="stage"),
+            tooltip=[
+                "workload:N",
+                "max_num_seqs:O",
+                "stage:N",
+                alt.Tooltip("share_pct:Q", format=".1f"),
+            ],
+        )
+        .properties(width=PANEL_W, height=PANEL_H)
+        .facet(column=alt.Column("workload:N", title=None))
+        .properties(
+            title="Energy per stage or agent role (default power cap and clock, longest outputs)"
+        )
+    )
+
+
+# -- decisions -------------------------------------------------------------------------------
+
+
+ROLES = ["recommended", "all-default", "on the front", "other setting"]
+LATENCY_TITLES = {
+    "makespan_p90_s": "makespan p90 (s)",
+    "ttft_p90_s": "TTFT p90 (s)",
+    "tpot_p90_s": "TPOT p90 (s)",
+}
+
+
+def _front_points(
+    summary: pl.DataFrame,
+    pairs: Sequence[tuple[str, str]],
+    objectives: Any,
+    defaults: Mapping[str, Any] | None,
+) -> pl.DataFrame:
+    """Every setting of the given (latency, energy) fronts in long form: `latency`,
+    `energy`, `front` (which pair), `on_front` and its `setting` role."""
+    all_fronts = adv.fronts(summary, defaults)
+    base = adv.default_setting(defaults)
+    keys = [*adv.SCENARIO, *adv.CHOICES]
+    picks = {
+        tuple(a.best[k] for k in keys)
+        for a in adv.advise(summary, objectives, defaults)
+        if a.best is not None
+    }
+    parts = []
+    for x, y in pairs:
+        fr = all_fronts.get((x, y))
+        if fr is None or fr.is_empty():
+            continue
+        role = [
+            "recommended"
+            if tuple(r[k] for k in keys) in picks
+            else "all-default"
+            if all(adv._text(r[k]) == adv._text(base[k]) for k in adv.CHOICES)
+            else "on the front"
+            if r["on_front"]
+            else "other setting"
+            for r in fr.iter_rows(named=True)
+        ]
+        parts.append(
+            fr.select(
+                "workload",
+                "max_output_tokens",
+                pl.col(x).alias("latency"),
+                pl.col(y).alias("energy"),
+                "on_front",
+                pl.lit(LATENCY_TITLES[x]).alias("front"),
+                pl.struct(adv.CHOICES)
+                .map_elements(adv.setting_text, return_dtype=pl.String)
+                .alias("knobs"),
+            ).with_columns(pl.Series("setting", role))
+        )
+    if not parts:
+        return pl.DataFrame()
+    data = pl.concat(parts)
+    # drawn in row order: the marked settings last, on top of the others
+    rank = {r: len(ROLES) - i for i, r in enumerate(ROLES)}
+    return data.sort(pl.col("setting").replace_strict(rank, return_dtype=pl.Int64), "latency")
+
+
+def _front_chart(
+    data: pl.DataFrame, row_sort: list[str], x_title: str, y_title: str, title: str
+) -> alt.FacetChart:
+    enc_x = alt.X(
+        "latency:Q",
+        title=x_title,
+        scale=alt.Scale(type="log"),
+        axis=alt.Axis(labelOverlap="parity", labelSeparation=4, tickCount=4),
+    )
+    enc_y = alt.Y(
+        "energy:Q", title=y_title, scale=alt.Scale(zero=False), axis=alt.Axis(format=".3~g")
+    )
+    points = (
+        alt.Chart()
+        .mark_point(filled=True, size=45)
+        .encode(
+            x=enc_x,
+            y=enc_y,
+            color=alt.Color(
+                "setting:N",
+                title="setting",
+                sort=ROLES,
+                scale=alt.Scale(domain=ROLES, range=["#d62728", "#1f77b4", "#2ca02c", "#bbbbbb"]),
+            ),
+            shape=alt.Shape(
+                "setting:N",
+                title="setting",
+                sort=ROLES,
+                scale=alt.Scale(domain=ROLES, range=["diamond", "square", "circle", "cross"]),
+            ),
+            tooltip=[
+                "workload:N",
+                "max_output_tokens:Q",
+                "knobs:N",
+                "front:N",
+                alt.Tooltip("latency:Q", format=".3g"),
+                alt.Tooltip("energy:Q", format=".4g"),
+            ],
+        )
+    )
+    line = (
+        alt.Chart()
+        .mark_line(color="#2ca02c")
+        .encode(x=enc_x, y=enc_y)
+        .transform_filter(alt.datum.on_front)
+    )
+    return (
+        alt.layer(line, points, data=data)
+        .properties(width=PANEL_W, height=PANEL_H)
+        .facet(
+            column=alt.Column("workload:N", title=None),
+            row=alt.Row("row:N", title=None, sort=row_sort),
+        )
+        .resolve_scale(x="independent", y="independent")
+        .properties(title=title)
+    )
+
+
+def pareto_chart(
+    summary: pl.DataFrame, objectives: Any = None, defaults: Mapping[str, Any] | None = None
+) -> alt.FacetChart | None:
+    """J/workflow vs makespan p90 of every setting, per workload and max_output_tokens;
+    the front joined by a line; the all-default and the recommended setting marked."""
+    data = _front_points(summary, adv.WORKFLOW_FRONTS, objectives, defaults)
+    if not _has_choice(data):
+        return None
+    data = data.with_columns(pl.format("max_output_tokens={}", "max_output_tokens").alias("row"))
+    rows = data.sort("max_output_tokens")["row"].unique(maintain_order=True).to_list()
+    return _front_chart(
+        data,
+        rows,
+        "makespan p90 (s), log scale",
+        J_WF,
+        "Energy vs makespan p90 of every knob setting; line: Pareto front (axes differ per panel)",
+    )
+
+
+def _has_choice(data: pl.DataFrame) -> bool:
+    """Some scenario has two settings or more: a front to draw."""
+    if data.is_empty():
+        return False
+    n = data.group_by("workload", "max_output_tokens", "front").len()["len"]
+    return n.max() >= 2
+
+
+def pareto_single_chart(
+    summary: pl.DataFrame, objectives: Any = None, defaults: Mapping[str, Any] | None = None
+) -> alt.FacetChart | None:
+    """Single-call loads: J/output token vs TTFT p90 and vs TPOT p90 of every setting."""
+    data = _front_points(summary, adv.SINGLE_FRONTS, objectives, defaults)
+    if not _has_choice(data):
+        return None
+    data = data.with_columns(
+        pl.format(
+            "{} · max_output_tokens={}",
+            pl.col("front").str.replace(r" \(s\)", ""),
+            "max_output_tokens",
+        ).alias("row")  # fmt: skip
+    )
+    rows = data.sort("front", "max_output_tokens")["row"].unique(maintain_order=True).to_list()
+    return _front_chart(
+        data,
+        rows,
+        "TTFT or TPOT p90 (s, see row), log scale",
+        J_TOK,
+        "Single-call loads: energy per token vs TTFT and TPOT p90; line: Pareto front "
+        "(axes differ per panel)",
+    )
+
+
+def steady_state_chart(summary: pl.DataFrame) -> alt.LayerChart | None:
+    """Single-call loads: whole-cell vs steady-state J/output token side by side (log
+    scale); hollow where the steady window is not stable, a note where there is none."""
+    if "steady_j_per_output_token" not in summary.columns:
+        return None
+    df = summary.filter(pl.col("valid") & (pl.col("pattern") == "single"))
+    if df.is_empty():
+        return None
+    measure = "J/output token over"
+    data = pl.concat(
+        [
+            df.select(
+                "workload",
+                pl.col("j_per_output_token").alias("value"),
+                pl.lit("whole cell").alias(measure),
+                pl.lit(True).alias("stable"),
+            ),
+            df.select(
+                "workload",
+                pl.col("steady_j_per_output_token").alias("value"),
+                pl.lit("steady state").alias(measure),
+                pl.col("steady_stable").fill_null(False).alias("stable"),
+            ),
+        ]
+    ).drop_nulls("value")
+    missing = df.filter(pl.col("steady_j_per_output_token").is_null()).select(
+        "workload", pl.col("j_per_output_token").alias("value"), pl.lit("no window").alias("note")
+    )
+    order = df.sort("concurrency", "workload")["workload"].unique(maintain_order=True).to_list()
+    x = alt.X("workload:N", title="workload", sort=order, axis=alt.Axis(labelAngle=-30))
+    y = alt.Y("value:Q", title=J_TOK, scale=alt.Scale(type="log"))
+    color = alt.Color(f"{measure}:N", title=measure, sort=["whole cell", "steady state"])
+    tip = ["workload:N", f"{measure}:N", "stable:N", alt.Tooltip("value:Q", format=".4g")]
+    offset = alt.XOffset(f"{measure}:N", sort=["whole cell", "steady state"])
+
+    def points(stable: bool) -> alt.Chart:
+        return (
+            alt.Chart(data)
+            .transform_filter(alt.datum.stable if stable else ~alt.datum.stable)
+            .mark_point(size=90, filled=stable, strokeWidth=2)
+            .encode(x=x, y=y, color=color, xOffset=offset, tooltip=tip)
+        )
+
+    notes = (
+        alt.Chart(missing)
+        .mark_text(dy=-14, fontSize=10, color="#555")
+        .encode(x=x, y=y, text="note:N")
+    )
+    return (
+        alt.layer(points(True), points(False), notes)
+        .properties(width=2 * PANEL_W, height=int(1.6 * PANEL_H))
+        .properties(
+            title="Single-call loads: whole cell vs steady state (hollow: not stable; "
+            "no window: N <= 2B)"
+        )
+    )
+
+
+def goodput_chart(summary: pl.DataFrame) -> alt.VConcatChart | None:
+    """With SLOs: goodput and energy per good workflow vs max_num_seqs (batch slice)."""
+    if "goodput_workflows_per_min" not in summary.columns:
+        return None
+    df = batch_slice(summary)
+    if df.is_empty() or df["goodput_workflows_per_min"].is_null().all():
+        return None
+    if not _enough(df, "max_num_seqs"):
+        return None
+    wls = _workloads(df)
+    x = _log2_x("max_num_seqs", df["max_num_seqs"].unique().to_list(), "max_num_seqs")
+    rows = [
+        _row(
+            _long(df, "max_num_seqs", {"goodput_workflows_per_min": "good workflows/min"}),
+            x,
+            "good workflows/min",
+            wls,
+        ),
+        _row(
+            _long(df, "max_num_seqs", {"j_per_good_workflow": "J/good workflow"}),
+            x,
+            "J/good workflow",
+            wls,
+        ),
+    ]
+    return _rows(rows, "SLO goodput (default power cap and clock, longest outputs)")
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def save_chart(chart: alt.TopLevelMixin, out_dir: Path, name: str, html: bool = True) -> list[Path]:
+    """Write name.png/.svg (and .html); the spec is compiled once for all."""
     spec = chart.to_dict()
-    paths = [out_dir / f"{name}.{ext}" for ext in ("png", "svg", "html")]
-    paths[0].write_bytes(vlc.vegalite_to_png(spec, scale=1))
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
+    paths[0].write_bytes(vlc.vegalite_to_png(spec, ppi=DPI))
     paths[1].write_text(vlc.vegalite_to_svg(spec))
-    # Inline the Vega scripts so the HTML opens offline (about 1 MB each).
-    paths[2].write_text(chart.to_html(inline=True))
+    if html:  # inline Vega scripts so the HTML opens offline (about 1 MB each)
+        paths.append(out_dir / f"{name}.html")
+        paths[2].write_text(chart.to_html(inline=True))
     return paths
 
 
-def make_figures(summary: pl.DataFrame, out_dir: Path, batch: int | None = None) -> list[Path]:
+def charts(
+    summary: pl.DataFrame,
+    batch: int | None = None,
+    stages: pl.DataFrame | None = None,
+    objectives: Any = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> dict[str, alt.TopLevelMixin | None]:
+    """Every figure by name (None where the grid does not support it)."""
+    return {
+        "batch_size": batch_size_chart(summary),
+        "batch_size_relative": batch_size_relative_chart(summary),
+        "power_cap": power_cap_chart(summary, batch),
+        "power_cap_relative": power_cap_relative_chart(summary, batch),
+        "output_length": output_length_chart(summary, batch),
+        "utilization": utilization_chart(summary),
+        "mode_power_cap": mode_power_cap_chart(summary),
+        "pareto": pareto_chart(summary, objectives, defaults),
+        "pareto_single": pareto_single_chart(summary, objectives, defaults),
+        "goodput": goodput_chart(summary),
+        "steady_state": steady_state_chart(summary),
+        "energy_breakdown": energy_breakdown_chart(summary),
+        "stage_energy": stage_energy_chart(summary, stages),
+    }
+
+
+def make_figures(
+    summary: pl.DataFrame,
+    out_dir: Path,
+    batch: int | None = None,
+    stages: pl.DataFrame | None = None,
+    objectives: Any = None,
+    defaults: Mapping[str, Any] | None = None,
+    html: bool = True,
+) -> list[Path]:
     """All figures the grid supports; returns the files written.
 
     `batch` pins the max_num_seqs of the power-cap and output-length figures (default: each
-    workload's largest)."""
+    workload's largest); `stages` (stages.parquet) feeds the per-stage figure; `objectives`
+    and `defaults` (config `analysis:`) mark the recommended setting in the Pareto figure."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    charts = {
-        "batch_size": batch_size_chart(summary),
-        "power_cap": power_cap_chart(summary, batch),
-        "output_length": output_length_chart(summary, batch),
-        "mode_power_cap": mode_power_cap_chart(summary),
-    }
     written: list[Path] = []
-    for name, chart in charts.items():
+    for name, chart in charts(summary, batch, stages, objectives, defaults).items():
         if chart is not None:
-            written += save_chart(chart, out_dir, name)
+            written += save_chart(chart, out_dir, name, html)
     return written

@@ -15,7 +15,8 @@ Metric definitions (the README's glossary points here):
   so failures show up as worse efficiency rather than vanishing: `requests_per_s`,
   `output_tokens_per_s` and `workflows_per_min` divide by the cell's `duration_s`;
   `j_per_workflow` and `j_per_output_token` divide the whole cell's energy.
-- `energy_j` is the cell's energy-counter reading (`energy.counter_j`);
+- `energy_j` is the cell's energy-counter reading (`energy.counter_j`; null, never 0, where
+  no telemetry measured it);
   `avg_power_w = energy_j / duration_s`.
 - `edp_js` (energy-delay product, J*s) = `j_per_workflow * makespan_p50_s`: the energy a
   workflow costs times how long a typical one waits, so a knob that saves energy by making
@@ -25,12 +26,13 @@ Metric definitions (the README's glossary points here):
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from wattflow.analysis.extras import extra_columns
 from wattflow.knobs import BY_NAME, DEFAULT, KNOB_NAMES, KNOBS, KnobError, parse_path
 from wattflow.outputs import write_frame
 
@@ -137,7 +139,7 @@ def _cell_meta(i: int, cell_dir: Path) -> dict[str, Any]:
         _CELL: i,
         "cell_dir": str(cell_dir),
         "duration_s": float(meta["duration_s"]),
-        "energy_j": float(energy["counter_j"]),
+        "energy_j": None if energy.get("counter_j") is None else float(energy["counter_j"]),
         "energy_disagreement_pct": energy.get("disagreement_pct"),
         "idle_power_w": energy.get("idle_power_w"),
         "gpu_name": gpu.get("name"),
@@ -226,8 +228,12 @@ def summary_columns() -> list[str]:
     ]
 
 
-def summarize(cell_dirs: Sequence[str | Path]) -> pl.DataFrame:
-    """One row per cell directory, in input order; see the module docstring for metrics."""
+def summarize(
+    cell_dirs: Sequence[str | Path], slo: Mapping[str, Any] | None = None
+) -> pl.DataFrame:
+    """One row per cell directory, in input order; see the module docstring for metrics,
+    and wattflow.analysis.extras for the columns appended after them (`slo`: the config's
+    `slo:` section, or None)."""
     dirs = [Path(d) for d in cell_dirs]
     if not dirs:
         raise ValueError("summarize: no cell directories given")
@@ -247,12 +253,15 @@ def summarize(cell_dirs: Sequence[str | Path]) -> pl.DataFrame:
         .with_columns((pl.col("j_per_workflow") * pl.col("makespan_p50_s")).alias("edp_js"))
         .sort(_CELL)
     )
-    return df.select(summary_columns())
+    core = df.select(summary_columns())
+    return pl.concat([core, extra_columns(dirs, core, slo)], how="horizontal")
 
 
-def write_summary(cell_dirs: Sequence[str | Path], out_path: str | Path) -> pl.DataFrame:
+def write_summary(
+    cell_dirs: Sequence[str | Path], out_path: str | Path, slo: Mapping[str, Any] | None = None
+) -> pl.DataFrame:
     """Summarize and write Parquet (or CSV when `out_path` ends in .csv), atomically."""
-    df = summarize(cell_dirs)
+    df = summarize(cell_dirs, slo)
     write_frame(out_path, df)
     return df
 

@@ -143,6 +143,18 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
+@dataclass(frozen=True)
+class Affinity:
+    """Where a cell would rather run: `prefer`, the GPUs that already serve it (a warm server
+    of its group), worth waiting `wait_s` for while they are busy, since a server start costs
+    minutes and a cell seconds; `avoid`, GPUs that serve other groups (taking one stops that
+    server), used last."""
+
+    prefer: tuple[int, ...] = ()
+    avoid: tuple[int, ...] = ()
+    wait_s: float = 0.0
+
+
 def acquire(
     lib: DeviceLibrary | None = None,
     *,
@@ -150,30 +162,37 @@ def acquire(
     timeout_s: float | None = None,
     poll_s: float = 0.05,
     env: Mapping[str, str] | None = None,
+    affinity: Affinity | None = None,
 ) -> GpuSlot:
-    """A free GPU from `candidates`, lowest index first; waits while all are taken (more
-    cells than GPUs: `--resources gpu=N` larger than the node's GPUs, or two runs sharing
-    a node), up to `timeout_s` ($WATTFLOW_GPU_WAIT_S; default: no limit)."""
+    """A free GPU from `candidates`: a preferred one (waiting up to `affinity.wait_s` for
+    it), else one serving nothing, else any, lowest index first; waits while all are taken
+    (more cells than GPUs: `--resources gpu=N` larger than the node's GPUs, or two runs
+    sharing a node), up to `timeout_s` ($WATTFLOW_GPU_WAIT_S; default: no limit)."""
     indices, assigned = candidates(lib, env)
     if not indices:
         raise NoGpu("no GPU to run on: the list of candidate GPUs is empty")
     if assigned:
         return GpuSlot(indices[0])
+    aff = affinity or Affinity()
+    preferred = [i for i in aff.prefer if i in indices]
+    rest = sorted((i for i in indices if i not in preferred), key=lambda i: i in aff.avoid)
     d = lock_dir(state_dir)
     d.mkdir(parents=True, exist_ok=True)
     if timeout_s is None and os.environ.get(WAIT_ENV):
         timeout_s = float(os.environ[WAIT_ENV])
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    start = time.monotonic()
+    deadline = None if timeout_s is None else start + timeout_s
     told = False
     while True:
-        for i in indices:
+        patient = preferred and time.monotonic() - start < aff.wait_s
+        for i in preferred if patient else preferred + rest:
             path = d / f"{i}.lock"
             fd = _try_lock(path)
             if fd is not None:
                 return GpuSlot(i, path, fd)
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"no free GPU among {indices} in {timeout_s:.0f} s (locks: {d})")
-        if not told:
+        if not told and not patient:
             told = True
             print(
                 f"wattflow: all GPUs {indices} busy, waiting for one (locks: {d})", file=sys.stderr
@@ -181,14 +200,14 @@ def acquire(
         time.sleep(poll_s)
 
 
-def cell_slot(lib: DeviceLibrary | None = None) -> GpuSlot:
+def cell_slot(lib: DeviceLibrary | None = None, affinity: Affinity | None = None) -> GpuSlot:
     """This process's GPU: acquired on first use, then held until the process exits (a
     cell is one process), so every later call returns the same GPU. The server gets
     `slot.env` (wattflow.engines.server pins it to the same index)."""
     global _cell_slot
     with _cell_lock:
         if _cell_slot is None:
-            _cell_slot = acquire(lib)
+            _cell_slot = acquire(lib, affinity=affinity)
         return _cell_slot
 
 

@@ -113,6 +113,11 @@ class Backend:
         """What identifies the server a cell needs (None: the backend runs no server)."""
         return None
 
+    def warm_gpus(self, spec: dict, knobs: dict) -> tuple[list[int], list[int]]:
+        """(GPUs already serving this cell's server, GPUs serving other servers): where a
+        cell on a multi-GPU host should run to reuse a server rather than start one."""
+        return [], []
+
     @contextlib.contextmanager
     def open(self, spec: dict, knobs: dict, gpus: list[int]) -> Iterator[Session]:
         """A session for one cell on `gpus` (device indices; [] without a GPU)."""

@@ -172,6 +172,19 @@ class ServerPool:
         return out
 
     # -- acquire ----------------------------------------------------------------------------
+    def warm_gpus(self, engine_spec: dict, server_knobs: dict) -> tuple[list[int], list[int]]:
+        """(GPUs whose live server is this one, GPUs whose live server is another); the
+        identity's `gpus` is each entry's own."""
+        mine: list[int] = []
+        others: list[int] = []
+        for e in self.entries():
+            if e.get("stop") or not pid_alive(e.get("keeper_pid")):
+                continue
+            gpus = list(e.get("gpus", []))
+            same = e["key"] == server_key(engine_spec, {**server_knobs, "gpus": gpus})
+            (mine if same else others).extend(gpus)
+        return mine, others
+
     def acquire(
         self,
         engine_spec: dict,

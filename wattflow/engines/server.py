@@ -125,6 +125,23 @@ def gpu_env(gpus: list[int]) -> dict[str, str]:
     }
 
 
+def process_env(pid: int | None, name: str) -> str | None:
+    """A variable of a running process's environment, as the process got it (Linux /proc;
+    None where unreadable: another user's process, a container, no pid). The record of which
+    GPU a server really saw, not which one it was meant to see."""
+    if not pid:
+        return None
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for item in raw.split(b"\0"):
+        key, eq, value = item.partition(b"=")
+        if eq and key.decode(errors="replace") == name:
+            return value.decode(errors="replace")
+    return None
+
+
 class Server:
     """One server process or container; start() returns at once, ready() waits.
 

@@ -22,6 +22,7 @@ from wattflow.engines import bundle, http
 from wattflow.engines.base import Backend, Needs
 from wattflow.engines.launcher import LaunchSpec
 from wattflow.engines.pool import ServerPool
+from wattflow.engines.server import process_env
 from wattflow.hardware import ModelShape
 from wattflow.knobs import server_identity
 
@@ -171,6 +172,15 @@ class VllmBackend(Backend):
     def server_identity(self, engine: dict, knobs: dict) -> dict:
         return server_identity(knobs)
 
+    def warm_gpus(self, spec: dict, knobs: dict) -> tuple[list[int], list[int]]:
+        try:
+            e, _ = container.with_image(
+                knobs["engine"], spec["engine"], self.launcher.version_probe()
+            )
+        except Exception:  # noqa: BLE001 - no image manifest yet: open() will say why
+            return [], []
+        return ServerPool().warm_gpus(e, server_identity(knobs))
+
     @contextlib.contextmanager
     def open(self, spec: dict, knobs: dict, gpus: list[int]) -> Iterator[http.HttpSession]:
         # run the image the `image` rule built (its id, or the .sif), not a movable tag
@@ -181,7 +191,14 @@ class VllmBackend(Backend):
         # the GPU is part of the server's identity: a cell reuses a server only on its own
         # GPU, and servers on other GPUs (other cells') are left alone
         handle = ServerPool().acquire(e, identity, launcher=self.launcher, gpus=gpus)
-        info = {"version": handle.version, "server_key": handle.key}
+        info = {
+            "version": handle.version,
+            "server_key": handle.key,
+            "server_pid": handle.server_pid,
+            "server_gpus": handle.gpus,
+            # what the server process was started with (read back from /proc)
+            "server_cuda_visible_devices": process_env(handle.server_pid, "CUDA_VISIBLE_DEVICES"),
+        }
         if image is not None:
             info["image"] = image
         yield http.session(

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Issue 11's runs on a GPU host, one after the other, each packed as soon as it ends
+# (validation/gpu/e2e.py says what each collects). Run from the repository root after
+# `bash .wheels/install.sh .wheels` (validation/gpu/wheels.md); it works on a copy in /tmp/wf
+# and leaves /tmp/e2e/out/STEP.tar.gz and STEP.done as each step ends. Started detached
+# (setsid) so that it outlives the call that starts it; later calls collect the tarballs.
+set -u
+rm -rf /tmp/wf /tmp/e2e && mkdir -p /tmp/wf /tmp/e2e/out
+tar -cf - --exclude=./.wheels --exclude=./.venv --exclude=./results --exclude=./.snakemake . \
+  | tar -xf - -C /tmp/wf
+export PYTHONPATH=/tmp/site:/tmp/wf${E2E_EXTRA_PATH:+:$E2E_EXTRA_PATH} PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+cd /tmp/wf
+step() {  # NAME RESULTS e2e.py-ARGS...
+  local name=$1 results=$2
+  shift 2
+  echo "== $name $(date -u +%FT%TZ)"
+  python3 validation/gpu/e2e.py "$@"
+  python3 validation/gpu/e2e.py pack "/tmp/e2e/out/$name.tar.gz" --step "$name" --results "$results"
+  touch "/tmp/e2e/out/$name.done"
+}
+{
+  nvidia-smi
+  python3 -c 'import vllm, snakemake, polars, torch; print("vllm", vllm.__version__, "torch", torch.__version__)'
+  step par results/gpu-par run par --gpus 2 --results results/gpu-par --timeout 1200
+  step ser results/gpu-ser run ser --gpus 1 --results results/gpu-ser --timeout 1200
+  step incr results/gpu-ser interrupt incr --results results/gpu-ser --timeout 1200
+  echo "== end $(date -u +%FT%TZ)"
+} > /tmp/e2e/out/driver.log 2>&1
+touch /tmp/e2e/out/all.done
