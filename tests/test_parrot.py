@@ -1,4 +1,4 @@
-"""Parrot's serving core in front of the simulator's HTTP endpoint (wattflow.parrot).
+"""The `parrot` client mode: Parrot's serving core in front of the simulator's HTTP endpoint.
 
 Parrot comes from the vendored tarball (../shared/vendor/ParrotServe-2e1825e.tar.gz, or
 WATTFLOW_PARROT_TARBALL / WATTFLOW_PARROT_SRC) and runs from its own venv, built once per
@@ -8,6 +8,8 @@ machine into ~/.cache/wattflow/parrot (about 40 s with PyPI reachable, then cach
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
 import os
 import random
 import subprocess
@@ -17,8 +19,7 @@ import time
 import polars as pl
 import pytest
 import yaml
-from conftest import ROOT
-from wattflow.workloads.patterns import single
+from conftest import ROOT, SNAKEMAKE, copy_pipeline
 
 from wattflow import cell
 from wattflow.client.executor import resolve_prompt
@@ -28,9 +29,9 @@ from wattflow.parrot import client as parrot_client
 from wattflow.parrot import env as parrot_env_mod
 from wattflow.parrot.client import run_parrot
 from wattflow.parrot.launch import BOOT
-from wattflow.parrot.measure import measure_sim_endpoint
 from wattflow.progress import Progress
 from wattflow.workloads import build
+from wattflow.workloads import single as single_pattern
 from wattflow.workloads.core import Call, Segment, Workflow, output_segment
 
 MAX_OUT = 32
@@ -110,18 +111,15 @@ def test_parrot_runs_from_its_own_env_without_torch_or_the_builtin_engine(parrot
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
-def test_parrot_cell_on_the_simulator_endpoint(parrot_env, tmp_path, monkeypatch):
-    """Same workflows as the other modes, every call accounted for, makespans, energy."""
+def test_parrot_cell_on_the_simulator_endpoint(parrot_env, tmp_path):
+    """`wattflow.cell.run` in mode parrot on the simulator: the sim backend serves the cell's
+    simulator over HTTP (wall clock), Parrot runs the workflows; same workflows and prompts
+    as the other modes, every call accounted for, makespans, energy attributed."""
     cfg = _config()
     knobs = _knobs("composite", "parrot")
     spec = cell_spec(cfg, knobs)
     workflows = build(spec["workload"], spec["seed"], 0)
     assert {w.pattern for w in workflows} >= {"sequential", "interactive", "agentic"}
-    monkeypatch.setitem(
-        cell.BACKENDS,
-        "sim",
-        lambda s, k, wfs, p: measure_sim_endpoint(s, k, wfs, p, env=parrot_env),
-    )
     manifest = cell.run(spec, knobs, tmp_path / "cell", quiet=True)
 
     reqs = pl.read_parquet(tmp_path / "cell" / "requests.parquet")
@@ -134,7 +132,7 @@ def test_parrot_cell_on_the_simulator_endpoint(parrot_env, tmp_path, monkeypatch
     assert reqs["cached_prompt_tokens"].null_count() == 0
     assert (reqs["dispatch_s"] >= reqs["arrival_s"]).all()
     # the same calls with the same prompts as the naive client on the virtual simulator
-    naive = cell.measure_sim(
+    naive = cell.measure(
         spec, _knobs("composite", "naive"), workflows, Progress("naive", 1, after_s=1e9)
     )
     by_id = {r.request_id: r for r in naive.records}
@@ -150,16 +148,96 @@ def test_parrot_cell_on_the_simulator_endpoint(parrot_env, tmp_path, monkeypatch
     assert dict(zip(wfs["workflow_id"], wfs["calls"], strict=True)) == {
         w.workflow_id: len(w.calls) for w in workflows
     }
-    # telemetry spans the drive, as a sampler started before it and stopped after it would
+    # telemetry spans the run, as a sampler started before it and stopped after it would:
+    # from the server's last sample before time 0 to its first after the last call
     tel = pl.read_parquet(tmp_path / "cell" / "telemetry.parquet")
     assert -0.1 - 1e-9 <= tel["t_s"].min() <= 0.0
     assert reqs["finish_s"].max() < tel["t_s"].max() <= reqs["finish_s"].max() + 0.1 + 1e-9
     assert manifest["valid"], manifest["validity"]
     assert manifest["energy"]["counter_j"] > 0
     assert reqs["energy_j"].sum() == pytest.approx(manifest["energy"]["counter_j"], rel=0.01)
-    assert manifest["engine"]["client"] == "parrot"
-    assert manifest["parrot"]["commit"] == parrot_env_mod.COMMIT
-    assert manifest["parrot_proxy_errors"] == [] and manifest["parrot_variable_mismatches"] == []
+    # the session: the simulator served with the cell's knobs, fcfs (Parrot sends no
+    # priorities), and the host kept up with the simulated GPU
+    assert manifest["engine"]["name"] == "sim-http"
+    assert manifest["scheduling_policy"] == "fcfs"
+    assert manifest["sim_http"]["stalls"] == 0
+    parrot = manifest["parrot"]
+    assert parrot["commit"] == parrot_env_mod.COMMIT
+    assert parrot["config"]["tasks_capacity"] == knobs["max_num_seqs"]
+    assert parrot["proxy_errors"] == [] and parrot["variable_mismatches"] == []
+    assert parrot["proxy_requests"] == len(calls)
+
+
+def test_a_parrot_grid_through_snakemake(parrot_env, tmp_path):
+    """A small grid with mode [naive, workflow-aware, parrot] on the simulator, end to end:
+    the same workflows in every mode, every call accounted for, a makespan per workflow and
+    the measured energy attributed; parrot cells never overlap (`realtime_cpu`)."""
+    d = copy_pipeline(tmp_path / "pipeline")
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["results"] = "results"
+    w = cfg["workloads"]
+    # cells of 3-5 s: long enough for the 10 Hz power integral to check the counter
+    w["agentic"].update(workflows=3, coders=3, fix_rounds=1, arrival_rate=1.0)
+    w["map_reduce"]["params"] = {"workflows": 3, "doc_tokens": 16000, "arrival_rate": 1.0}
+    cfg["grid"].update(
+        workload=["agentic", "map_reduce"],
+        mode=["naive", "workflow-aware", "parrot"],
+        max_num_seqs=[8],
+        power_cap_w=["default"],
+        max_output_tokens=[64],
+    )
+    (d / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    # the copy is not beside shared/vendor: name the source Parrot was prepared from
+    env = {**os.environ, "PYTHONPATH": str(d)}
+    if not os.environ.get("WATTFLOW_PARROT_SRC"):
+        env["WATTFLOW_PARROT_TARBALL"] = parrot_env.origin
+    out = subprocess.run(
+        [SNAKEMAKE, "--cores", "2"], cwd=d, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    res = d / "results"
+    summary = pl.read_parquet(res / "summary.parquet")
+    assert summary.height == 6 and summary["valid"].all()
+    assert sorted(summary["mode"].unique()) == ["naive", "parrot", "workflow-aware"]
+    assert (summary["j_per_workflow"] > 0).all()
+    spans = []
+    for workload in ("agentic", "map_reduce"):
+        tables = {}
+        for mode in ("naive", "workflow-aware", "parrot"):
+            folder = "max_num_seqs=8+max_output_tokens=64"
+            if mode != "naive":
+                folder = f"mode={mode}+{folder}"
+            c = res / "cells" / "engine=sim" / f"workload={workload}" / folder
+            reqs = pl.read_parquet(c / "requests.parquet")
+            wfs = pl.read_parquet(c / "workflows.parquet")
+            manifest = json.loads((c / "cell.json").read_text())
+            assert manifest["valid"], (workload, mode, manifest["validity"])
+            assert (reqs["status"] == "ok").all() and reqs["energy_j"].null_count() == 0
+            assert reqs["energy_j"].sum() == pytest.approx(
+                manifest["energy"]["counter_j"], rel=0.01
+            )
+            assert wfs["makespan_s"].null_count() == 0 and (wfs["makespan_s"] > 0).all()
+            assert (wfs["energy_j"] > 0).all()
+            tables[mode] = (
+                sorted(reqs["request_id"]),
+                dict(zip(wfs["workflow_id"], wfs["calls"], strict=True)),
+                reqs.select("request_id", "prompt_tokens", "output_tokens").sort("request_id"),
+            )
+            if mode == "parrot":
+                assert manifest["parrot"]["proxy_errors"] == []
+                spans.append(
+                    tuple(
+                        dt.datetime.fromisoformat(manifest[k]) for k in ("started_at", "ended_at")
+                    )
+                )
+        ids, calls, tokens = tables["naive"]
+        assert len(ids) == sum(calls.values()) and len(calls) == 3
+        for mode in ("workflow-aware", "parrot"):
+            assert tables[mode][0] == ids and tables[mode][1] == calls, mode
+            assert tables[mode][2].equals(tokens), mode  # identical prompts and outputs
+    (a0, a1), (b0, b1) = sorted(spans)
+    assert a1 <= b0, "two parrot cells ran at once"
 
 
 def test_parrot_itself_releases_dependent_calls(parrot_env, monkeypatch):
@@ -217,7 +295,7 @@ def test_parrot_itself_releases_dependent_calls(parrot_env, monkeypatch):
         )
         seen = get_json(srv.url, "/wattflow/requests")["requests"]
     assert all(r.status == "ok" for r in records), [r.error for r in records]
-    assert info["proxy_errors"] == [] and info["variable_mismatches"] == []
+    assert info["parrot"]["proxy_errors"] == [] and info["parrot"]["variable_mismatches"] == []
     # each call's prompt as the other modes build it (every output MAX_OUT tokens long)
     expected: dict[tuple[int, ...], tuple[Workflow, Call]] = {}
     for wf in workflows:
@@ -276,7 +354,7 @@ def test_failed_calls_are_skipped_below_and_control_dependencies_kept(parrot_env
             Call("after_fine", (output_segment("wf", "fine", 8),), 8, parents=("fine",)),
         ),
     )
-    lane = single(
+    lane = single_pattern.generate(
         {"workflows": 3, "concurrency": 1, "prompt_tokens": 50, "output_tokens": 8,
          "shared_prefix": False},
         random.Random(0),
