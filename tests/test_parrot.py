@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import json
 import os
 import random
@@ -19,12 +20,15 @@ import time
 import polars as pl
 import pytest
 import yaml
-from conftest import ROOT, SNAKEMAKE, copy_pipeline
+from conftest import ROOT, SNAKEMAKE, TINY_MODEL, copy_pipeline
+from real_fakes import FakeNvml, start_fake_server, use_fake_nvml
 
-from wattflow import cell
+from wattflow import cell, devices
 from wattflow.client.executor import resolve_prompt
 from wattflow.config import cell_spec, validate
+from wattflow.devices import slots
 from wattflow.engines.sim.served import SimServerProcess, get_json
+from wattflow.knobs import complete
 from wattflow.parrot import client as parrot_client
 from wattflow.parrot import env as parrot_env_mod
 from wattflow.parrot.client import run_parrot
@@ -430,3 +434,55 @@ def test_a_dying_parrot_ends_the_run_with_errors_not_a_hang(parrot_env, monkeypa
     for n in ("b", "c"):
         assert status[n][0] == "error" and "Parrot's core exited" in status[n][1], status[n]
     assert took < 30  # Parrot's start (~6 s) and a few seconds, not the 60 s stall timeout
+
+
+def test_parrot_in_front_of_an_endpoint_engine(parrot_env, tmp_path, monkeypatch):
+    """Where the engine is already an endpoint (`openai`; a vLLM server from the pool is the
+    same session), Parrot's engine points at it through the proxy and the cell is measured
+    as any other on a GPU: here a stand-in server and a fake NVML."""
+    monkeypatch.setenv("WATTFLOW_STATE_DIR", str(tmp_path / "state"))
+    for k in ("CUDA_VISIBLE_DEVICES", "WATTFLOW_GPUS", "SLURM_JOB_ID"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    slots._reset_cell_slot()
+    use_fake_nvml(FakeNvml(1))
+    proc, url = start_fake_server("sk-test", "--token-delay-s", "0.005")
+    try:
+        spec = {
+            "engine": {
+                "kind": "openai",
+                "url": url,
+                "model": TINY_MODEL,
+                "gpu": {"name": "h100", "max_power_limit_w": 700.0},
+                "request_timeout_s": 30,
+                "telemetry": ["nvml"],
+                "idle_baseline_s": 0.1,
+            }
+        }
+        knobs = complete(
+            {"engine": "e", "workload": "w", "mode": "parrot", "max_num_seqs": 4,
+             "max_output_tokens": 6}
+        )  # fmt: skip
+        chain = []
+        for w in range(3):
+            wid = f"wf{w}"
+            a = Call("a", (Segment("system", 64), Segment(f"task:{w}", 16)), 10, stage="plan")
+            b = Call("b", (output_segment(wid, "a", 10),), 10, parents=("a",), stage="do")
+            chain.append(Workflow(wid, "chain", arrival=0.05 * w, calls=(a, b)))
+        m = cell.measure(spec, knobs, chain, Progress("t", 6, stream=io.StringIO()))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        slots._reset_cell_slot()
+        devices._OVERRIDES.clear()
+    assert [r.status for r in m.records] == ["ok"] * 6, [r.error for r in m.records]
+    by = {r.request_id: r for r in m.records}
+    for w in range(3):
+        assert by[f"wf{w}/b"].dispatch >= by[f"wf{w}/a"].finish
+    assert all(r.output_tokens == 6 for r in m.records)
+    assert m.engine["name"] == "openai" and m.extra["prompt_salt"]
+    assert m.extra["parrot"]["config"]["tasks_capacity"] == 4
+    assert m.extra["parrot"]["proxy_errors"] == [] and m.extra["parrot"]["proxy_requests"] == 6
+    assert m.extra["gpu_indices"] == [0] and m.telemetry and m.idle_power_w is not None
+    t_end = max(r.finish for r in m.records)
+    assert m.telemetry[-1]["t_s"] == pytest.approx(t_end, abs=0.2)  # stopped before Parrot

@@ -340,7 +340,10 @@ print(json.dumps(out))
 
 def _existing(python: Path, src: Path, origin: str) -> ParrotEnv:
     """An interpreter that already has what Parrot imports (checked, nothing installed)."""
-    extra = tuple(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)
+    # absolute: Parrot's processes run in a folder of their own
+    extra = tuple(
+        os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p
+    )
     env = ParrotEnv(src=src, python=python, origin=origin, pythonpath=extra)
     probe = subprocess.run(
         [str(python), "-c", _PROBE, json.dumps(IMPORTS)],
