@@ -291,8 +291,13 @@ def test_a_mode_that_needs_an_endpoint_gets_the_simulator_served(monkeypatch, tm
          "power_cap_w": 400, "max_output_tokens": 64}
     )  # fmt: skip
     spec = cell_spec(cfg, knobs)
-    assert server_args(spec["engine"], knobs) == [
+    assert server_args(knobs) == [
         "--max-num-seqs", "4", "--scheduling-policy", "fcfs", "--power-cap-w", "400.0",
+    ]  # fmt: skip
+    other = dict(knobs, mode="workflow-aware", prefix_caching=False, power_cap_w="default")
+    assert server_args(dict(other, sm_clock_mhz=1500)) == [
+        "--max-num-seqs", "4", "--scheduling-policy", "priority", "--no-prefix-caching",
+        "--sm-clock-mhz", "1500.0",
     ]  # fmt: skip
     manifest = cell.run(copy.deepcopy(spec), knobs, tmp_path / "cell", quiet=True)
     assert manifest["engine"]["name"] == "sim-http" and manifest["valid"], manifest["validity"]

@@ -152,7 +152,7 @@ def wait_until_idle(url: str, timeout_s: float = 30.0) -> None:
 _SERVER_FLAGS = {"max_num_seqs", "prefix_caching", "scheduling_policy"}
 
 
-def server_args(engine: dict, knobs: dict) -> list[str]:
+def server_args(knobs: dict) -> list[str]:
     """The server's flags for a cell's knobs: the server-side knobs (as the virtual-time
     simulator gets them) and the GPU knobs, which the modelled GPU applies itself."""
     ident = server_identity(knobs)
@@ -196,7 +196,7 @@ def served_session(spec: dict, knobs: dict) -> Iterator[ServedSession]:
     e = spec["engine"]
     key = secrets.token_hex(16)
     ident = server_identity(knobs)
-    with SimServerProcess(e, *server_args(e, knobs), env={API_KEY_ENV: key}) as srv:
+    with SimServerProcess(e, *server_args(knobs), env={API_KEY_ENV: key}) as srv:
         with_timeout = {"request_timeout_s": DEFAULT_REQUEST_TIMEOUT_S, **e}
         s = http.session(
             srv.url,
