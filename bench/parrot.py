@@ -3,14 +3,18 @@
     python bench/parrot.py        # writes bench/results/parrot.json
 
 Runs the same small set of workflows (the composite of the sequential, agentic and
-map-reduce patterns, max_num_seqs 8, 64 output tokens) three ways and compares makespans:
+map-reduce patterns, max_num_seqs 8, 64 output tokens) several ways and compares makespans:
 
 * `naive_virtual`: the naive client on the embedded simulator (virtual time), the reference;
-* `naive_http`: the naive client on the simulator served over HTTP (wall clock), which
-  should match the reference (the endpoint's fidelity);
+* `naive_http`: the naive client (the executor) on the simulator served over HTTP (wall
+  clock), which should match the reference (the endpoint's fidelity);
 * `parrot_http`: Parrot on the same endpoint, told the server's capacity (tasks_capacity =
-  max_num_seqs, as `wattflow.parrot.measure` does), and `parrot_http_capacity_256` with
-  Parrot's default capacity (the server queues the excess instead).
+  max_num_seqs, as the `parrot` mode does), and `parrot_http_capacity_256` with Parrot's
+  default capacity (the server queues the excess instead);
+* `parrot_cell`: the same workflows as one `mode: parrot` cell through `wattflow.cell.run`
+  (the served simulator, Parrot started and stopped, telemetry, Parquet): the cell's
+  duration and what it costs around it (`wall_s - duration_s`: starting the server and
+  Parrot, stopping them, writing), which sizes a grid of Parrot cells.
 
 It also reports, per Parrot call, ready -> at the server (dispatch - arrival: Parrot's
 scheduling, its HTTP hops and any queueing in Parrot) and how long Parrot takes to start.
@@ -21,25 +25,29 @@ wall-clock numbers are noisy; `machine.load_1min` says how busy it was).
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import polars as pl
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wattflow.drive import drive  # noqa: E402
-
-from wattflow.cell import measure_sim  # noqa: E402
+from wattflow import cell  # noqa: E402
+from wattflow.client.executor import execute  # noqa: E402
+from wattflow.client.policies.naive import Naive  # noqa: E402
 from wattflow.config import cell_spec, validate  # noqa: E402
 from wattflow.engines.openai_client import OpenAIEngine  # noqa: E402
 from wattflow.engines.sim.served import SimServerProcess, get_json  # noqa: E402
+from wattflow.knobs import complete  # noqa: E402
 from wattflow.parrot.client import run_parrot  # noqa: E402
 from wattflow.parrot.env import prepare  # noqa: E402
 from wattflow.parrot.launch import ParrotConfig, ParrotServer  # noqa: E402
@@ -71,25 +79,29 @@ def _summary(ms: dict[str, float]) -> dict:
     return {"mean_s": round(statistics.mean(v), 3), "p50_s": round(statistics.median(v), 3)}
 
 
+def _ratio(ms: dict[str, float], ref: dict[str, float]) -> float:
+    return round(statistics.mean(ms[k] / ref[k] for k in ref), 4)
+
+
 def main() -> None:
-    knobs = {
-        "engine": "sim",
-        "workload": "composite",
-        "mode": "naive",
-        "max_num_seqs": MAX_NUM_SEQS,
-        "power_cap_w": "default",
-        "sm_clock_mhz": "default",
-        "max_output_tokens": MAX_OUT,
-        "rep": 0,
-    }
-    spec = cell_spec(_config(), knobs)
+    cfg = _config()
+    knobs = complete(
+        {
+            "engine": "sim",
+            "workload": "composite",
+            "mode": "naive",
+            "max_num_seqs": MAX_NUM_SEQS,
+            "max_output_tokens": MAX_OUT,
+        }
+    )
+    spec = cell_spec(cfg, knobs)
     wfs = build(spec["workload"], spec["seed"], 0)
     vocab, model = spec["engine"]["model"]["vocab_size"], spec["engine"]["model"]["name"]
     out: dict = {"workflows": len(wfs), "calls": sum(len(w.calls) for w in wfs)}
 
-    ref = measure_sim(spec, knobs, wfs, Progress("ref", 1, after_s=1e9)).records
-    out["naive_virtual"] = _summary(_makespans(ref, wfs))
+    ref = cell.measure(spec, knobs, wfs, Progress("ref", 1, after_s=1e9)).records
     ref_ms = _makespans(ref, wfs)
+    out["naive_virtual"] = _summary(ref_ms)
 
     env = prepare()
     t = time.monotonic()
@@ -102,14 +114,14 @@ def main() -> None:
 
         async def naive():  # noqa: ANN202
             try:
-                return await drive(wfs, eng, max_output_tokens=MAX_OUT)
+                return await execute(wfs, eng, Naive, max_output_tokens=MAX_OUT)
             finally:
                 await eng.close()
 
         http = asyncio.run(naive())
     http_ms = _makespans(http, wfs)
     out["naive_http"] = _summary(http_ms)
-    out["naive_http_vs_virtual"] = round(statistics.mean(http_ms[k] / ref_ms[k] for k in ref_ms), 4)
+    out["naive_http_vs_virtual"] = _ratio(http_ms, ref_ms)
 
     parents = {(w.workflow_id, c.node_id): bool(c.parents) for w in wfs for c in w.calls}
     # Parrot told the server's capacity (it holds and orders the excess), and Parrot with its
@@ -134,9 +146,7 @@ def main() -> None:
         assert not bad, bad
         p_ms = _makespans(parrot, wfs)
         res = {"tasks_capacity": capacity, **_summary(p_ms), "sim_stalls": stalls}
-        res["makespan_vs_naive_http"] = round(
-            statistics.mean(p_ms[k] / http_ms[k] for k in http_ms), 4
-        )
+        res["makespan_vs_naive_http"] = _ratio(p_ms, http_ms)
         # ready -> at the server: Parrot's scheduling, its HTTP hops and any queueing in Parrot
         for dep, kind in ((False, "first_calls"), (True, "dependent_calls")):
             v = sorted(
@@ -148,6 +158,25 @@ def main() -> None:
                 "p90_ms": round(1e3 * v[int(0.9 * (len(v) - 1))], 1),
             }
         out[name] = res
+
+    # the same workflows as one cell of the `parrot` mode, through the cell runner
+    pknobs = dict(knobs, mode="parrot")
+    with tempfile.TemporaryDirectory(prefix="wattflow-bench-parrot-") as d:
+        m = cell.run(copy.deepcopy(cell_spec(cfg, pknobs)), pknobs, Path(d) / "cell", quiet=True)
+        c_ms = dict(
+            pl.read_parquet(Path(d) / "cell" / "workflows.parquet")
+            .select("workflow_id", "makespan_s")
+            .iter_rows()
+        )
+    out["parrot_cell"] = {
+        "valid": m["valid"],
+        "duration_s": round(m["duration_s"], 3),
+        "wall_s": m["wall_s"],
+        "around_s": round(m["wall_s"] - m["duration_s"], 2),
+        "makespan_vs_naive_http": _ratio(c_ms, http_ms),
+        "energy_j": round(m["energy"]["counter_j"], 1),
+        "sim_stalls": m["sim_http"]["stalls"],
+    }
     out["machine"] = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),

@@ -24,6 +24,7 @@ rule cell:
         "../envs/wattflow.yaml"
     resources:
         gpu=cell_gpus,
+        realtime_cpu=cell_realtime_cpu,
     params:
         spec=cell_spec,
     shell:

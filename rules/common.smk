@@ -85,6 +85,11 @@ def cell_gpus(wildcards):
     return 1 if needs(cell_knobs(wildcards)["engine"]).gpu else 0
 
 
+def cell_realtime_cpu(wildcards):
+    """1 where the cell needs this host's CPU in real time (wattflow.config.realtime_cpu)."""
+    return wf_config.realtime_cpu(config, cell_knobs(wildcards))
+
+
 # Serving images (rules/container.smk): cells find the manifests here.
 IMAGES = f"{RESULTS}/images"
 os.environ[wf_container.IMAGES_ENV] = IMAGES

@@ -259,6 +259,22 @@ def _openai(url: str, **extra) -> Callable[[dict], None]:
     return mutate
 
 
+def _parrot_without_source(tmp: Path) -> Outcome:
+    """A grid with mode parrot where Parrot's source is not (an empty checkout folder)."""
+    cfg = base_config(tmp)
+    cfg["grid"]["mode"] = ["naive", "parrot"]
+    (tmp / "ParrotServe").mkdir()
+    old = os.environ.get("WATTFLOW_PARROT_SRC")
+    os.environ["WATTFLOW_PARROT_SRC"] = str(tmp / "ParrotServe")
+    try:
+        return validate(tmp, cfg)
+    finally:
+        if old is None:
+            del os.environ["WATTFLOW_PARROT_SRC"]
+        else:
+            os.environ["WATTFLOW_PARROT_SRC"] = old
+
+
 def _cases() -> list[Case]:
     c: list[Case] = []
     # names that become paths, wildcards, shell words and columns (issue 8 point 6)
@@ -303,6 +319,13 @@ def _cases() -> list[Case]:
         config_case("url-port", "openai `url: http://h:99999`", _openai("http://h:99999"), "url"),
         config_case("url-spaces", "openai `url: not a url`", _openai("not a url"), "url"),
         config_case("url-missing", "openai engine without url", _openai(""), "url"),
+        Case(
+            "mode-parrot-no-source",
+            "config",
+            "grid mode: [naive, parrot], WATTFLOW_PARROT_SRC a folder without Parrot",
+            _parrot_without_source,
+            ("grid.mode", "WATTFLOW_PARROT_SRC"),
+        ),
     ]
     # malformed YAML (point 7: file and line)
     c += [

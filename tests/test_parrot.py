@@ -1,4 +1,4 @@
-"""Parrot's serving core in front of the simulator's HTTP endpoint (wattflow.parrot).
+"""The `parrot` client mode: Parrot's serving core in front of the simulator's HTTP endpoint.
 
 Parrot comes from the vendored tarball (../shared/vendor/ParrotServe-2e1825e.tar.gz, or
 WATTFLOW_PARROT_TARBALL / WATTFLOW_PARROT_SRC) and runs from its own venv, built once per
@@ -8,6 +8,9 @@ machine into ~/.cache/wattflow/parrot (about 40 s with PyPI reachable, then cach
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import io
+import json
 import os
 import random
 import subprocess
@@ -17,20 +20,22 @@ import time
 import polars as pl
 import pytest
 import yaml
-from conftest import ROOT
-from wattflow.workloads.patterns import single
+from conftest import ROOT, SNAKEMAKE, TINY_MODEL, copy_pipeline
+from real_fakes import FakeNvml, start_fake_server, use_fake_nvml
 
-from wattflow import cell
+from wattflow import cell, devices
 from wattflow.client.executor import resolve_prompt
 from wattflow.config import cell_spec, validate
+from wattflow.devices import slots
 from wattflow.engines.sim.served import SimServerProcess, get_json
+from wattflow.knobs import complete
 from wattflow.parrot import client as parrot_client
 from wattflow.parrot import env as parrot_env_mod
 from wattflow.parrot.client import run_parrot
 from wattflow.parrot.launch import BOOT
-from wattflow.parrot.measure import measure_sim_endpoint
 from wattflow.progress import Progress
 from wattflow.workloads import build
+from wattflow.workloads import single as single_pattern
 from wattflow.workloads.core import Call, Segment, Workflow, output_segment
 
 MAX_OUT = 32
@@ -110,18 +115,15 @@ def test_parrot_runs_from_its_own_env_without_torch_or_the_builtin_engine(parrot
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
-def test_parrot_cell_on_the_simulator_endpoint(parrot_env, tmp_path, monkeypatch):
-    """Same workflows as the other modes, every call accounted for, makespans, energy."""
+def test_parrot_cell_on_the_simulator_endpoint(parrot_env, tmp_path):
+    """`wattflow.cell.run` in mode parrot on the simulator: the sim backend serves the cell's
+    simulator over HTTP (wall clock), Parrot runs the workflows; same workflows and prompts
+    as the other modes, every call accounted for, makespans, energy attributed."""
     cfg = _config()
     knobs = _knobs("composite", "parrot")
     spec = cell_spec(cfg, knobs)
     workflows = build(spec["workload"], spec["seed"], 0)
     assert {w.pattern for w in workflows} >= {"sequential", "interactive", "agentic"}
-    monkeypatch.setitem(
-        cell.BACKENDS,
-        "sim",
-        lambda s, k, wfs, p: measure_sim_endpoint(s, k, wfs, p, env=parrot_env),
-    )
     manifest = cell.run(spec, knobs, tmp_path / "cell", quiet=True)
 
     reqs = pl.read_parquet(tmp_path / "cell" / "requests.parquet")
@@ -134,7 +136,7 @@ def test_parrot_cell_on_the_simulator_endpoint(parrot_env, tmp_path, monkeypatch
     assert reqs["cached_prompt_tokens"].null_count() == 0
     assert (reqs["dispatch_s"] >= reqs["arrival_s"]).all()
     # the same calls with the same prompts as the naive client on the virtual simulator
-    naive = cell.measure_sim(
+    naive = cell.measure(
         spec, _knobs("composite", "naive"), workflows, Progress("naive", 1, after_s=1e9)
     )
     by_id = {r.request_id: r for r in naive.records}
@@ -150,16 +152,96 @@ def test_parrot_cell_on_the_simulator_endpoint(parrot_env, tmp_path, monkeypatch
     assert dict(zip(wfs["workflow_id"], wfs["calls"], strict=True)) == {
         w.workflow_id: len(w.calls) for w in workflows
     }
-    # telemetry spans the drive, as a sampler started before it and stopped after it would
+    # telemetry spans the run, as a sampler started before it and stopped after it would:
+    # from the server's last sample before time 0 to its first after the last call
     tel = pl.read_parquet(tmp_path / "cell" / "telemetry.parquet")
     assert -0.1 - 1e-9 <= tel["t_s"].min() <= 0.0
     assert reqs["finish_s"].max() < tel["t_s"].max() <= reqs["finish_s"].max() + 0.1 + 1e-9
     assert manifest["valid"], manifest["validity"]
     assert manifest["energy"]["counter_j"] > 0
     assert reqs["energy_j"].sum() == pytest.approx(manifest["energy"]["counter_j"], rel=0.01)
-    assert manifest["engine"]["client"] == "parrot"
-    assert manifest["parrot"]["commit"] == parrot_env_mod.COMMIT
-    assert manifest["parrot_proxy_errors"] == [] and manifest["parrot_variable_mismatches"] == []
+    # the session: the simulator served with the cell's knobs, fcfs (Parrot sends no
+    # priorities), and the host kept up with the simulated GPU
+    assert manifest["engine"]["name"] == "sim-http"
+    assert manifest["scheduling_policy"] == "fcfs"
+    assert manifest["sim_http"]["stalls"] == 0
+    parrot = manifest["parrot"]
+    assert parrot["commit"] == parrot_env_mod.COMMIT
+    assert parrot["config"]["tasks_capacity"] == knobs["max_num_seqs"]
+    assert parrot["proxy_errors"] == [] and parrot["variable_mismatches"] == []
+    assert parrot["proxy_requests"] == len(calls)
+
+
+def test_a_parrot_grid_through_snakemake(parrot_env, tmp_path):
+    """A small grid with mode [naive, workflow-aware, parrot] on the simulator, end to end:
+    the same workflows in every mode, every call accounted for, a makespan per workflow and
+    the measured energy attributed; parrot cells never overlap (`realtime_cpu`)."""
+    d = copy_pipeline(tmp_path / "pipeline")
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["results"] = "results"
+    w = cfg["workloads"]
+    # cells of 3-5 s: long enough for the 10 Hz power integral to check the counter
+    w["agentic"].update(workflows=3, coders=3, fix_rounds=1, arrival_rate=1.0)
+    w["map_reduce"]["params"] = {"workflows": 3, "doc_tokens": 16000, "arrival_rate": 1.0}
+    cfg["grid"].update(
+        workload=["agentic", "map_reduce"],
+        mode=["naive", "workflow-aware", "parrot"],
+        max_num_seqs=[8],
+        power_cap_w=["default"],
+        max_output_tokens=[64],
+    )
+    (d / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    # the copy is not beside shared/vendor: name the source Parrot was prepared from
+    env = {**os.environ, "PYTHONPATH": str(d)}
+    if not os.environ.get("WATTFLOW_PARROT_SRC"):
+        env["WATTFLOW_PARROT_TARBALL"] = parrot_env.origin
+    out = subprocess.run(
+        [SNAKEMAKE, "--cores", "2"], cwd=d, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    res = d / "results"
+    summary = pl.read_parquet(res / "summary.parquet")
+    assert summary.height == 6 and summary["valid"].all()
+    assert sorted(summary["mode"].unique()) == ["naive", "parrot", "workflow-aware"]
+    assert (summary["j_per_workflow"] > 0).all()
+    spans = []
+    for workload in ("agentic", "map_reduce"):
+        tables = {}
+        for mode in ("naive", "workflow-aware", "parrot"):
+            folder = "max_num_seqs=8+max_output_tokens=64"
+            if mode != "naive":
+                folder = f"mode={mode}+{folder}"
+            c = res / "cells" / "engine=sim" / f"workload={workload}" / folder
+            reqs = pl.read_parquet(c / "requests.parquet")
+            wfs = pl.read_parquet(c / "workflows.parquet")
+            manifest = json.loads((c / "cell.json").read_text())
+            assert manifest["valid"], (workload, mode, manifest["validity"])
+            assert (reqs["status"] == "ok").all() and reqs["energy_j"].null_count() == 0
+            assert reqs["energy_j"].sum() == pytest.approx(
+                manifest["energy"]["counter_j"], rel=0.01
+            )
+            assert wfs["makespan_s"].null_count() == 0 and (wfs["makespan_s"] > 0).all()
+            assert (wfs["energy_j"] > 0).all()
+            tables[mode] = (
+                sorted(reqs["request_id"]),
+                dict(zip(wfs["workflow_id"], wfs["calls"], strict=True)),
+                reqs.select("request_id", "prompt_tokens", "output_tokens").sort("request_id"),
+            )
+            if mode == "parrot":
+                assert manifest["parrot"]["proxy_errors"] == []
+                spans.append(
+                    tuple(
+                        dt.datetime.fromisoformat(manifest[k]) for k in ("started_at", "ended_at")
+                    )
+                )
+        ids, calls, tokens = tables["naive"]
+        assert len(ids) == sum(calls.values()) and len(calls) == 3
+        for mode in ("workflow-aware", "parrot"):
+            assert tables[mode][0] == ids and tables[mode][1] == calls, mode
+            assert tables[mode][2].equals(tokens), mode  # identical prompts and outputs
+    (a0, a1), (b0, b1) = sorted(spans)
+    assert a1 <= b0, "two parrot cells ran at once"
 
 
 def test_parrot_itself_releases_dependent_calls(parrot_env, monkeypatch):
@@ -217,7 +299,7 @@ def test_parrot_itself_releases_dependent_calls(parrot_env, monkeypatch):
         )
         seen = get_json(srv.url, "/wattflow/requests")["requests"]
     assert all(r.status == "ok" for r in records), [r.error for r in records]
-    assert info["proxy_errors"] == [] and info["variable_mismatches"] == []
+    assert info["parrot"]["proxy_errors"] == [] and info["parrot"]["variable_mismatches"] == []
     # each call's prompt as the other modes build it (every output MAX_OUT tokens long)
     expected: dict[tuple[int, ...], tuple[Workflow, Call]] = {}
     for wf in workflows:
@@ -276,7 +358,7 @@ def test_failed_calls_are_skipped_below_and_control_dependencies_kept(parrot_env
             Call("after_fine", (output_segment("wf", "fine", 8),), 8, parents=("fine",)),
         ),
     )
-    lane = single(
+    lane = single_pattern.generate(
         {"workflows": 3, "concurrency": 1, "prompt_tokens": 50, "output_tokens": 8,
          "shared_prefix": False},
         random.Random(0),
@@ -352,3 +434,55 @@ def test_a_dying_parrot_ends_the_run_with_errors_not_a_hang(parrot_env, monkeypa
     for n in ("b", "c"):
         assert status[n][0] == "error" and "Parrot's core exited" in status[n][1], status[n]
     assert took < 30  # Parrot's start (~6 s) and a few seconds, not the 60 s stall timeout
+
+
+def test_parrot_in_front_of_an_endpoint_engine(parrot_env, tmp_path, monkeypatch):
+    """Where the engine is already an endpoint (`openai`; a vLLM server from the pool is the
+    same session), Parrot's engine points at it through the proxy and the cell is measured
+    as any other on a GPU: here a stand-in server and a fake NVML."""
+    monkeypatch.setenv("WATTFLOW_STATE_DIR", str(tmp_path / "state"))
+    for k in ("CUDA_VISIBLE_DEVICES", "WATTFLOW_GPUS", "SLURM_JOB_ID"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    slots._reset_cell_slot()
+    use_fake_nvml(FakeNvml(1))
+    proc, url = start_fake_server("sk-test", "--token-delay-s", "0.005")
+    try:
+        spec = {
+            "engine": {
+                "kind": "openai",
+                "url": url,
+                "model": TINY_MODEL,
+                "gpu": {"name": "h100", "max_power_limit_w": 700.0},
+                "request_timeout_s": 30,
+                "telemetry": ["nvml"],
+                "idle_baseline_s": 0.1,
+            }
+        }
+        knobs = complete(
+            {"engine": "e", "workload": "w", "mode": "parrot", "max_num_seqs": 4,
+             "max_output_tokens": 6}
+        )  # fmt: skip
+        chain = []
+        for w in range(3):
+            wid = f"wf{w}"
+            a = Call("a", (Segment("system", 64), Segment(f"task:{w}", 16)), 10, stage="plan")
+            b = Call("b", (output_segment(wid, "a", 10),), 10, parents=("a",), stage="do")
+            chain.append(Workflow(wid, "chain", arrival=0.05 * w, calls=(a, b)))
+        m = cell.measure(spec, knobs, chain, Progress("t", 6, stream=io.StringIO()))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        slots._reset_cell_slot()
+        devices._OVERRIDES.clear()
+    assert [r.status for r in m.records] == ["ok"] * 6, [r.error for r in m.records]
+    by = {r.request_id: r for r in m.records}
+    for w in range(3):
+        assert by[f"wf{w}/b"].dispatch >= by[f"wf{w}/a"].finish
+    assert all(r.output_tokens == 6 for r in m.records)
+    assert m.engine["name"] == "openai" and m.extra["prompt_salt"]
+    assert m.extra["parrot"]["config"]["tasks_capacity"] == 4
+    assert m.extra["parrot"]["proxy_errors"] == [] and m.extra["parrot"]["proxy_requests"] == 6
+    assert m.extra["gpu_indices"] == [0] and m.telemetry and m.idle_power_w is not None
+    t_end = max(r.finish for r in m.records)
+    assert m.telemetry[-1]["t_s"] == pytest.approx(t_end, abs=0.2)  # stopped before Parrot

@@ -47,9 +47,10 @@ def test_profile_keys_are_snakemake_options(name):
 def test_profiles_schedule_greedily():
     for name in PROFILES:
         assert profile(name)["scheduler"] == "greedy", name
-    assert profile("default")["resources"] == {"gpu": 1}
-    for name in ("slurm", "kubernetes"):  # a cluster bounds GPUs itself
-        assert "gpu" not in profile(name).get("resources", {}), name
+    # one real cell per GPU; one cell at a time that needs this host's CPU in real time
+    assert profile("default")["resources"] == {"gpu": 1, "realtime_cpu": 1}
+    for name in ("slurm", "kubernetes"):  # a cluster bounds GPUs itself; jobs own their CPUs
+        assert not {"gpu", "realtime_cpu"} & set(profile(name).get("resources", {})), name
     cell = profile("slurm")["set-resources"]["cell"]
     assert {"slurm_partition", "slurm_account", "runtime"} <= set(cell)
     assert profile("kubernetes")["set-resources"]["cell"]["gpu_manufacturer"] == "nvidia"

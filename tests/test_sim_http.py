@@ -9,14 +9,21 @@ a tolerance that holds on a loaded 2-core box.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import time
 from pathlib import Path
 
 import aiohttp
+import polars as pl
 import pytest
+import yaml
 
-from wattflow.config import engine_slice, load
+from wattflow import cell
+from wattflow.client import registry
+from wattflow.client.executor import ClientNeeds
+from wattflow.client.policies.naive import Naive
+from wattflow.config import cell_spec, engine_slice, load, validate
 from wattflow.engines.base import Request
 from wattflow.engines.openai_client import OpenAIEngine
 from wattflow.engines.sim import http as sim_http
@@ -24,10 +31,13 @@ from wattflow.engines.sim.blocks import block_segments
 from wattflow.engines.sim.clock import run_virtual
 from wattflow.engines.sim.engine import SimEngine, SimKnobs
 from wattflow.engines.sim.factory import gpu_and_constants
-from wattflow.engines.sim.served import SimServerProcess, get_json, telemetry_rows
+from wattflow.engines.sim.served import SimServerProcess, get_json, server_args, telemetry_rows
 from wattflow.engines.words import ids_to_text
 from wattflow.hardware import ModelShape
+from wattflow.knobs import complete
+from wattflow.progress import Progress
 from wattflow.telemetry import sim as sim_telemetry
+from wattflow.workloads import build
 from wattflow.workloads.core import Segment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,3 +270,47 @@ def test_command_line_and_engine_slice_validation(tmp_path):
         sim_http.engine_from_slice(SLICE, power_cap_w=50)
     eng = sim_http.engine_from_slice(SLICE, max_num_seqs=3, scheduling_policy="priority")
     assert eng.knobs.max_num_seqs == 3 and eng.knobs.scheduling_policy == "priority"
+
+
+def test_a_mode_that_needs_an_endpoint_gets_the_simulator_served(monkeypatch, tmp_path):
+    """The seam without Parrot: a client mode whose `needs.endpoint` is set (here the naive
+    executor) makes the sim backend serve the cell over HTTP with the cell's server and GPU
+    knobs; the cell then runs in wall-clock time and takes its energy from the server's
+    power trace (`sim-http`). It matches the same cell in virtual time."""
+
+    class NaiveOverHttp(Naive):
+        name = "naive-http"
+        needs = ClientNeeds(endpoint=True)
+
+    monkeypatch.setitem(registry.POLICIES, NaiveOverHttp.name, NaiveOverHttp)
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["workloads"]["agentic"].update(workflows=2, coders=2, fix_rounds=1, arrival_rate=2.0)
+    cfg = validate(cfg)
+    knobs = complete(
+        {"engine": "sim", "workload": "agentic", "mode": "naive-http", "max_num_seqs": 4,
+         "power_cap_w": 400, "max_output_tokens": 64}
+    )  # fmt: skip
+    spec = cell_spec(cfg, knobs)
+    assert server_args(knobs) == [
+        "--max-num-seqs", "4", "--scheduling-policy", "fcfs", "--power-cap-w", "400.0",
+    ]  # fmt: skip
+    other = dict(knobs, mode="workflow-aware", prefix_caching=False, power_cap_w="default")
+    assert server_args(dict(other, sm_clock_mhz=1500)) == [
+        "--max-num-seqs", "4", "--scheduling-policy", "priority", "--no-prefix-caching",
+        "--sm-clock-mhz", "1500.0",
+    ]  # fmt: skip
+    manifest = cell.run(copy.deepcopy(spec), knobs, tmp_path / "cell", quiet=True)
+    assert manifest["engine"]["name"] == "sim-http" and manifest["valid"], manifest["validity"]
+    assert manifest["sim_http"]["stalls"] == 0
+    assert manifest["gpu"]["power_limit_w"] == 400
+    workflows = build(spec["workload"], spec["seed"], 0)
+    virtual = cell.measure(
+        spec, dict(knobs, mode="naive"), workflows, Progress("v", 1, after_s=1e9)
+    )
+    assert manifest["kv_capacity_tokens"] == virtual.extra["kv_capacity_tokens"]
+    reqs = pl.read_parquet(tmp_path / "cell" / "requests.parquet")
+    end = {r.request_id: r.finish for r in virtual.records}
+    for row in reqs.iter_rows(named=True):
+        assert row["finish_s"] == pytest.approx(end[row["request_id"]], abs=CLIENT_TOL_S)
+    v_energy = virtual.telemetry[-1]["energy_j"] - virtual.telemetry[0]["energy_j"]
+    assert manifest["energy"]["counter_j"] == pytest.approx(v_energy, rel=0.05)

@@ -25,7 +25,6 @@ import polars as pl
 from wattflow import outputs, telemetry
 from wattflow.attribution import attribute
 from wattflow.client import registry as client_registry
-from wattflow.client.executor import execute
 from wattflow.devices import names as device_libraries
 from wattflow.devices import slots
 from wattflow.devices.settings import GpuSettings
@@ -133,12 +132,16 @@ def _open_sources(
 
 
 def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progress) -> Measurement:
-    """Run the workflows against the cell's engine, with its telemetry and GPU settings."""
+    """Run the workflows against the cell's engine, with its telemetry and GPU settings.
+
+    The client mode's driver (the executor, or a mode's own such as Parrot) is entered
+    after the session is prepared and before the telemetry starts; the session's time base
+    (virtual or wall clock) decides the event loop."""
     e = spec["engine"]
     backend = registry.backend(e["kind"])
     policy_cls = client_registry.policy(knobs["mode"])
     cap, clock = _opt(knobs["power_cap_w"]), _opt(knobs["sm_clock_mhz"])
-    physical = not backend.virtual_time  # a real device runs it: GPU knobs set through it
+    physical = not backend.modelled_gpu  # a real device runs it: GPU knobs set through it
     names = telemetry_names(e, backend)
     if physical and (cap is not None or clock is not None) and not names:
         raise RuntimeError(
@@ -149,8 +152,17 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
     gpus = _cell_gpus(backend, names, cap, clock, warm) if physical else []
     period = float(e.get("telemetry_period_s", DEFAULT_PERIOD_S))
     baseline_s = float(e.get("idle_baseline_s", DEFAULT_BASELINE_S)) if physical else 0.0
+    client_info: dict = {}
     with contextlib.ExitStack() as stack:
-        session = stack.enter_context(backend.open(spec, knobs, gpus))
+        endpoint = policy_cls.needs.endpoint
+        session = stack.enter_context(backend.open(spec, knobs, gpus, endpoint=endpoint))
+        if endpoint and session.endpoint is None:
+            raise RuntimeError(
+                f"engine {e['kind']}: client mode {knobs['mode']} needs an OpenAI-compatible "
+                "endpoint, which this engine's session is not; no request was sent"
+            )
+        if not e.get("telemetry") and session.telemetry is not None:
+            names = list(session.telemetry)  # e.g. the served simulator's own trace
         ctx = SourceContext(gpus, period, session, spec)
         required = physical and _gpu_required(backend, names, cap, clock)
         sources, notes = _open_sources(names, ctx, required, e["kind"])
@@ -167,32 +179,35 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
 
         async def cell() -> tuple[list[RequestRecord], list[dict]]:
             records: list[RequestRecord] = []
+            rows: list[dict] = []
             started: list[Source] = []
             try:  # every exit closes the engine's connections, a failed model lookup too
                 await session.prepare()
-                t0 = asyncio.get_running_loop().time()
-                for s in sources:
-                    s.start(t0)
-                    started.append(s)
-                records = await execute(
-                    workflows,
-                    session.engine,
-                    policy_cls,
-                    max_output_tokens=int(knobs["max_output_tokens"]),
-                    client_rtt_s=client_rtt_s(spec),
-                    on_record=lambda _r: progress.advance(),
-                    t0=t0,
-                )
+                async with policy_cls.driver(session, spec, knobs) as driver:
+                    t0 = asyncio.get_running_loop().time()
+                    try:
+                        for s in sources:
+                            s.start(t0)
+                            started.append(s)
+                        records = await driver.run(
+                            workflows,
+                            max_output_tokens=int(knobs["max_output_tokens"]),
+                            client_rtt_s=client_rtt_s(spec),
+                            on_record=lambda _r: progress.advance(),
+                            t0=t0,
+                        )
+                    finally:  # before the driver's shutdown, which is not the cell's
+                        t_end = max((r.finish or r.dispatch for r in records), default=0.0)
+                        rows = [row for s in started for row in s.stop(t_end)]
+                        client_info.update(driver.info())
             finally:
-                t_end = max((r.finish or r.dispatch for r in records), default=0.0)
-                rows = [row for s in started for row in s.stop(t_end)]
                 await session.aclose()
             return records, rows
 
-        records, rows = (run_virtual if backend.virtual_time else asyncio.run)(cell())
+        records, rows = (run_virtual if session.virtual_time else asyncio.run)(cell())
     limits = [r["power_limit_w"] for r in rows if r["power_limit_w"] is not None]
     limit = limits[-1] if limits else (cap or float(e["gpu"]["max_power_limit_w"]))
-    extra: dict = {**session.extra}
+    extra: dict = {**session.extra, **client_info}
     if physical:
         extra.update(
             telemetry={**notes, **{s.name: s.info() for s in sources}},

@@ -264,6 +264,10 @@ def check(cfg: dict) -> None:
                 raise ConfigError(
                     f"grid.{knob}[{i}]: unknown {knob} {v!r}; declared: {sorted(cfg[section])}"
                 )
+    for i, mode in enumerate(grid["mode"]):
+        why = POLICIES[mode].unavailable()
+        if why:
+            raise ConfigError(f"grid.mode[{i}]: client mode {mode} cannot run here: {why}")
     ctx = _Context(cfg)
     for k in GRID_KNOBS:
         if k.check is None:
@@ -435,6 +439,17 @@ def server_group(cfg: dict, knobs: dict) -> tuple | None:
     if ident is None:
         return None
     return (knobs["engine"], tuple(ident.items()))
+
+
+def realtime_cpu(cfg: dict, knobs: dict) -> int:
+    """1 for a cell whose timings need this host's CPU in real time: its engine computes
+    here in wall-clock time (the simulator served over HTTP, for a mode that needs an
+    endpoint) or its client mode runs processes of its own (Parrot); else 0. The cell rule's
+    Snakemake resource `realtime_cpu` (profiles/default: 1) keeps two such cells apart."""
+    engine = cfg["engines"][knobs["engine"]]
+    needs = POLICIES[knobs["mode"]].needs
+    on_host = backend(engine["kind"]).wall_clock_on_host(needs.endpoint)
+    return int(on_host or needs.own_processes)
 
 
 def _group_order(group: tuple) -> tuple:

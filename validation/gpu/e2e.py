@@ -32,6 +32,7 @@ EVIDENCE = Path(os.environ.get("E2E_EVIDENCE", "/tmp/e2e/evidence"))
 CONFIG = "config/gpu.yaml"
 CELL_FILES = ("requests.parquet", "workflows.parquet", "telemetry.parquet", "cell.json")
 SNAKEMAKE = os.environ.get("E2E_SNAKEMAKE", "snakemake")
+ENV: dict[str, str] = {}  # --env K=V: set for every command (e.g. CUDA_VISIBLE_DEVICES=0)
 
 
 class Step:
@@ -51,11 +52,17 @@ class Step:
     def sh(self, cmd: list[str], out: str | None = None, timeout: float = 580) -> int:
         """Run `cmd` to completion; its output to `out` (in the step folder)."""
         t0 = time.time()
-        self.note(f"$ {shlex.join(cmd)}    # {time.strftime('%H:%M:%S')}")
+        prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in ENV.items())
+        self.note(f"$ {prefix}{shlex.join(cmd)}    # {time.strftime('%H:%M:%S')}")
         target = open(self.dir / out, "w") if out else subprocess.DEVNULL  # noqa: SIM115
         try:
             rc = subprocess.run(
-                cmd, cwd=ROOT, stdout=target, stderr=subprocess.STDOUT, timeout=timeout
+                cmd,
+                cwd=ROOT,
+                stdout=target,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                env={**os.environ, **ENV},
             ).returncode
         except subprocess.TimeoutExpired:
             rc = 124
@@ -239,15 +246,27 @@ def _running_cells(results: Path) -> list[str]:
 def signal_run(step: Step, config: str, results: Path, sig: signal.Signals, tag: str) -> None:
     """Start the grid, wait for a cell in flight, send `sig` to Snakemake, wait for it."""
     cmd = snakemake_cmd(config, str(results), 1)
-    step.note(f"$ {shlex.join(cmd)} &   # then kill -{sig.name} <snakemake pid> mid-cell")
+    prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in ENV.items())
+    how = "kill -INT -<pgid> (Ctrl-C)" if sig == signal.SIGINT else "kill -TERM <pid>"
+    step.note(f"$ {prefix}{shlex.join(cmd)} &   # then, mid-cell, {how}")
     log = open(step.dir / f"snakemake-{tag}.log", "w")  # noqa: SIM115
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(  # its own process group, as a shell's foreground job has
+        cmd,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **ENV},
+        start_new_session=True,
+    )
     done0 = len(list((ROOT / results).glob("cells/*/*/*/cell.json")))
     in_cell = _mid_cell(ROOT / results, done0, 400)
     time.sleep(3.0)  # into the cell: the running cell is seconds long
     running = _running_cells(ROOT / results)
-    proc.send_signal(sig)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # Ctrl-C: the terminal signals the whole foreground group
+    else:
+        proc.send_signal(sig)  # `kill PID`: Snakemake alone
     t_sig = time.time()
     try:
         rc = proc.wait(timeout=240)
@@ -351,7 +370,10 @@ def main() -> int:
     k.add_argument("--step", required=True)
     k.add_argument("--results", required=True)
     k.set_defaults(fn=pack)
+    for sp in (r, i):
+        sp.add_argument("--env", action="append", default=[], help="K=V for every command")
     args = p.parse_args()
+    ENV.update(kv.split("=", 1) for kv in getattr(args, "env", []))
     return args.fn(args)
 
 

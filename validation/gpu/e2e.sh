@@ -22,8 +22,10 @@ step() {  # NAME RESULTS e2e.py-ARGS...
   nvidia-smi
   python3 -c 'import vllm, snakemake, polars, torch; print("vllm", vllm.__version__, "torch", torch.__version__)'
   step par results/gpu-par run par --gpus 2 --results results/gpu-par --timeout 1200
-  step ser results/gpu-ser run ser --gpus 1 --results results/gpu-ser --timeout 1200
-  step incr results/gpu-ser interrupt incr --results results/gpu-ser --timeout 1200
+  # one GPU of the two, as a user of a bigger host would pick it
+  one=(--env CUDA_VISIBLE_DEVICES=0)
+  step ser results/gpu-ser run ser --gpus 1 --results results/gpu-ser --timeout 1200 "${one[@]}"
+  step incr results/gpu-ser interrupt incr --results results/gpu-ser --timeout 1200 "${one[@]}"
   echo "== end $(date -u +%FT%TZ)"
 } > /tmp/e2e/out/driver.log 2>&1
 touch /tmp/e2e/out/all.done

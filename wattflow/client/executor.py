@@ -13,6 +13,12 @@ building requests from the parents' actual outputs, and recording. A policy deci
 *when* a ready call is issued and with which server priority. A new client mode is one new
 module in wattflow/client/policies/ defining `POLICY`, a subclass of ReleasePolicy.
 
+A mode that does not fit per-call release (Parrot holds each workflow's DAG in its own
+server and releases dependents itself) replaces the executor for its cells: its
+`ReleasePolicy.driver` yields another `Driver`, and its `needs` (`ClientNeeds`) say what it
+asks of the engine session (an OpenAI-compatible endpoint in wall-clock time) and of the
+host (processes of its own). The cell runner asks only these, never a mode's name.
+
 Times in the records are seconds since the executor started. `arrival` is when the call
 was released by the policy (its parents done, think time and any client round trip
 elapsed; for workflow-aware, when the dispatcher let it go), `dispatch` when the engine got
@@ -22,14 +28,47 @@ it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from dataclasses import replace
-from typing import ClassVar
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import ClassVar, Protocol
 
-from wattflow.engines.base import Engine, Request, RequestRecord
+from wattflow.engines.base import Engine, Request, RequestRecord, Session
 from wattflow.workloads.core import Call, Segment, Workflow
 
 OUT_PREFIX = "out:"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientNeeds:
+    """What a client mode needs beyond an engine to await."""
+
+    # An OpenAI-compatible endpoint in wall-clock time (`Session.endpoint`): the client
+    # talks HTTP itself, so the simulator serves the cell over HTTP instead of in virtual
+    # time.
+    endpoint: bool = False
+    # Processes of its own on this host, timed in wall-clock time: such cells run one at a
+    # time (the Snakemake resource `realtime_cpu`, wattflow.config.realtime_cpu).
+    own_processes: bool = False
+
+
+class Driver(Protocol):
+    """What runs one cell's workflows: the Executor with a release policy, or a mode's own
+    (`ReleasePolicy.driver`). Times in the records are seconds since `t0` (a loop.time())."""
+
+    async def run(
+        self,
+        workflows: Sequence[Workflow],
+        *,
+        max_output_tokens: int,
+        client_rtt_s: float,
+        on_record: Callable[[RequestRecord], None] | None,
+        t0: float,
+    ) -> list[RequestRecord]: ...
+
+    def info(self) -> dict:
+        """More cell.json fields (what the cell should record about the client)."""
+        ...
 
 
 class ReleasePolicy:
@@ -43,9 +82,25 @@ class ReleasePolicy:
     # Whether the application's round trip (config `client.rtt_s`) delays its calls: it then
     # enters the cells' params (only where it acts, so other cells keep theirs).
     uses_rtt: ClassVar[bool] = False
+    needs: ClassVar[ClientNeeds] = ClientNeeds()
 
     def __init__(self, executor: Executor) -> None:
         self.ex = executor
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this mode cannot run on this host (checked with the config, before any
+        cell: `grid.mode`), or None."""
+        return None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def driver(cls, session: Session, spec: dict, knobs: dict) -> AsyncIterator[Driver]:
+        """What runs the cell's workflows against `session` (prepared): the Executor with
+        this policy. A mode with a server of its own overrides it; it is entered before the
+        cell's telemetry starts and left after it stops, so its start-up and shutdown are
+        not part of the cell's time or energy."""
+        yield ExecutorDriver(cls, session.engine)
 
     def start(self) -> None:
         """Called once, at the start: plan ahead, and schedule each workflow's arrival."""
@@ -197,6 +252,35 @@ class Executor:
             error=f"parent {failed_parent} did not complete",
         )
         self._finish(w, node, rec)
+
+
+class ExecutorDriver:
+    """The default Driver: the Executor with a release policy."""
+
+    def __init__(self, policy_cls: type[ReleasePolicy], engine: Engine) -> None:
+        self.policy_cls, self.engine = policy_cls, engine
+
+    async def run(
+        self,
+        workflows: Sequence[Workflow],
+        *,
+        max_output_tokens: int,
+        client_rtt_s: float = 0.0,
+        on_record: Callable[[RequestRecord], None] | None = None,
+        t0: float | None = None,
+    ) -> list[RequestRecord]:
+        return await execute(
+            workflows,
+            self.engine,
+            self.policy_cls,
+            max_output_tokens=max_output_tokens,
+            client_rtt_s=client_rtt_s,
+            on_record=on_record,
+            t0=t0,
+        )
+
+    def info(self) -> dict:
+        return {}
 
 
 async def execute(

@@ -78,12 +78,23 @@ class Needs:
 
 @dataclass
 class Session:
-    """An engine opened for one cell."""
+    """An engine opened for one cell.
+
+    Its time base is the session's, not the backend's: the simulator runs a cell in
+    virtual time, or, where the client mode needs an endpoint, serves it over HTTP in
+    wall-clock time."""
 
     engine: Engine
     info: dict = field(default_factory=dict)  # name, version, url, server key ... (cell.json)
     extra: dict = field(default_factory=dict)  # more cell.json fields
     keepalive: Any = field(default_factory=contextlib.nullcontext)  # held while the cell runs
+    virtual_time: bool = False  # the cell runs on the simulator's virtual-time loop
+    # Base URL of the OpenAI-compatible endpoint `engine` talks to (an OpenAIEngine), for a
+    # client mode that needs one; None where the engine is not reached over HTTP.
+    endpoint: str | None = None
+    # The telemetry sources this session offers where the engine's config names none
+    # (None: the backend's `default_telemetry`).
+    telemetry: tuple[str, ...] | None = None
 
     async def prepare(self) -> None:
         """Anything to ask the engine before the workflows start (model name, version)."""
@@ -98,7 +109,9 @@ class Backend:
     kind: ClassVar[str]
     doc: ClassVar[str]
     needs: ClassVar[Needs] = Needs()
-    virtual_time: ClassVar[bool] = False  # runs on the simulator's virtual-time loop
+    # The GPU is a model (the simulator): GPU knobs go to the model and its telemetry comes
+    # from it, not from a device of this host.
+    modelled_gpu: ClassVar[bool] = False
     # Telemetry sources a cell opens when the engine's config names none.
     default_telemetry: ClassVar[tuple[str, ...]] = ()
     # JSON Schema of the engine-entry keys this kind accepts (besides kind, model, gpu).
@@ -118,8 +131,18 @@ class Backend:
         cell on a multi-GPU host should run to reuse a server rather than start one."""
         return [], []
 
+    def wall_clock_on_host(self, endpoint: bool) -> bool:
+        """Whether a session (an endpoint, when `endpoint`) computes the engine on this
+        host's CPU in wall-clock time, so that the cell's timings depend on having the CPU
+        (the simulator served in real time). A GPU or a remote server does not."""
+        return False
+
     @contextlib.contextmanager
-    def open(self, spec: dict, knobs: dict, gpus: list[int]) -> Iterator[Session]:
-        """A session for one cell on `gpus` (device indices; [] without a GPU)."""
+    def open(
+        self, spec: dict, knobs: dict, gpus: list[int], *, endpoint: bool = False
+    ) -> Iterator[Session]:
+        """A session for one cell on `gpus` (device indices; [] without a GPU). With
+        `endpoint`, the client mode needs an OpenAI-compatible endpoint in wall-clock time
+        (`Session.endpoint`), not only an engine to await."""
         raise NotImplementedError
         yield  # pragma: no cover

@@ -91,6 +91,7 @@ def session(
     info: dict | None = None,
     extra: dict | None = None,
     keepalive: Any = None,
+    telemetry: tuple[str, ...] | None = None,
 ) -> HttpSession:
     """A cell's session on an OpenAI-compatible endpoint. Its prompts carry a per-cell salt
     (recorded as `prompt_salt`): on a server that outlives the cell, the next cell must not
@@ -113,4 +114,6 @@ def session(
         info={"name": name, "url": url, **(info or {})},
         extra={"prompt_salt": salt, **(extra or {})},
         keepalive=keepalive if keepalive is not None else contextlib.nullcontext(),
+        endpoint=url,
+        telemetry=telemetry,
     )

@@ -7,13 +7,17 @@ Run by Parrot's own interpreter as a script (wattflow is not installed there):
 
 Before the module runs as `__main__`:
 
-1. `torch` is a stand-in module. Parrot's utilities import torch for names only (dtype
-   constants in `parrot/engine/config.py` and `parrot/utils/gpu_mem_track.py`,
-   `torch.manual_seed` in `set_random_seed`), and its openai path never computes with it.
-   Every attribute is a class whose attributes are again such classes and whose call
-   returns itself, so `torch.float16` works as a dict key or type annotation and
-   `torch.cuda.manual_seed(0)` is a no-op. The module has a `__spec__` but neither
-   `__version__` nor `__file__`, so `transformers` decides torch is absent, as it is.
+1. Where torch is not installed, `torch` is a stand-in module. Parrot's utilities import
+   torch for names only (dtype constants in `parrot/engine/config.py` and
+   `parrot/utils/gpu_mem_track.py`, `torch.manual_seed` in `set_random_seed`), and its
+   openai path never computes with it. Every attribute is a class whose attributes are
+   again such classes and whose call returns itself, so `torch.float16` works as a dict
+   key or type annotation and `torch.cuda.manual_seed(0)` is a no-op. The module has a
+   `__spec__` but neither `__version__` nor `__file__`, so `transformers` decides torch is
+   absent, as it is. Where torch is installed (a GPU host's image, WATTFLOW_PARROT_PYTHON),
+   it is imported as it is: `transformers` would find its metadata and take the stand-in
+   for the real thing. Nothing on the openai path initialises CUDA (`torch.device("cuda")`
+   and `torch.cuda.manual_seed` are lazy).
 2. `parrot.engine.builtin.builtin_engine` is a stub: `parrot/engine/engine_creator.py`
    imports the builtin engine (CUDA kernels, xformers, triton) eagerly even to create an
    openai engine. The stub's `BuiltinEngine` refuses to be built, so asking for the builtin
@@ -25,6 +29,7 @@ Nothing upstream is edited or copied; see docs/parrot.md.
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.util
 import os
 import runpy
 import sys
@@ -80,8 +85,9 @@ class BuiltinEngine:
 
 
 def install() -> None:
-    """Put both stand-ins into sys.modules (before anything imports parrot)."""
-    if "torch" not in sys.modules:
+    """Put the stand-ins into sys.modules (before anything imports parrot): torch's only
+    where no torch is installed."""
+    if "torch" not in sys.modules and importlib.util.find_spec("torch") is None:
         sys.modules["torch"] = _torch_module()
     stub = types.ModuleType("parrot.engine.builtin.builtin_engine", "wattflow's stub")
     stub.BuiltinEngine = BuiltinEngine

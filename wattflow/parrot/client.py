@@ -38,7 +38,7 @@ answers Parrot with the call's output as words: the ids of its `out:` segment at
 actually produced, the same ids the other modes put into a child's prompt, so all modes send
 identical prompts.
 
-Records have the shape of `wattflow.drive`'s: `arrival` is when the call became ready (its
+Records have the shape of the executor's: `arrival` is when the call became ready (its
 last parent's finish plus think time, or its workflow's arrival), `dispatch` when the
 request reached the inference server (so dispatch - arrival is Parrot's own overhead:
 scheduling and its HTTP hops), then first token, finish, tokens and inter-token latencies as
@@ -114,11 +114,12 @@ class ParrotRunner:
     def __init__(
         self,
         *,
-        endpoint_url: str,
-        api_key: str | None,
-        model: str,
-        vocab_size: int,
-        salt: str,
+        endpoint_url: str = "",
+        api_key: str | None = None,
+        model: str = "",
+        vocab_size: int = 0,
+        salt: str = "",
+        engine: OpenAIEngine | None = None,
         env: Any = None,
         config: ParrotConfig | None = None,
         criteria: str = "throughput",
@@ -129,17 +130,40 @@ class ParrotRunner:
         for c in (criteria, latency_critical_criteria):
             if c not in CRITERIA:
                 raise ValueError(f"unknown Parrot performance criteria {c!r}; known: {CRITERIA}")
-        self.env, self.model, self.config = env, model, config
+        self.env, self.config = env, config
         self.criteria, self.critical_criteria = criteria, latency_critical_criteria
         self.stall_timeout_s = request_timeout_s if stall_timeout_s is None else stall_timeout_s
-        self.engine = OpenAIEngine(
+        # The proxy forwards through `engine`: a cell's session's (which closes it), or
+        # one of its own for `endpoint_url`.
+        self._owns_engine = engine is None
+        self.engine = engine or OpenAIEngine(
             endpoint_url, api_key, model, vocab_size, request_timeout_s, salt=salt, name="parrot"
         )
+        self.model = self.engine.model
         self.proxy = ChatProxy(self._handle)
         self.server: ParrotServer | None = None
         self.t0_monotonic: float | None = None
         self._run: _Run | None = None
         self.mismatches: list[str] = []
+
+    @classmethod
+    def for_session(cls, session: Any, *, tasks_capacity: int, **options: Any) -> ParrotRunner:
+        """Parrot in front of a cell's engine session (wattflow.engines.base.Session, its
+        `prepare()` done): its OpenAIEngine is what the proxy sends each call through, so
+        the requests carry the session's prompt salt, timeouts and API key. Parrot runs
+        `tasks_capacity` tasks on its engine at once (a cell: max_num_seqs)."""
+        engine = session.engine
+        if session.endpoint is None or not isinstance(engine, OpenAIEngine):
+            raise ParrotRunError(
+                f"Parrot needs an OpenAI-compatible endpoint; engine {engine.name!r} of this "
+                "session is not one"
+            )
+        return cls(
+            engine=engine,
+            config=ParrotConfig(tasks_capacity=tasks_capacity),
+            request_timeout_s=engine.timeout_s,
+            **options,
+        )
 
     async def __aenter__(self) -> ParrotRunner:
         try:
@@ -168,7 +192,8 @@ class ParrotRunner:
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
         await self.proxy.stop()
-        await self.engine.close()
+        if self._owns_engine:
+            await self.engine.close()
 
     async def run(
         self,
@@ -176,8 +201,13 @@ class ParrotRunner:
         *,
         max_output_tokens: int,
         on_record: Callable[[RequestRecord], None] | None = None,
+        t0: float | None = None,
+        client_rtt_s: float = 0.0,
     ) -> list[RequestRecord]:
-        """Drive `workflows`; times in the records are seconds since this call began."""
+        """Drive `workflows`; times in the records are seconds since `t0` (a loop.time(),
+        default: when this call began). `client_rtt_s` does not apply: Parrot releases
+        dependent calls without a client round trip (wattflow.client.executor.Driver)."""
+        del client_rtt_s
         if self.server is None:
             raise RuntimeError("ParrotRunner.run() outside `async with`")
         if self._run is not None:
@@ -192,7 +222,7 @@ class ParrotRunner:
             stall_timeout_s=self.stall_timeout_s,
         )
         try:
-            records = await self._run.run(self.server)
+            records = await self._run.run(self.server, t0)
             self.t0_monotonic = self._run.t0
             self.mismatches += self._run.mismatches
             return records
@@ -200,14 +230,18 @@ class ParrotRunner:
             self._run = None
 
     def info(self) -> dict:
-        """What the runs saw of Parrot, for provenance (cell.json)."""
+        """What the runs saw of Parrot, for provenance: cell.json's `parrot` (Parrot's
+        origin, interpreter, packages and configuration as wattflow set it; how many
+        requests the proxy got; any proxy error or variable that differs from what the
+        proxy answered: both empty in a sound cell)."""
         return {
-            "parrot": self.server.describe() if self.server else None,
-            "proxy_requests": self.proxy.requests,
-            "proxy_errors": list(self.proxy.errors),
-            "variable_mismatches": list(self.mismatches),
-            "criteria": {"default": self.criteria, "latency_critical": self.critical_criteria},
-            "t0_monotonic": self.t0_monotonic,
+            "parrot": {
+                **(self.server.describe() if self.server else {}),
+                "criteria": {"default": self.criteria, "latency_critical": self.critical_criteria},
+                "proxy_requests": self.proxy.requests,
+                "proxy_errors": list(self.proxy.errors),
+                "variable_mismatches": list(self.mismatches),
+            }
         }
 
     async def _handle(self, body: dict) -> ChatAnswer:
@@ -230,8 +264,8 @@ async def run_parrot(
     **options: Any,
 ) -> list[RequestRecord]:
     """Start Parrot, run `workflows` through it against the OpenAI-compatible `endpoint_url`
-    (vLLM or the simulator's endpoint; without /v1), stop it. Records are shaped like
-    `wattflow.drive`'s, times in seconds since the run began (`info["t0_monotonic"]`).
+    (vLLM or the simulator's endpoint; without /v1), stop it. Records are shaped like the
+    executor's, times in seconds since the run began (`ParrotRunner.t0_monotonic`).
     `options`: ParrotRunner's (env, config, criteria, request_timeout_s, ...). `info`, if
     given, is filled with `ParrotRunner.info()`."""
     async with ParrotRunner(
@@ -293,12 +327,13 @@ class _Run:
         self._in_parrot = 0  # calls submitted to Parrot and not yet recorded
 
     # -- driving ------------------------------------------------------------------------
-    async def run(self, parrot: ParrotServer) -> list[RequestRecord]:
+    async def run(self, parrot: ParrotServer, t0: float | None = None) -> list[RequestRecord]:
         loop = self.loop = asyncio.get_running_loop()
         for node in self.by_no:
             node.done = loop.create_future()
         self.core_url = parrot.core_url
-        self.t0 = self._progress = loop.time()
+        self.t0 = loop.time() if t0 is None else t0
+        self._progress = loop.time()
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
         ) as self.http:

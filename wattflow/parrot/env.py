@@ -1,19 +1,27 @@
-"""Parrot's source and its own virtual environment, prepared once and cached.
+"""Parrot's source and the Python it runs with, prepared once and cached.
 
 Parrot's `requirements.txt` pins torch 2.1, triton 2.1 and xformers, which only its builtin
-engine needs; its serving core and `openai` engine need a handful of pure-Python packages.
-So Parrot never enters wattflow's environment: `prepare()` unpacks the source (upstream
-commit 2e1825e) into a cache folder and builds a venv there with exactly `LOCK`, no torch.
+engine needs; its serving core and `openai` engine need a handful of pure-Python packages
+(`IMPORTS`). So Parrot never enters wattflow's environment: `prepare()` unpacks the source
+(upstream commit 2e1825e) into a cache folder and, by default, builds a venv there with
+exactly `LOCK` from PyPI, no torch.
 
 Where the source comes from, first match wins:
 
 * `WATTFLOW_PARROT_SRC`: a checkout of github.com/microsoft/ParrotServe at 2e1825e (its
   `setup.py` builds CUDA kernels and imports torch, so Parrot is not pip-installed: the
   folder is put on `PYTHONPATH`);
-* `WATTFLOW_PARROT_TARBALL`, else `../shared/vendor/ParrotServe-2e1825e.tar.gz` next to the
-  checkout: the vendored tarball, verified by its SHA-256.
+* `WATTFLOW_PARROT_TARBALL`, else `shared/vendor/ParrotServe-2e1825e.tar.gz` in or beside
+  the checkout (CI: `../shared/vendor/`): the vendored tarball, verified by its SHA-256.
 
-    python -m wattflow.parrot.env      # prepare now; prints the source and venv paths
+Which Python runs it: a venv built from PyPI (default), or, on a host without PyPI,
+`WATTFLOW_PARROT_PYTHON`: an interpreter that already has `IMPORTS` (a path, or `current`
+for the interpreter running wattflow). Parrot's processes then get this process's
+`PYTHONPATH` after Parrot's source, so packages installed with `pip install --target DIR`
+and put on `PYTHONPATH` are found. Nothing is built or downloaded.
+
+    python -m wattflow.parrot.env            # prepare now; prints where Parrot runs from
+    python -m wattflow.parrot.env --check    # and start Parrot's core and engine once
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +46,25 @@ COMMIT = "2e1825e"
 TARBALL = f"ParrotServe-{COMMIT}.tar.gz"
 TARBALL_SHA256 = "3b2ee0d49880a03c28c8dd63a8e0a57efa896cff04ab60f6b5bfa0c7d9ca8127"
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages' parent)
+PYTHON_ENV = "WATTFLOW_PARROT_PYTHON"
+
+# What Parrot's serving core and `openai` engine import beyond the standard library, by
+# import name -> distribution (their own dependencies come with them). Measured: the
+# modules in sys.modules after importing parrot.serve.http_server and
+# parrot.engine.http_server (with the openai engine) are these and their dependencies.
+IMPORTS = {
+    "aiohttp": "aiohttp",
+    "fastapi": "fastapi",
+    "uvicorn": "uvicorn",
+    "requests": "requests",
+    "openai": "openai",
+    "regex": "regex",
+    "pydantic": "pydantic",
+    "psutil": "psutil",
+    "parse": "parse",
+    "transformers": "transformers",  # the core's tokenizer wrapper imports it
+    "numpy": "numpy",
+}
 
 # What Parrot's serving core and openai engine import (fastapi, uvicorn, aiohttp, requests,
 # openai, regex, pydantic, psutil, parse, transformers for its tokenizer wrapper, numpy)
@@ -104,11 +132,19 @@ class ParrotUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class ParrotEnv:
-    """Where Parrot runs from: `python` (its venv's) with `src` on PYTHONPATH."""
+    """Where Parrot runs from: `python` with `src`, then `pythonpath`, on PYTHONPATH."""
 
     src: Path  # the folder holding the `parrot` package
     python: Path
     origin: str  # the tarball or checkout it came from
+    pythonpath: tuple[str, ...] = ()  # more entries (an existing site: WATTFLOW_PARROT_PYTHON)
+    packages: tuple[str, ...] = LOCK  # name==version of what it imports
+    torch: str = "stand-in"  # or the installed torch's version, imported as it is
+
+    @property
+    def path(self) -> str:
+        """The PYTHONPATH of Parrot's processes."""
+        return os.pathsep.join([str(self.src), *self.pythonpath])
 
     def describe(self) -> dict:
         """For provenance (cell.json): upstream commit, origin, interpreter, packages."""
@@ -117,7 +153,9 @@ class ParrotEnv:
             "commit": COMMIT,
             "origin": self.origin,
             "python": str(self.python),
-            "packages": list(LOCK),
+            "pythonpath": list(self.pythonpath),
+            "packages": list(self.packages),
+            "torch": self.torch,
         }
 
 
@@ -129,12 +167,13 @@ def cache_root() -> Path:
 
 
 def find_tarball() -> Path | None:
-    """The vendored tarball: WATTFLOW_PARROT_TARBALL, else shared/vendor/ beside the checkout
-    (CI: ../shared/vendor) or beside one of its parents or the current directory's."""
+    """The vendored tarball: WATTFLOW_PARROT_TARBALL, else shared/vendor/ in the checkout or
+    beside it (CI: ../shared/vendor) or beside one of its parents, or the same from the
+    current directory."""
     if os.environ.get("WATTFLOW_PARROT_TARBALL"):
         return Path(os.environ["WATTFLOW_PARROT_TARBALL"])
     for start in (ROOT, Path.cwd().resolve()):
-        for base in start.parents:
+        for base in (start, *start.parents):
             p = base / "shared" / "vendor" / TARBALL
             if p.exists():
                 return p
@@ -233,7 +272,9 @@ def _build_venv(cache: Path, timeout_s: float) -> Path:
     if done.returncode != 0:
         shutil.rmtree(venv, ignore_errors=True)
         raise ParrotUnavailable(
-            f"installing Parrot's dependencies failed: {done.stderr.strip()[-1500:]}"
+            f"installing Parrot's dependencies failed: {done.stderr.strip()[-1500:]}\n"
+            f"(without PyPI, set {PYTHON_ENV} to an interpreter that has "
+            f"{', '.join(sorted(set(IMPORTS.values())))}: docs/parrot.md)"
         )
     marker.write_text("\n".join(LOCK) + "\n")
     return venv
@@ -251,32 +292,149 @@ def _locked(cache: Path):  # noqa: ANN202 - generator context manager
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _source(cache: Path | None) -> tuple[Path, str]:
+    """Parrot's source folder and its origin; with `cache` None, only checks that it is
+    there (no unpacking, no checksum)."""
+    if os.environ.get("WATTFLOW_PARROT_SRC"):
+        src = _checkout_src(Path(os.environ["WATTFLOW_PARROT_SRC"]))
+        return src, str(src)
+    tarball = find_tarball()
+    if tarball is None:
+        raise ParrotUnavailable(
+            f"Parrot's source is not here: set WATTFLOW_PARROT_SRC to a checkout of "
+            f"{UPSTREAM} at {COMMIT}, or WATTFLOW_PARROT_TARBALL to {TARBALL} "
+            f"(looked for shared/vendor/ in and beside {ROOT} and its parents)"
+        )
+    if cache is None:
+        if not tarball.is_file():
+            raise ParrotUnavailable(f"Parrot tarball {tarball} does not exist")
+        return tarball, str(tarball)
+    return _unpack(tarball, cache), str(tarball)
+
+
+def _given_python() -> Path | None:
+    """WATTFLOW_PARROT_PYTHON as a path (`current`: this interpreter), or None."""
+    given = os.environ.get(PYTHON_ENV, "").strip()
+    if not given:
+        return None
+    python = Path(sys.executable if given == "current" else given)
+    if not (python.is_file() and os.access(python, os.X_OK)):
+        raise ParrotUnavailable(f"{PYTHON_ENV}={given}: no such executable")
+    return python
+
+
+_PROBE = """
+import importlib.metadata as md, importlib.util as u, json, sys
+imports = json.loads(sys.argv[1])
+def version(dist):
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+out = {"missing": [m for m in imports if u.find_spec(m) is None],
+       "packages": {d: version(d) for d in sorted(set(imports.values()))},
+       "torch": version("torch") if u.find_spec("torch") else None}
+print(json.dumps(out))
+"""
+
+
+def _existing(python: Path, src: Path, origin: str) -> ParrotEnv:
+    """An interpreter that already has what Parrot imports (checked, nothing installed)."""
+    # absolute: Parrot's processes run in a folder of their own
+    extra = tuple(
+        os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p
+    )
+    env = ParrotEnv(src=src, python=python, origin=origin, pythonpath=extra)
+    probe = subprocess.run(
+        [str(python), "-c", _PROBE, json.dumps(IMPORTS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": env.path},
+    )
+    if probe.returncode != 0:
+        raise ParrotUnavailable(f"{PYTHON_ENV}={python} does not run: {probe.stderr[-1000:]}")
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+    if found["missing"]:
+        dists = sorted({IMPORTS[m] for m in found["missing"]})
+        raise ParrotUnavailable(
+            f"{PYTHON_ENV}={python} (PYTHONPATH {env.path}) lacks what Parrot's core and "
+            f"openai engine import: {', '.join(dists)}"
+        )
+    packages = tuple(
+        f"{d}=={v}" if v else f"{d} (no version metadata)" for d, v in found["packages"].items()
+    )
+    torch = f"installed {found['torch']}" if found["torch"] else "stand-in"
+    return ParrotEnv(src, python, origin, extra, packages, torch)
+
+
+def unavailable() -> str | None:
+    """Why Parrot cannot run here, found cheaply (no unpacking, no venv, no interpreter
+    started): its source is missing or not the pinned commit, or WATTFLOW_PARROT_PYTHON
+    names no interpreter. None where it can (the venv is built on first use)."""
+    try:
+        _source(None)
+        _given_python()
+    except ParrotUnavailable as exc:
+        return str(exc)
+    return None
+
+
 def prepare(*, cache: Path | None = None, timeout_s: float = 900.0) -> ParrotEnv:
-    """Parrot's source and venv, built on first use (about a minute with a warm pip cache)."""
+    """Parrot's source and the interpreter it runs with: WATTFLOW_PARROT_PYTHON's (checked),
+    else a venv built on first use (about a minute with a warm pip cache; needs PyPI)."""
     cache = cache or cache_root()
     with _locked(cache):
-        if os.environ.get("WATTFLOW_PARROT_SRC"):
-            src = _checkout_src(Path(os.environ["WATTFLOW_PARROT_SRC"]))
-            origin = str(src)
-        else:
-            tarball = find_tarball()
-            if tarball is None:
-                raise ParrotUnavailable(
-                    f"Parrot's source is not here: set WATTFLOW_PARROT_SRC to a checkout of "
-                    f"{UPSTREAM} at {COMMIT}, or WATTFLOW_PARROT_TARBALL to {TARBALL} "
-                    f"(looked for shared/vendor/ beside {ROOT} and its parents)"
-                )
-            src, origin = _unpack(tarball, cache), str(tarball)
+        src, origin = _source(cache)
+        python = _given_python()
+        if python is not None:
+            return _existing(python, src, origin)
         venv = _build_venv(cache, timeout_s)
     return ParrotEnv(src=src, python=_venv_python(venv), origin=origin)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m wattflow.parrot.env",
+        description="Prepare Parrot's source and interpreter (docs/parrot.md).",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="also start Parrot's serving core and openai engine once, and stop them",
+    )
+    args = p.parse_args(argv)
     try:
         env = prepare()
     except ParrotUnavailable as exc:
         raise SystemExit(f"wattflow: {exc}") from None
-    print(json.dumps({"src": str(env.src), "python": str(env.python), "origin": env.origin}))
+    out = {"src": str(env.src), **env.describe()}
+    if args.check:
+        from wattflow.parrot.launch import ParrotServer
+
+        t = time.monotonic()
+        server = ParrotServer(env, endpoint="http://127.0.0.1:9/v1", api_key="x", model="m")
+        try:
+            server.start()
+        except RuntimeError as exc:
+            raise SystemExit(f"wattflow: Parrot did not start: {exc}") from None
+        try:
+            started = round(time.monotonic() - t, 2)
+            req = urllib.request.Request(
+                f"{server.core_url}/v1/session",
+                data=json.dumps({"api_key": "wattflow", "apps": []}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=30) as r:
+                session = json.loads(r.read())
+            out["check"] = {"started_s": started, "session_id": session["session_id"]}
+        except (OSError, ValueError, KeyError) as exc:
+            raise SystemExit(f"wattflow: Parrot's core did not open a session: {exc}") from None
+        finally:
+            server.stop()
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

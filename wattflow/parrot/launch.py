@@ -189,7 +189,7 @@ class ParrotServer:
             if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")
         }
         env.update(
-            PYTHONPATH=str(self.env.src),
+            PYTHONPATH=self.env.path,
             SIMULATE_NETWORK_LATENCY_PRT="0",
             PYTHONUNBUFFERED="1",
             HF_HUB_OFFLINE="1",  # the openai engine needs no tokenizer: never reach a hub

@@ -59,7 +59,10 @@ class OpenAIBackend(Backend):
             raise ValueError(f"engines.{name}.url: {engine['url']!r} is not a base URL: {why}")
 
     @contextlib.contextmanager
-    def open(self, spec: dict, knobs: dict, gpus: list[int]) -> Iterator[http.HttpSession]:
+    def open(
+        self, spec: dict, knobs: dict, gpus: list[int], *, endpoint: bool = False
+    ) -> Iterator[http.HttpSession]:
+        # already an endpoint (`endpoint` asks for nothing more)
         e = spec["engine"]
         url = e["url"].rstrip("/").removesuffix("/v1")
         # no `priority`: an endpoint's scheduling policy is not ours to know, so there

@@ -182,7 +182,10 @@ class VllmBackend(Backend):
         return ServerPool().warm_gpus(e, server_identity(knobs))
 
     @contextlib.contextmanager
-    def open(self, spec: dict, knobs: dict, gpus: list[int]) -> Iterator[http.HttpSession]:
+    def open(
+        self, spec: dict, knobs: dict, gpus: list[int], *, endpoint: bool = False
+    ) -> Iterator[http.HttpSession]:
+        # already an endpoint (`endpoint` asks for nothing more)
         # run the image the `image` rule built (its id, or the .sif), not a movable tag
         e, image = container.with_image(
             knobs["engine"], spec["engine"], self.launcher.version_probe()

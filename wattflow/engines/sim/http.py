@@ -628,7 +628,13 @@ def main(argv: list[str] | None = None) -> None:
 
         def ready(url: str) -> None:
             # One JSON line on stdout: what a parent process waits for (see served.py).
-            line = {"url": url, "pid": os.getpid(), "model": server.model_name, **server.clock()}
+            line = {
+                "url": url,
+                "pid": os.getpid(),
+                "model": server.model_name,
+                "kv_capacity_tokens": server.engine.kv_capacity_tokens,
+                **server.clock(),
+            }
             print(json.dumps(line), flush=True)
 
         await serve(server, args.host, args.port, ready=ready, stop=stop)

@@ -3,13 +3,18 @@
 `SimServerProcess` runs `python -m wattflow.engines.sim.http` in a child process on a free
 loopback port and stops it on exit; `telemetry_rows` fetches the simulated GPU's NVML-like
 rows and puts them on the caller's time base, so a cell measured against the endpoint gets
-its energy the way a real cell gets it from NVML.
+its energy the way a real cell gets it from NVML (the `sim-http` telemetry source,
+wattflow/telemetry/sim_http.py). `served_session` is the sim backend's session for a
+client mode that needs an endpoint: the cell's server knobs on a server of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -17,8 +22,16 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from wattflow.engines import http
+from wattflow.knobs import DEFAULT, server_identity
+
+DEFAULT_REQUEST_TIMEOUT_S = 600.0  # the HTTP engines' schema default
+API_KEY_ENV = "WATTFLOW_SIM_API_KEY"  # the server reads its key here, never its command line
 
 
 class SimServerProcess:
@@ -30,9 +43,11 @@ class SimServerProcess:
         *args: str,
         startup_timeout_s: float = 60.0,
         host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.engine_slice = engine_slice
         self.args = list(args)
+        self.env = {**os.environ, **(env or {})}
         self.host = host
         self.startup_timeout_s = startup_timeout_s
         self.url = ""
@@ -51,7 +66,7 @@ class SimServerProcess:
         cmd += ["--host", self.host, "--port", "0", *self.args]
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=os.environ
+                cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=self.env
             )
         line = _readline(self._proc, self.startup_timeout_s)
         if not line:
@@ -130,3 +145,70 @@ def wait_until_idle(url: str, timeout_s: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"requests still running at {url} after {timeout_s} s")
         time.sleep(0.05)
+
+
+# Server-side knobs and the flag of `python -m wattflow.engines.sim.http` each becomes; a
+# server knob not listed here stops the cell (it would silently not reach the simulator).
+_SERVER_FLAGS = {"max_num_seqs", "prefix_caching", "scheduling_policy"}
+
+
+def server_args(knobs: dict) -> list[str]:
+    """The server's flags for a cell's knobs: the server-side knobs (as the virtual-time
+    simulator gets them) and the GPU knobs, which the modelled GPU applies itself."""
+    ident = server_identity(knobs)
+    unknown = set(ident) - _SERVER_FLAGS
+    if unknown:
+        raise ValueError(f"server knob(s) {sorted(unknown)} have no simulator server flag")
+    args = ["--max-num-seqs", str(int(ident["max_num_seqs"]))]
+    args += ["--scheduling-policy", ident["scheduling_policy"]]
+    if not ident["prefix_caching"]:
+        args.append("--no-prefix-caching")
+    for knob, flag in (("power_cap_w", "--power-cap-w"), ("sm_clock_mhz", "--sm-clock-mhz")):
+        if knobs.get(knob, DEFAULT) != DEFAULT:
+            args += [flag, str(float(knobs[knob]))]
+    return args
+
+
+@dataclass
+class ServedSession(http.HttpSession):
+    """A cell's session on the simulator served over HTTP (wall-clock time). On closing,
+    it records whether this host kept up with the simulated GPU (`sim_http`: steps that
+    started late because the server's loop fell behind, and the largest lateness)."""
+
+    server_url: str = ""
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                meta = await asyncio.to_thread(
+                    get_json, self.server_url, "/wattflow/telemetry", {"since": 1e18}, 10.0
+                )
+                self.extra["sim_http"] = {"stalls": meta["stalls"], "max_lag_s": meta["max_lag_s"]}
+
+
+@contextlib.contextmanager
+def served_session(spec: dict, knobs: dict) -> Iterator[ServedSession]:
+    """The cell's simulator as an OpenAI-compatible endpoint of its own, in wall-clock time,
+    with the cell's server and GPU knobs; its telemetry is the `sim-http` source (the
+    server's power trace). A random API key reaches the server through its environment."""
+    e = spec["engine"]
+    key = secrets.token_hex(16)
+    ident = server_identity(knobs)
+    with SimServerProcess(e, *server_args(knobs), env={API_KEY_ENV: key}) as srv:
+        with_timeout = {"request_timeout_s": DEFAULT_REQUEST_TIMEOUT_S, **e}
+        s = http.session(
+            srv.url,
+            key,
+            srv.info["model"],
+            with_timeout,
+            name="sim-http",
+            priority=ident["scheduling_policy"] == "priority",
+            extra={
+                "scheduling_policy": ident["scheduling_policy"],
+                "kv_capacity_tokens": srv.info.get("kv_capacity_tokens"),
+            },
+            telemetry=("sim-http",),
+        )
+        yield ServedSession(**{f.name: getattr(s, f.name) for f in fields(s)}, server_url=srv.url)
