@@ -1,0 +1,1 @@
+"""Calibration of the simulator's constants against measurements (see each module)."""
