@@ -726,8 +726,11 @@ def derive_h100(root: str | Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ CLI
-def report(path: str | Path = SOURCES, caps: Iterable[float] = (300, 400, 500, 600)) -> str:
-    """The fit of every GPU profile in the sources file, as text."""
+def report(path: str | Path = SOURCES, caps: Iterable[float] = (250, 350, 450, 550)) -> str:
+    """The fit of every GPU profile in the sources file, as text.
+
+    The caps default to the power-cap axis of config/config.yaml's grid.
+    """
     gpus, points = load(path)
     today = {"alpha": ALPHA, "memory_knee": MEMORY_KNEE}  # the simulator's current constants
     lines = []
