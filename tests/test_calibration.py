@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ROOT
 from wattflow import config as wf_config
-from wattflow.calibration import accuracy, fit, profile
+from wattflow.calibration import accuracy, dvfs, fit, profile
 from wattflow.calibration.cells import MeasuredCell
 from wattflow.cell import run as run_cell
 from wattflow.cli import main
@@ -73,6 +73,32 @@ def test_fit_recovers_known_constants(tmp_path):
     assert fit._residuals(cells, start)[0] @ fit._residuals(cells, start)[0] > 100 * result.cost
 
 
+def test_alpha_is_fitted_jointly_with_the_dynamic_power(tmp_path):
+    """At the default limit the cells only say where power meets the cap (a clock for a
+    given alpha and compute power); with a power-cap slowdown as evidence the joint fit
+    recovers both."""
+    truth = TRUTH.with_values(compute_dynamic_w=1000.0, active_w=150.0, alpha=1.6)
+    cells = _synthetic_cells(tmp_path, truth)
+    engine = cells[0].sim_spec()["engine"]
+    point = dvfs.simulator_points("h100-sxm")[0]
+    ev = fit.Evidence.for_cells(cells, "h100-sxm")
+    value = dvfs.predict_on_simulator(point, ev.model, ev.gpu, truth)
+    ev.points = [dvfs._replace(point, value=value)]
+    assert engine["max_num_batched_tokens"] == ev.chunk_tokens
+    start = truth.with_values(compute_dynamic_w=700.0, alpha=2.3)
+    result, scan = fit.alpha_scan(cells, start, ev, (1.2, 2.2), ["compute_dynamic_w"])
+    assert len(scan) == fit.SCAN_POINTS and min(scan, key=scan.get) in (1.45, 1.7)
+    assert result.constants.alpha == pytest.approx(1.6, abs=0.15)
+    assert result.constants.compute_dynamic_w == pytest.approx(1000.0, rel=0.1)
+    # far from it, the cells (clock at the cap) and the evidence disagree
+    assert scan[1.2] > 2 * min(scan.values()) and scan[2.2] > 2 * min(scan.values())
+
+
+def test_calibrate_selects_cells_by_pattern(capsys):
+    with pytest.raises(ValueError, match="no cell with workload pattern 'chat'"):
+        fit.calibrate([C8], pattern="chat")
+
+
 def test_profile_round_trip_and_errors(tmp_path):
     p = profile.load("h100-sxm")
     assert p.validated and p.constants["async_scheduling"] is True
@@ -122,7 +148,13 @@ def test_calibrate_and_accuracy_cli_on_h100_cells(tmp_path, capsys):
     assert set(p.residuals["relative_error"]) == {
         "single-c8/naive/mns=256",
         "single-c32/naive/mns=256",
+        fit.EVIDENCE_KEY,  # the Splitwise power-cap slowdown, fitted with alpha
     }
+    alpha = p.dvfs["alpha"]
+    assert "alpha" in p.source["fitted_constants"]
+    assert alpha["low"] <= alpha["value"] <= alpha["high"]
+    assert any(s.startswith("joint fit") for s in alpha["sources"])
+    assert p.dvfs["memory_knee"]["value"] == 0.5  # a prior: nothing identifies it
     acc = tmp_path / "acc"
     assert main(["accuracy", str(C8), str(C32), "-o", str(acc), "--profile", str(out)]) == 0
     df = pl.read_parquet(acc / "accuracy.parquet")

@@ -9,7 +9,8 @@ import yaml
 
 from tests.conftest import ROOT
 from wattflow.calibration import dvfs
-from wattflow.engines.sim.power import ALPHA, MEMORY_KNEE, PowerModel
+from wattflow.engines.sim.constants import SimConstants
+from wattflow.engines.sim.power import PowerModel
 from wattflow.hardware import GpuSpec
 
 H100 = GpuSpec(
@@ -38,42 +39,70 @@ def shipped():
 
 
 # ------------------------------------------------------------------ faithful to power.py
-@pytest.mark.parametrize("cap", [700.0, 500.0, 350.0, 200.0])
-@pytest.mark.parametrize(
-    "t_c,t_m", [(0.2, 0.006), (0.003, 0.02), (0.01, 0.012), (0.0, 0.01)], ids=str
+CONSTANTS = SimConstants(
+    idle_w=119.0,
+    active_w=220.0,
+    compute_dynamic_w=1000.0,
+    memory_dynamic_w=120.0,
+    alpha=1.73,
+    memory_knee=0.5,
 )
+# Step costs at max clock (lc, lm, ac, am, overhead): prefill, mixed, decode-heavy, decode.
+COSTS = [
+    (0.2, 0.006, 0.01, 0.002, 0.0013),
+    (0.03, 0.006, 0.002, 0.004, 0.0015),
+    (0.004, 0.006, 0.0001, 0.012, 0.0025),
+    (0.0002, 0.0055, 0.0, 0.0005, 0.0013),
+]
+
+
+def _mine(d, cap, cost, c, locked, avg):
+    return d.capped(
+        cap,
+        cost,
+        fmax_mhz=1980.0,
+        fmin_mhz=345.0,
+        idle_w=c.idle_w,
+        cdyn_w=c.compute_dynamic_w,
+        mdyn_w=c.memory_dynamic_w,
+        active_w=c.active_w,
+        req_mhz=locked,
+        window_s=c.power_window_s,
+        avg_w=avg,
+    )
+
+
+@pytest.mark.parametrize("cap", [700.0, 550.0, 350.0, 200.0])
+@pytest.mark.parametrize("window", [0.0, 0.05])
 @pytest.mark.parametrize("locked", [None, 1500.0])
-def test_dvfs_part_reproduces_power_model(cap, t_c, t_m, locked):
-    model = PowerModel(H100, overhead_s=0.0012, power_cap_w=cap, sm_clock_mhz=locked)
-    t, p, mhz, _, _, _ = model.step(t_c, t_m)
-    mine = dvfs.Dvfs(ALPHA, MEMORY_KNEE).capped(
-        cap,
-        t_c,
-        t_m,
-        fmax_mhz=1980.0,
-        fmin_mhz=345.0,
-        idle_w=H100.idle_w,
-        cdyn_w=H100.compute_dynamic_w,
-        mdyn_w=H100.memory_dynamic_w,
-        overhead_s=0.0012,
-        req_mhz=locked,
-    )
-    assert mine == pytest.approx((t, p, mhz / 1980.0), rel=1e-12)
-    # the continuous solve the fit uses lands within one 15 MHz step of the grid's clock
-    smooth = dvfs.Dvfs(ALPHA, MEMORY_KNEE).capped(
-        cap,
-        t_c,
-        t_m,
-        fmax_mhz=1980.0,
-        fmin_mhz=345.0,
-        idle_w=H100.idle_w,
-        cdyn_w=H100.compute_dynamic_w,
-        mdyn_w=H100.memory_dynamic_w,
-        overhead_s=0.0012,
-        req_mhz=locked,
-        grid=False,
-    )
-    assert mine[2] - 1e-12 <= smooth[2] <= mine[2] + 15.0 / 1980.0 + 1e-12
+@pytest.mark.parametrize("knee", [0.5, 0.8])
+def test_dvfs_part_reproduces_power_model(cap, window, locked, knee):
+    """Step by step, with the controller's running average carried along, the DVFS
+    re-implementation gives PowerModel.step's time, power and clock exactly."""
+    c = CONSTANTS.with_values(power_window_s=window, memory_knee=knee)
+    model = PowerModel(H100, power_cap_w=cap, sm_clock_mhz=locked, constants=c)
+    d = dvfs.Dvfs(c.alpha, c.memory_knee)
+    for cost in COSTS * 3:
+        avg = model.avg_w
+        t, p, mhz, _, _, _ = model.step(cost)
+        mine = _mine(d, cap, cost, c, locked, avg)
+        assert mine == pytest.approx((t, p, mhz / 1980.0), rel=1e-12)
+        # the continuous solve the fit uses lands within one 15 MHz step of the grid's clock
+        smooth = dvfs.Dvfs(c.alpha, c.memory_knee).capped(
+            cap,
+            cost,
+            fmax_mhz=1980.0,
+            fmin_mhz=345.0,
+            idle_w=c.idle_w,
+            cdyn_w=c.compute_dynamic_w,
+            mdyn_w=c.memory_dynamic_w,
+            active_w=c.active_w,
+            req_mhz=locked,
+            grid=False,
+            window_s=window,
+            avg_w=avg,
+        )
+        assert mine[2] - 1e-12 <= smooth[2] <= mine[2] + 15.0 / 1980.0 + 1e-12
 
 
 # ------------------------------------------------------------------ recovery of constants
@@ -254,3 +283,24 @@ def test_cli_prints_the_fit_and_fails_cleanly(tmp_path, capsys):
     (tmp_path / "x.yaml").write_text("points: 3\n")
     assert dvfs.main(["--sources", str(tmp_path / "x.yaml")]) == 2
     assert "points" in capsys.readouterr().err
+
+
+def test_fallbacks_and_shipped_profile_carry_the_fit(shipped):
+    """The model's fallback DVFS constants are the H100 evidence fit; the shipped h100-sxm
+    profile's alpha (fitted jointly with its cells) lies in that fit's band, with its knee."""
+    from wattflow.calibration import profile as prof
+    from wattflow.engines.sim.constants import ALPHA, MEMORY_KNEE
+
+    got = shipped[2]["h100-sxm"].constants()
+    for c, fallback in (("alpha", ALPHA), ("memory_knee", MEMORY_KNEE)):
+        entry = prof.DEFAULT_DVFS[c]
+        assert (fallback, entry["low"], entry["high"]) == pytest.approx(
+            (got[c]["value"], got[c]["low"], got[c]["high"]), abs=1e-3
+        )
+    h100 = prof.load("h100-sxm").dvfs
+    assert got["alpha"]["low"] <= h100["alpha"]["value"] <= got["alpha"]["high"]
+    assert (h100["alpha"]["low"], h100["alpha"]["high"]) == (
+        got["alpha"]["low"],
+        got["alpha"]["high"],
+    )
+    assert h100["memory_knee"] == {**got["memory_knee"]}

@@ -67,6 +67,11 @@ class MeasuredCell:
         return self.knobs["workload"]
 
     @property
+    def pattern(self) -> str | None:
+        """The workload's pattern (single, sequential, spec, ...)."""
+        return self.manifest["spec"].get("workload", {}).get("pattern")
+
+    @property
     def engine(self) -> str:
         e = self.manifest.get("engine", {})
         return f"{e.get('name', '?')} {e.get('version', '?')}"

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from wattflow.engines.sim.power import ALPHA, MEMORY_KNEE
+from wattflow.engines.sim.constants import ALPHA, MEMORY_KNEE
 
 SOURCES = Path(__file__).with_name("dvfs_sources.yaml")
 CONSTANTS = ("alpha", "memory_knee")
@@ -213,14 +213,22 @@ def _num(v: Any) -> bool:
 
 
 # ------------------------------------------------------------------- the DVFS part itself
+Cost = tuple[float, float, float, float, float]  # perf.StepCost: lc, lm, ac, am, overhead
+
+
 @dataclass(frozen=True)
 class Dvfs:
     """The DVFS part of power.py with its two constants as parameters.
 
-    Same equations as PowerModel.at/step: compute time scales 1/f, memory time by
-    max(1, knee/f), power = idle + cdyn*f**alpha*(t_c/f)/t + mdyn*t_m(f=1)/t, and a cap
-    picks the highest clock of the 15 MHz grid (from the requested clock down to the
-    floor) whose power fits, else the floor.
+    Same equations as `PowerModel.at`/`step` (a test keeps them equal): a step's cost at
+    max clock is (linear compute, linear memory, attention compute, attention memory,
+    overhead) seconds; at clock ratio f compute time scales 1/f, memory time by
+    max(1, knee/f), each kernel kind takes the slower of its two sides, and
+    power = idle + f**alpha * (active + cdyn * t_compute(f) / t) + mdyn * t_memory(1) / t.
+    Under a cap the highest clock of the 15 MHz grid (from the requested clock down to the
+    floor) whose power fits the allowed power is picked, else the floor; the allowed power
+    is the cap plus what keeps an exponential average of power (time constant
+    `window_s`) at the cap after a step of the requested clock's length.
     """
 
     alpha: float
@@ -229,69 +237,84 @@ class Dvfs:
     def at(
         self,
         f: float,
-        t_c: float,
-        t_m: float,
+        cost: Cost,
+        *,
         idle_w: float,
         cdyn_w: float,
-        mdyn_w: float,
-        overhead_s: float = 0.0,
+        mdyn_w: float = 0.0,
+        active_w: float = 0.0,
     ) -> tuple[float, float]:
         """(step seconds, power W) at clock ratio f."""
-        tc = t_c / f
-        tm = t_m * max(1.0, self.memory_knee / f)
-        t = max(tc, tm) + overhead_s
-        return t, idle_w + cdyn_w * f**self.alpha * tc / t + mdyn_w * t_m / t
+        lc, lm, ac, am, o = cost
+        slow = max(1.0, self.memory_knee / f)
+        tl, ta = lc / f, ac / f
+        t = max(tl, lm * slow) + max(ta, am * slow) + o
+        return t, idle_w + f**self.alpha * (active_w + cdyn_w * (tl + ta) / t) + mdyn_w * (
+            lm + am
+        ) / t
 
     def capped(
         self,
         cap_w: float,
-        t_c: float,
-        t_m: float,
+        cost: Cost,
         *,
         fmax_mhz: float,
         fmin_mhz: float,
         idle_w: float,
         cdyn_w: float,
         mdyn_w: float = 0.0,
-        overhead_s: float = 0.0,
+        active_w: float = 0.0,
         req_mhz: float | None = None,
         grid: bool = True,
+        window_s: float = 0.0,
+        avg_w: float | None = None,
     ) -> tuple[float, float, float]:
         """(step seconds, power W, clock ratio) under a power cap, as PowerModel.step.
 
-        grid=False solves for the continuous clock instead of the 15 MHz grid (the limit of
-        a fine grid; within one grid step of it): the fit uses it so that the objective is
-        smooth in the constants rather than a staircase.
+        window_s/avg_w: the controller's averaging time and its running average before
+        the step (default: idle). grid=False solves for the continuous clock instead of
+        the 15 MHz grid (the limit of a fine grid; within one grid step of it): the fit
+        uses it so that the objective is smooth in the constants rather than a staircase.
         """
         top = fmax_mhz if req_mhz is None else req_mhz
+        kw = dict(idle_w=idle_w, cdyn_w=cdyn_w, mdyn_w=mdyn_w, active_w=active_w)
 
         def at(f: float) -> tuple[float, float]:
-            return self.at(f, t_c, t_m, idle_w, cdyn_w, mdyn_w, overhead_s)
+            return self.at(f, cost, **kw)
 
+        allowed = cap_w
+        if window_s > 0.0:
+            a = math.exp(-at(top / fmax_mhz)[0] / window_s)
+            avg = idle_w if avg_w is None else avg_w
+            allowed += (cap_w - avg) * a / (1.0 - a) if a < 1.0 else 0.0
         if not grid:
             lo, hi = fmin_mhz / fmax_mhz, top / fmax_mhz
             t, p = at(hi)
-            if p <= cap_w:
+            if p <= allowed:
                 return t, p, hi
-            if at(lo)[1] > cap_w:
+            if at(lo)[1] > allowed:
                 return (*at(lo), lo)
             for _ in range(42):  # power rises with the clock: bisection to ~1e-13
                 mid = (lo + hi) / 2.0
-                lo, hi = (mid, hi) if at(mid)[1] <= cap_w else (lo, mid)
+                lo, hi = (mid, hi) if at(mid)[1] <= allowed else (lo, mid)
             return (*at(lo), lo)
         clocks = clock_grid(top, fmin_mhz)
         t, p = at(clocks[0] / fmax_mhz)
-        if p <= cap_w:
+        if p <= allowed:
             return t, p, clocks[0] / fmax_mhz
-        lo_k, hi_k = 0, len(clocks) - 1  # P(lo) > cap; hi feasible or the floor
+        lo_k, hi_k = 0, len(clocks) - 1  # P(lo) > allowed; hi feasible or the floor
         while hi_k - lo_k > 1:
             mid_k = (lo_k + hi_k) // 2
-            if at(clocks[mid_k] / fmax_mhz)[1] <= cap_w:
+            if at(clocks[mid_k] / fmax_mhz)[1] <= allowed:
                 hi_k = mid_k
             else:
                 lo_k = mid_k
         f = clocks[hi_k] / fmax_mhz
         return (*at(f), f)
+
+
+COMPUTE_BOUND: Cost = (1.0, 0.0, 0.0, 0.0, 0.0)  # the idealised prefill step of the points
+MEMORY_BOUND: Cost = (0.0, 1.0, 0.0, 0.0, 0.0)
 
 
 def clock_grid(req_mhz: float, fmin_mhz: float) -> list[float]:
@@ -328,21 +351,21 @@ def predict(p: Point, d: Dvfs, nuisance: float | None = None, *, grid: bool = Fa
         idle, base = q["idle_w"], q["base_power_w"]
         cdyn = (base - idle) / q["base_clock"] ** d.alpha
         kw = dict(fmax_mhz=fmax, fmin_mhz=fmin, idle_w=idle, cdyn_w=cdyn, grid=grid)
-        t_base = d.capped(base + 1e-9, 1.0, 0.0, **kw)[0]
-        t_cap = d.capped(q["cap_w"], 1.0, 0.0, **kw)[0]
+        t_base = d.capped(base + 1e-9, COMPUTE_BOUND, **kw)[0]
+        t_cap = d.capped(q["cap_w"], COMPUTE_BOUND, **kw)[0]
         share = q["insensitive_share"]
         return share + (1.0 - share) * t_cap / t_base
     if p.kind == "cap_clock":
         kw = dict(
             fmax_mhz=fmax, fmin_mhz=fmin, idle_w=q["idle_w"], cdyn_w=_need(nuisance, p), grid=grid
         )
-        return d.capped(q["cap_w"], 1.0, 0.0, **kw)[2]
+        return d.capped(q["cap_w"], COMPUTE_BOUND, **kw)[2]
     if p.kind == "power_floor":
         return q["idle_w"] + _need(nuisance, p)
     if p.kind == "clock_slowdown":
         one = Dvfs(d.alpha, d.memory_knee)
-        t_l = one.at(q["locked_clock"], 0.0, 1.0, 0.0, 0.0, 0.0)[0]
-        t_b = one.at(q["base_clock"], 0.0, 1.0, 0.0, 0.0, 0.0)[0]
+        t_l = one.at(q["locked_clock"], MEMORY_BOUND, idle_w=0.0, cdyn_w=0.0)[0]
+        t_b = one.at(q["base_clock"], MEMORY_BOUND, idle_w=0.0, cdyn_w=0.0)[0]
         return 1.0 + q["memory_share"] * (t_l / t_b - 1.0)
     if p.kind in ("clock_floor", "knee_ceiling", "prior"):
         return d.memory_knee
@@ -519,6 +542,37 @@ def _golden(f: Callable[[float], float], a: float, b: float, tol: float = 1e-7) 
     return (a + b) / 2.0
 
 
+# ----------------------------------------------------- the same evidence, on the simulator
+def simulator_points(gpu: str, points: Iterable[Point] | None = None) -> list[Point]:
+    """The fitted power-cap slowdowns measured on `gpu` (a profile name of the sources
+    file): what `wattflow calibrate` adds to the cells' residuals to fit alpha jointly with
+    the dynamic powers (the cells' clock series fix their ratio at the default limit, these
+    points how power falls with the clock)."""
+    if points is None:
+        points = load()[1]
+    return [
+        p for p in points if p.use == "fit" and p.kind == "cap_slowdown" and p.measured_on == gpu
+    ]
+
+
+def predict_on_simulator(
+    p: Point, model: Any, gpu: Any, constants: Any, chunk_tokens: int = 8192
+) -> float:
+    """A cap_slowdown point predicted by the simulator itself: one saturated prefill chunk
+    (`chunk_tokens`, compute-bound) under the point's cap vs the GPU's default limit, in
+    steady state (the controller's average at the cap), with the profile's constants.
+    model/gpu/constants: ModelShape, GpuSpec, SimConstants."""
+    from wattflow.engines.sim.perf import Roofline
+    from wattflow.engines.sim.power import PowerModel
+
+    cost = Roofline.build(model, gpu, constants).prefill_times(chunk_tokens)
+    steady = constants.with_values(power_window_s=0.0)
+    t_base = PowerModel(gpu, None, None, steady).step(cost)[0]
+    t_cap = PowerModel(gpu, p.params["cap_w"], None, steady).step(cost)[0]
+    share = p.params.get("insensitive_share", 0.0)
+    return share + (1.0 - share) * t_cap / t_base
+
+
 # --------------------------------------------------------------------------------- bands
 def _shifts(c: str, pts: list[Point], values: Mapping[str, float]) -> list[tuple[str, float]]:
     """Refit c with each fitted point's value, then each uncertain input, at its edges."""
@@ -632,9 +686,9 @@ def cap_sensitivity(
             idle_w=float(anchor.params["idle_w"]),
             cdyn_w=dyn,
         )
-        t0, p0, _ = d.capped(anchor.params["cap_w"], 1.0, 0.0, **kw)
+        t0, p0, _ = d.capped(anchor.params["cap_w"], COMPUTE_BOUND, **kw)
         for cap in caps:
-            t, p, f = d.capped(cap, 1.0, 0.0, **kw)
+            t, p, f = d.capped(cap, COMPUTE_BOUND, **kw)
             rows.append(
                 {
                     "alpha_edge": label,
@@ -732,17 +786,17 @@ def report(path: str | Path = SOURCES, caps: Iterable[float] = (250, 350, 450, 5
     The caps default to the power-cap axis of config/config.yaml's grid.
     """
     gpus, points = load(path)
-    today = {"alpha": ALPHA, "memory_knee": MEMORY_KNEE}  # the simulator's current constants
     lines = []
     for name in gpus:
         fit_ = fit_points(name, points)
+        shipped = _shipped(name)  # what the bundled profile (or the fallback) uses
         lines.append(f"== {name}")
-        lines.append(f"{'constant':<12} {'value':>7} {'low':>7} {'high':>7}  today  inside")
+        lines.append(f"{'constant':<12} {'value':>7} {'low':>7} {'high':>7}  shipped inside")
         for c, v in fit_.constants().items():
-            inside = v["low"] <= today[c] <= v["high"]
+            inside = v["low"] <= shipped[c] <= v["high"]
             lines.append(
                 f"{c:<12} {v['value']:>7.3f} {v['low']:>7.3f} {v['high']:>7.3f}"
-                f"  {today[c]:<5}  {'yes' if inside else 'NO'}"
+                f"  {shipped[c]:<7.3f} {'yes' if inside else 'NO'}"
             )
         for c in CONSTANTS:
             lines.append(
@@ -764,6 +818,17 @@ def report(path: str | Path = SOURCES, caps: Iterable[float] = (250, 350, 450, 5
                     f" energy x{r['energy_ratio']:.3f}"
                 )
     return "\n".join(lines)
+
+
+def _shipped(name: str) -> dict[str, float]:
+    """The DVFS values the simulator ships for a profile name: the bundled profile's,
+    else the model's fallbacks."""
+    from wattflow.calibration import profile as prof
+
+    try:
+        return {k: float(v["value"]) for k, v in prof.load(name).dvfs.items()}
+    except prof.ProfileError:
+        return {"alpha": ALPHA, "memory_knee": MEMORY_KNEE}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,10 +9,19 @@ parameters mapped to the real line (logit of the position within the bounds), wi
 forward-difference Jacobians whose step (2 %) is large next to the discrete-event noise of
 the simulator. A simulated cell costs milliseconds, so the fit needs no surrogate.
 
+DVFS: cells measured at the default limit and clocks pin power at one clock only, so
+`alpha` (how compute power falls with the clock) is fitted jointly with the dynamic powers
+from the cells AND the published power-cap slowdowns of the same GPU in
+`dvfs_sources.yaml` (`dvfs.simulator_points`), predicted by the simulator's own power model
+with the constants being fitted: the cells' SM-clock series fix compute power at the
+prefill clock the default limit allows, the slowdown fixes how fast it falls with the
+clock. Its uncertainty band, and the memory knee (not identified by any measurement: a
+prior with bounds), come from the evidence-only fit (`dvfs.fit_profile`).
+
 What is not fitted: `idle_w` is measured (the median of the cells' pre-cell idle power),
-`async_scheduling` is a property of the engine version (given or inferred), and the DVFS
-constants (`alpha`, `memory_knee`) come from the base profile: a default-clock, default-
-cap data set cannot separate them (MODEL.md).
+`async_scheduling` is a property of the engine version (given or inferred), `memory_knee`
+comes from the DVFS evidence, and `alpha` too where the sources hold no slowdown measured
+on the cells' GPU.
 """
 
 from __future__ import annotations
@@ -26,9 +35,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from wattflow.calibration import dvfs
 from wattflow.calibration import profile as prof
 from wattflow.calibration.cells import MeasuredCell, find_cells
 from wattflow.engines.sim.constants import SimConstants
+from wattflow.engines.sim.factory import gpu_and_constants, model_shape
 
 # Fitted constants and their bounds (what is physically plausible, not what fits).
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -74,8 +85,44 @@ STARTS: tuple[dict[str, float], ...] = (
         "frontend_per_stream2_s": 4e-6,
     },
 )
-FD_STEP = 0.02  # forward-difference step in the transformed parameters
+# Forward-difference step in the transformed parameters: wide enough to step over the
+# 15 MHz clock grid, whose quantized clock and power metrics make narrow differences steep.
+FD_STEP = 0.05
+# A start this close to a bound (share of its range) moves inside: the logit map is flat.
+EDGE = 0.01
 MIN_SCALE = {"ttft_p50_s": 0.02, "ttft_p90_s": 0.02}  # s: no relative blow-up near zero
+EVIDENCE_WEIGHT = 2.0  # of a DVFS point's relative error (as energy and duration)
+EVIDENCE_KEY = "dvfs-evidence"  # its entry in the residuals, beside the cells'
+
+
+@dataclass
+class Evidence:
+    """Published DVFS measurements on the cells' GPU, predicted by the simulator with the
+    constants being fitted (see the module docstring)."""
+
+    points: list  # dvfs.Point (kind cap_slowdown)
+    model: object  # ModelShape
+    gpu: object  # GpuSpec
+    chunk_tokens: int = 8192
+
+    @classmethod
+    def for_cells(cls, cells: list[MeasuredCell], gpu_name: str) -> Evidence | None:
+        points = dvfs.simulator_points(gpu_name)
+        if not points:
+            return None
+        engine = cells[0].sim_spec()["engine"]
+        gpu, _ = gpu_and_constants(engine)
+        chunk = int(engine.get("max_num_batched_tokens", 8192))
+        return cls(points, model_shape(engine), gpu, chunk)
+
+    def errors(self, c: SimConstants) -> dict[str, float]:
+        """Relative error of each point's prediction."""
+        gpu = self.gpu
+        out = {}
+        for p in self.points:
+            pred = dvfs.predict_on_simulator(p, self.model, gpu, c, self.chunk_tokens)
+            out[p.id] = (pred - float(p.value)) / float(p.value)
+        return out
 
 
 @dataclass
@@ -93,7 +140,7 @@ def _to_x(c: SimConstants, names: list[str]) -> np.ndarray:
     out = []
     for n in names:
         lo, hi = BOUNDS[n]
-        u = min(max((getattr(c, n) - lo) / (hi - lo), 1e-4), 1 - 1e-4)
+        u = min(max((getattr(c, n) - lo) / (hi - lo), EDGE), 1 - EDGE)
         out.append(math.log(u / (1 - u)))
     return np.array(out)
 
@@ -119,13 +166,19 @@ def relative_errors(sim: dict, measured: dict, max_clock: float) -> dict[str, fl
     return out
 
 
-def _residuals(cells: list[MeasuredCell], c: SimConstants) -> tuple[np.ndarray, dict]:
+def _residuals(
+    cells: list[MeasuredCell], c: SimConstants, evidence: Evidence | None = None
+) -> tuple[np.ndarray, dict]:
     res, per_cell = [], {}
     for cell in cells:
         clock = float(cell.manifest["gpu"].get("max_sm_clock_mhz") or 1.0)
         err = relative_errors(cell.simulate(c), cell.measured, clock)
         per_cell[cell.label()] = err
         res += [WEIGHTS[m] * e for m, e in sorted(err.items())]
+    if evidence is not None:
+        err = evidence.errors(c)
+        per_cell[EVIDENCE_KEY] = err
+        res += [EVIDENCE_WEIGHT * e for _, e in sorted(err.items())]
     r = np.array(res)
     return np.where(np.isfinite(r), r, 10.0), per_cell
 
@@ -137,14 +190,16 @@ def fit(
     max_iterations: int = 25,
     tolerance: float = 1e-4,
     log=None,  # noqa: ANN001 - callable(str) for progress
+    evidence: Evidence | None = None,
 ) -> FitResult:
-    """Least-squares fit of `names` (default: every BOUNDS constant), starting at `base`."""
+    """Least-squares fit of `names` (default: every BOUNDS constant), starting at `base`;
+    `evidence` adds the DVFS points' residuals (alpha itself: `alpha_scan`)."""
     if not cells:
         raise ValueError("fit: no cells")
     names = list(names or BOUNDS)
     t0 = time.perf_counter()
     x = _to_x(base, names)
-    r, per_cell = _residuals(cells, _from_x(x, names, base))
+    r, per_cell = _residuals(cells, _from_x(x, names, base), evidence)
     cost, evals, lam, history = float(r @ r), 1, 1e-2, []
     it = 0
     for it in range(1, max_iterations + 1):
@@ -152,14 +207,14 @@ def fit(
         for j in range(len(x)):
             xj = x.copy()
             xj[j] += FD_STEP
-            jac[:, j] = (_residuals(cells, _from_x(xj, names, base))[0] - r) / FD_STEP
+            jac[:, j] = (_residuals(cells, _from_x(xj, names, base), evidence)[0] - r) / FD_STEP
             evals += 1
         g, h = jac.T @ r, jac.T @ jac
         improved = False
         for _ in range(8):
             step = np.linalg.solve(h + lam * np.diag(np.diag(h) + 1e-9), -g)
             x_new = x + np.clip(step, -3.0, 3.0)
-            r_new, pc_new = _residuals(cells, _from_x(x_new, names, base))
+            r_new, pc_new = _residuals(cells, _from_x(x_new, names, base), evidence)
             evals += 1
             c_new = float(r_new @ r_new)
             if c_new < cost:
@@ -224,9 +279,16 @@ def calibrate(
     base: str | None = None,
     async_scheduling: bool | None = None,
     log=None,  # noqa: ANN001
+    pattern: str | None = None,
 ):
-    """Fit a profile to the cells under `paths` (one model, GPU and engine version)."""
+    """Fit a profile to the cells under `paths` (one model, GPU and engine version);
+    `pattern`: only cells whose workload has this pattern (e.g. `single`, the single-call
+    cells the shipped profile is fitted on), so adding cells is adding directories."""
     all_cells = find_cells(paths)
+    if pattern is not None:
+        all_cells = [c for c in all_cells if c.pattern == pattern]
+        if not all_cells:
+            raise ValueError(f"calibrate: no cell with workload pattern {pattern!r}")
     cells = [c for c in all_cells if c.valid]
     if log and len(cells) < len(all_cells):
         log(f"skipping {len(all_cells) - len(cells)} invalid cell(s)")
@@ -243,7 +305,7 @@ def calibrate(
     if base is None and (prof.BUNDLED_DIR / f"{gpu}.yaml").is_file():
         base = gpu
     base_profile = prof.load(base) if base else None
-    dvfs = base_profile.dvfs if base_profile else prof.DEFAULT_DVFS
+    dvfs_block, dvfs_fit = _dvfs_block(gpu, base_profile, log)
     start = base_profile.sim_constants() if base_profile else SimConstants()
     if async_scheduling is None:
         async_scheduling = infer_async_scheduling(engine, version)
@@ -252,25 +314,40 @@ def calibrate(
     start = start.with_values(
         async_scheduling=async_scheduling,
         idle_w=statistics.median(idles) if idles else start.idle_w,
-        alpha=float(dvfs["alpha"]["value"]),
-        memory_knee=float(dvfs["memory_knee"]["value"]),
+        alpha=float(dvfs_block["alpha"]["value"]),
+        memory_knee=float(dvfs_block["memory_knee"]["value"]),
     )
-    result = None
-    for i, values in enumerate(({}, *STARTS)):
+    evidence = Evidence.for_cells(cells, gpu) if dvfs_fit is not None else None
+    # The surface is rough (a queue forms or not): fit from each start with alpha at the
+    # evidence's value, then scan alpha across its band from the best of them.
+    others = list(BOUNDS)
+    result, seconds, evals = None, 0.0, 0
+
+    def run(label: str, x0: SimConstants, names: list[str]) -> None:
+        nonlocal result, seconds, evals
         if log:
-            log(f"start {i + 1} of {len(STARTS) + 1}")
-        r = fit(cells, start.with_values(**values), log=log)
+            log(label)
+        r = fit(cells, x0, names=names, log=log, evidence=evidence)
+        seconds, evals = seconds + r.seconds, evals + r.evaluations
         if result is None or r.cost < result.cost:
-            seconds = r.seconds + (result.seconds if result else 0.0)
-            evals = r.evaluations + (result.evaluations if result else 0)
             result = r
-        else:
-            seconds, evals = seconds + r.seconds, evals + r.evaluations
-        result.seconds, result.evaluations = seconds, evals
+
+    for i, values in enumerate(({}, *STARTS)):
+        run(f"start {i + 1} of {len(STARTS) + 1}", start.with_values(**values), others)
+    scan = None
+    if evidence is not None:
+        band = (dvfs_block["alpha"]["low"], dvfs_block["alpha"]["high"])
+        scanned, scan = alpha_scan(cells, result.constants, evidence, band, others, log)
+        seconds += scanned.seconds
+        evals += scanned.evaluations
+        result = scanned
+    result.seconds, result.evaluations = seconds, evals
     c = result.constants
-    fitted = list(BOUNDS)
-    constants = {k: _round(getattr(c, k)) for k in (*fitted, "idle_w")}
+    fitted = [*BOUNDS, *(["alpha"] if evidence is not None else [])]
+    constants = {k: _round(getattr(c, k)) for k in (*BOUNDS, "idle_w")}
     constants["async_scheduling"] = bool(c.async_scheduling)
+    if evidence is not None:
+        dvfs_block["alpha"] = _joint_alpha(dvfs_block["alpha"], c.alpha, evidence)
     residuals = {
         label: {m: round(e, 4) for m, e in sorted(err.items())}
         for label, err in result.residuals.items()
@@ -281,6 +358,11 @@ def calibrate(
         if errs:
             mape[m] = round(sum(errs) / len(errs), 4)
     hosts = sorted({c.manifest.get("host", {}).get("hostname", "?") for c in cells})
+    dvfs_from = (
+        f"dvfs_sources.yaml fit of profile {gpu} (wattflow.calibration.dvfs)"
+        if dvfs_fit is not None
+        else "from " + (f"profile {base}" if base else "the model's fallbacks")
+    )
     return prof.Profile(
         name=name or gpu,
         gpu=gpu,
@@ -288,7 +370,7 @@ def calibrate(
         engine=f"{engine} {version}",
         validated=engine != "sim",
         constants=constants,
-        dvfs=dvfs,
+        dvfs=dvfs_block,
         source={
             "cells": [_rel(cell.path) for cell in cells],
             "engine_versions": sorted({cell.engine for cell in cells}),
@@ -299,8 +381,16 @@ def calibrate(
             "measured_constants": ["idle_w (median of the cells' idle_power_w)"],
             "fixed": {
                 "async_scheduling": f"{async_scheduling} (engine {engine} {version})",
-                "dvfs": "from " + (f"profile {base}" if base else "the model's fallbacks"),
+                "dvfs": (
+                    "alpha fitted jointly with the cells and "
+                    + ", ".join(p.id for p in evidence.points)
+                    + "; its band and memory_knee "
+                    if evidence is not None
+                    else ""
+                )
+                + dvfs_from,
             },
+            **({"alpha_scan": scan} if scan else {}),
             "fit": {
                 "seconds": round(result.seconds, 2),
                 "iterations": result.iterations,
@@ -310,6 +400,88 @@ def calibrate(
         },
         residuals={"relative_error": residuals, "mean_absolute": mape},
     )
+
+
+SCAN_POINTS = 5  # alpha values across its band
+
+
+def alpha_scan(
+    cells: list[MeasuredCell],
+    start: SimConstants,
+    evidence: Evidence,
+    band: tuple[float, float],
+    names: list[str],
+    log=None,  # noqa: ANN001
+) -> tuple[FitResult, dict[float, float]]:
+    """alpha by a profile scan: at each of SCAN_POINTS values across its band, fit `names`
+    (everything but alpha) from `start`; the cost's minimum, refined by a parabola through
+    the best value and its neighbours, is refitted. A scan, not a free parameter of the
+    Levenberg-Marquardt loop: along the valley where compute power and alpha trade off the
+    cost is flat to within the simulator's discrete-event noise, and the loop stops
+    wherever it enters it. Returns the fit at the chosen alpha and {alpha: cost}."""
+    lo, hi = band
+    grid = [lo + (hi - lo) * i / (SCAN_POINTS - 1) for i in range(SCAN_POINTS)]
+    mid = SCAN_POINTS // 2
+    fits: list = [None] * SCAN_POINTS
+    # Continuation from the middle outwards: each value starts from its neighbour's fit,
+    # which follows the valley instead of re-entering it from afar.
+    for order in (range(mid, SCAN_POINTS), range(mid - 1, -1, -1)):
+        x0 = start if order.start == mid else fits[mid].constants
+        for i in order:
+            r = fit(cells, x0.with_values(alpha=grid[i]), names=names, evidence=evidence)
+            fits[i], x0 = r, r.constants
+            if log:
+                log(f"alpha {grid[i]:.3f}: cost {r.cost:.5f}")
+    costs = [r.cost for r in fits]
+    k = min(range(len(grid)), key=costs.__getitem__)
+    best = grid[k]
+    if 0 < k < len(grid) - 1:
+        (x0, x1, x2), (y0, y1, y2) = grid[k - 1 : k + 2], costs[k - 1 : k + 2]
+        den = (x0 - x1) * (x0 - x2) * (x1 - x2)
+        a2 = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / den
+        a1 = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / den
+        if a2 > 0:
+            best = min(max(-a1 / (2 * a2), x0), x2)
+    final = fit(cells, fits[k].constants.with_values(alpha=best), names=names, evidence=evidence)
+    if final.cost > fits[k].cost:  # the parabola's vertex is no better than the grid point
+        final, best = fits[k], grid[k]
+    final.seconds += sum(r.seconds for r in fits)
+    final.evaluations += sum(r.evaluations for r in fits)
+    if log:
+        log(f"alpha {best:.3f}: cost {final.cost:.5f} (chosen)")
+    return final, {round(a, 3): round(c, 5) for a, c in zip(grid, costs, strict=True)}
+
+
+def _dvfs_block(gpu: str, base_profile, log) -> tuple[dict, object]:  # noqa: ANN001
+    """The profile's `dvfs:` mapping before the fit: the evidence-only fit of the GPU's
+    DVFS constants where the sources file has the GPU (values, bands, sources), else the
+    base profile's, else the model's fallbacks; and that fit (or None)."""
+    gpus, points = dvfs.load()
+    if gpu in gpus:
+        f = dvfs.fit_points(gpu, points)
+        if log:
+            log(f"DVFS evidence for {gpu}: {len(dvfs.used(points, gpu))} points")
+        return f.constants(), f
+    block = base_profile.dvfs if base_profile else prof.DEFAULT_DVFS
+    return {k: dict(v) for k, v in block.items()}, None
+
+
+def _joint_alpha(entry: dict, value: float, evidence: Evidence) -> dict:
+    """alpha's entry after the joint fit: its value, the evidence-only band (widened to
+    hold the value, should the cells pull it out), the sources plus the joint fit."""
+    v = round(value, 3)
+    return {
+        "value": v,
+        "low": min(entry["low"], v),
+        "high": max(entry["high"], v),
+        "evidence_only": entry["value"],
+        "sources": [
+            *entry["sources"],
+            "joint fit: the cells' power and SM-clock series with "
+            + ", ".join(p.id for p in evidence.points)
+            + " predicted by the simulator (wattflow.calibration.fit.Evidence)",
+        ],
+    }
 
 
 def _round(x: float) -> float:
