@@ -6,22 +6,26 @@ duration (throughput), TTFT and TPOT percentiles, and the shape of the 100 ms po
 SM-clock series (their quantiles over the busy span). Residuals are relative errors
 (clock: error / max clock). The minimiser is a Levenberg-Marquardt loop on bounded
 parameters mapped to the real line (logit of the position within the bounds), with
-forward-difference Jacobians whose step (2 %) is large next to the discrete-event noise of
-the simulator. A simulated cell costs milliseconds, so the fit needs no surrogate.
+forward-difference Jacobians whose step is wide enough to step over the clock grid and the
+discrete-event noise of the simulator. A simulated cell costs milliseconds, so the fit
+needs no surrogate.
 
-DVFS: cells measured at the default limit and clocks pin power at one clock only, so
-`alpha` (how compute power falls with the clock) is fitted jointly with the dynamic powers
-from the cells AND the published power-cap slowdowns of the same GPU in
-`dvfs_sources.yaml` (`dvfs.simulator_points`), predicted by the simulator's own power model
-with the constants being fitted: the cells' SM-clock series fix compute power at the
-prefill clock the default limit allows, the slowdown fixes how fast it falls with the
-clock. Its uncertainty band, and the memory knee (not identified by any measurement: a
-prior with bounds), come from the evidence-only fit (`dvfs.fit_profile`).
+DVFS, jointly with compute power: cells measured at the default limit and clocks pin power
+at one clock only, the clock the limit allows in prefill, so `alpha` (how compute power
+falls with the clock) and `compute_dynamic_w` trade off along a valley. alpha comes from
+the evidence fit (`dvfs.fit_profile`: the published power-cap slowdowns of the GPU with the
+prefill dynamic power as a nuisance tied to the H100's measured prefill clock); the cells
+then fit compute_dynamic_w and the rest at that alpha, with their SM-clock series as an
+observable and the same slowdowns, predicted by the simulator itself
+(`Evidence`), as residuals. `alpha_scan` repeats the fit across alpha's band: the cost
+along it says whether the cells contradict the evidence (they do not: MODEL.md §9), and
+the fits at the band's edges are stored in the profile for sensitivity checks. The memory
+knee is a prior with bounds: no measurement identifies it.
 
 What is not fitted: `idle_w` is measured (the median of the cells' pre-cell idle power),
-`async_scheduling` is a property of the engine version (given or inferred), `memory_knee`
-comes from the DVFS evidence, and `alpha` too where the sources hold no slowdown measured
-on the cells' GPU.
+`async_scheduling` is a property of the engine version (given or inferred), and the DVFS
+constants (from the evidence fit where `dvfs_sources.yaml` has the GPU, else from the base
+profile).
 """
 
 from __future__ import annotations
@@ -134,6 +138,8 @@ class FitResult:
     seconds: float
     residuals: dict[str, dict[str, float]]  # cell label -> metric -> relative error
     history: list[float] = field(default_factory=list)
+    # alpha_scan: the constants refitted with alpha at its band's edges
+    edges: dict[str, SimConstants] = field(default_factory=dict)
 
 
 def _to_x(c: SimConstants, names: list[str]) -> np.ndarray:
@@ -319,7 +325,7 @@ def calibrate(
     )
     evidence = Evidence.for_cells(cells, gpu) if dvfs_fit is not None else None
     # The surface is rough (a queue forms or not): fit from each start with alpha at the
-    # evidence's value, then scan alpha across its band from the best of them.
+    # evidence's value; then scan alpha across its band from the best of them.
     others = list(BOUNDS)
     result, seconds, evals = None, 0.0, 0
 
@@ -336,18 +342,26 @@ def calibrate(
         run(f"start {i + 1} of {len(STARTS) + 1}", start.with_values(**values), others)
     scan = None
     if evidence is not None:
-        band = (dvfs_block["alpha"]["low"], dvfs_block["alpha"]["high"])
-        scanned, scan = alpha_scan(cells, result.constants, evidence, band, others, log)
+        a = dvfs_block["alpha"]
+        scanned, scan = alpha_scan(
+            cells, result.constants, evidence, (a["low"], a["value"], a["high"]), others, log
+        )
         seconds += scanned.seconds
         evals += scanned.evaluations
-        result = scanned
+        if scanned.cost < result.cost:
+            result = scanned
+        else:
+            result.edges = scanned.edges
     result.seconds, result.evaluations = seconds, evals
     c = result.constants
-    fitted = [*BOUNDS, *(["alpha"] if evidence is not None else [])]
+    fitted = list(BOUNDS)
     constants = {k: _round(getattr(c, k)) for k in (*BOUNDS, "idle_w")}
     constants["async_scheduling"] = bool(c.async_scheduling)
     if evidence is not None:
         dvfs_block["alpha"] = _joint_alpha(dvfs_block["alpha"], c.alpha, evidence)
+        dvfs_block["alpha"]["refit_at_edges"] = {
+            side: {k: _round(getattr(e, k)) for k in BOUNDS} for side, e in result.edges.items()
+        }
     residuals = {
         label: {m: round(e, 4) for m, e in sorted(err.items())}
         for label, err in result.residuals.items()
@@ -381,14 +395,7 @@ def calibrate(
             "measured_constants": ["idle_w (median of the cells' idle_power_w)"],
             "fixed": {
                 "async_scheduling": f"{async_scheduling} (engine {engine} {version})",
-                "dvfs": (
-                    "alpha fitted jointly with the cells and "
-                    + ", ".join(p.id for p in evidence.points)
-                    + "; its band and memory_knee "
-                    if evidence is not None
-                    else ""
-                )
-                + dvfs_from,
+                "dvfs": dvfs_from,
             },
             **({"alpha_scan": scan} if scan else {}),
             "fit": {
@@ -402,54 +409,37 @@ def calibrate(
     )
 
 
-SCAN_POINTS = 5  # alpha values across its band
-
-
 def alpha_scan(
     cells: list[MeasuredCell],
     start: SimConstants,
     evidence: Evidence,
-    band: tuple[float, float],
+    alphas: tuple[float, float, float],
     names: list[str],
     log=None,  # noqa: ANN001
 ) -> tuple[FitResult, dict[float, float]]:
-    """alpha by a profile scan: at each of SCAN_POINTS values across its band, fit `names`
-    (everything but alpha) from `start`; the cost's minimum, refined by a parabola through
-    the best value and its neighbours, is refitted. A scan, not a free parameter of the
-    Levenberg-Marquardt loop: along the valley where compute power and alpha trade off the
-    cost is flat to within the simulator's discrete-event noise, and the loop stops
-    wherever it enters it. Returns the fit at the chosen alpha and {alpha: cost}."""
-    lo, hi = band
-    grid = [lo + (hi - lo) * i / (SCAN_POINTS - 1) for i in range(SCAN_POINTS)]
-    mid = SCAN_POINTS // 2
-    fits: list = [None] * SCAN_POINTS
-    # Continuation from the middle outwards: each value starts from its neighbour's fit,
-    # which follows the valley instead of re-entering it from afar.
-    for order in (range(mid, SCAN_POINTS), range(mid - 1, -1, -1)):
-        x0 = start if order.start == mid else fits[mid].constants
+    """The cells' view of alpha: with alpha at its band's low edge, value and high edge
+    (`alphas`) and halfway between, fit `names` (everything but alpha), continuing from
+    the value outwards so each fit starts from its neighbour's and follows the valley in
+    which compute power and alpha trade off. Returns the fit at the value, carrying the
+    fits at the two edges (`edges`), and {alpha: cost}. The cost along the scan says
+    whether the cells contradict the evidence's alpha; a free alpha in the least-squares
+    loop would wander along that valley, whose floor is flat to within the simulator's
+    discrete-event noise (MODEL.md §9)."""
+    lo, value, hi = alphas
+    grid = [lo, (lo + value) / 2, value, (value + hi) / 2, hi]
+    fits: list = [None] * len(grid)
+    for order in (range(2, len(grid)), range(1, -1, -1)):
+        x0 = start if order.start == 2 else fits[2].constants
         for i in order:
             r = fit(cells, x0.with_values(alpha=grid[i]), names=names, evidence=evidence)
             fits[i], x0 = r, r.constants
             if log:
                 log(f"alpha {grid[i]:.3f}: cost {r.cost:.5f}")
-    costs = [r.cost for r in fits]
-    k = min(range(len(grid)), key=costs.__getitem__)
-    best = grid[k]
-    if 0 < k < len(grid) - 1:
-        (x0, x1, x2), (y0, y1, y2) = grid[k - 1 : k + 2], costs[k - 1 : k + 2]
-        den = (x0 - x1) * (x0 - x2) * (x1 - x2)
-        a2 = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / den
-        a1 = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / den
-        if a2 > 0:
-            best = min(max(-a1 / (2 * a2), x0), x2)
-    final = fit(cells, fits[k].constants.with_values(alpha=best), names=names, evidence=evidence)
-    if final.cost > fits[k].cost:  # the parabola's vertex is no better than the grid point
-        final, best = fits[k], grid[k]
-    final.seconds += sum(r.seconds for r in fits)
-    final.evaluations += sum(r.evaluations for r in fits)
-    if log:
-        log(f"alpha {best:.3f}: cost {final.cost:.5f} (chosen)")
-    return final, {round(a, 3): round(c, 5) for a, c in zip(grid, costs, strict=True)}
+    final = fits[2]
+    final.edges = {"low": fits[0].constants, "high": fits[-1].constants}
+    final.seconds = sum(r.seconds for r in fits)
+    final.evaluations = sum(r.evaluations for r in fits)
+    return final, {round(a, 3): round(r.cost, 5) for a, r in zip(grid, fits, strict=True)}
 
 
 def _dvfs_block(gpu: str, base_profile, log) -> tuple[dict, object]:  # noqa: ANN001
@@ -467,19 +457,22 @@ def _dvfs_block(gpu: str, base_profile, log) -> tuple[dict, object]:  # noqa: AN
 
 
 def _joint_alpha(entry: dict, value: float, evidence: Evidence) -> dict:
-    """alpha's entry after the joint fit: its value, the evidence-only band (widened to
-    hold the value, should the cells pull it out), the sources plus the joint fit."""
+    """alpha's entry after the fit: the evidence fit's value and band, its sources plus
+    how the cells entered. The caller adds `refit_at_edges`: the other constants fitted with
+    alpha at each band edge, which a sensitivity check must run with (at another alpha the
+    default limit allows another clock unless compute power is refitted:
+    `wattflow.calibration.sensitivity`)."""
     v = round(value, 3)
     return {
         "value": v,
         "low": min(entry["low"], v),
         "high": max(entry["high"], v),
-        "evidence_only": entry["value"],
         "sources": [
             *entry["sources"],
-            "joint fit: the cells' power and SM-clock series with "
+            "compute_dynamic_w and the rest fitted at this alpha to the cells' power and "
+            "SM-clock series with "
             + ", ".join(p.id for p in evidence.points)
-            + " predicted by the simulator (wattflow.calibration.fit.Evidence)",
+            + " predicted by the simulator; the cells' cost across the band: source.alpha_scan",
         ],
     }
 
