@@ -42,7 +42,7 @@ def test_edges_rerun_the_slice_and_the_profile_row_is_the_grid(capped_grid):
     assert alpha["refit"].all()  # the shipped profile carries constants refitted at its edges
     by = {(r["constant"], r["side"], r["workload"]): r for r in s.iter_rows(named=True)}
     for wl in ("sequential", "agentic"):
-        # a steeper power law: the cap costs less clock, saves more (dvfs.md, direction)
+        # a steeper power law: the cap costs less clock, saves more (MODEL.md §5.1)
         assert by[("alpha", "high", wl)]["saving_pct"] > by[("alpha", "low", wl)]["saving_pct"]
         # a higher knee slows memory-bound steps at the capped clock: less saving
         knee = [by[("memory_knee", side, wl)]["saving_pct"] for side in ("low", "high")]

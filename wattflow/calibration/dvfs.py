@@ -9,7 +9,7 @@ least squares, so that a profile can carry {value, low, high, sources} per const
 (`fit`). The band of a constant combines (a) one-at-a-time shifts of each fitted point's
 value and uncertain inputs to their stated edges, added in quadrature per side, with
 (b) the feasible interval of the one-sided bound points, taken at their loosest stated
-value; a constant fitted only against a prior takes (b) alone. dvfs.md explains why.
+value; a constant fitted only against a prior takes (b) alone. MODEL.md §5.1 explains why.
 
 `python -m wattflow.calibration.dvfs` prints the fit for every GPU in the sources file;
 `--derive-h100 validation/h100` re-derives the H100 telemetry points from the committed
