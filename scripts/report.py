@@ -9,6 +9,7 @@ import polars as pl  # noqa: E402
 
 from wattflow.analysis.findings import check_findings  # noqa: E402
 from wattflow.analysis.report import write_report  # noqa: E402
+from wattflow.calibration.sensitivity import with_band_edges  # noqa: E402
 from wattflow.provenance import wattflow_info  # noqa: E402
 
 if "snakemake" in globals():
@@ -25,7 +26,7 @@ figures = sorted([*fig_dir.glob("*.png"), *fig_dir.glob("*.svg")])
 write_report(
     summary,
     figures,
-    check_findings(summary),
+    with_band_edges(check_findings(summary), summary),
     Path(out),
     provenance,
     objectives=analysis.get("objectives"),

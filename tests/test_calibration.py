@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ROOT
 from wattflow import config as wf_config
-from wattflow.calibration import accuracy, fit, profile
+from wattflow.calibration import accuracy, dvfs, fit, profile
 from wattflow.calibration.cells import MeasuredCell
 from wattflow.cell import run as run_cell
 from wattflow.cli import main
@@ -73,6 +73,36 @@ def test_fit_recovers_known_constants(tmp_path):
     assert fit._residuals(cells, start)[0] @ fit._residuals(cells, start)[0] > 100 * result.cost
 
 
+def test_alpha_scan_refits_compute_power_along_the_band(tmp_path):
+    """At the default limit the cells only say where power meets the cap (a clock for a
+    given alpha and compute power): the scan refits compute power at each alpha, so the
+    cells agree with any alpha near the truth, and the fits at the edges differ in compute
+    power in the direction that keeps the clock."""
+    truth = TRUTH.with_values(compute_dynamic_w=1000.0, active_w=150.0, alpha=1.6)
+    cells = _synthetic_cells(tmp_path, truth)
+    engine = cells[0].sim_spec()["engine"]
+    point = dvfs.simulator_points("h100-sxm")[0]
+    ev = fit.Evidence.for_cells(cells, "h100-sxm")
+    value = dvfs.predict_on_simulator(point, ev.model, ev.gpu, truth)
+    ev.points = [dvfs._replace(point, value=value)]
+    assert engine["max_num_batched_tokens"] == ev.chunk_tokens
+    start = truth.with_values(compute_dynamic_w=800.0)
+    result, scan = fit.alpha_scan(cells, start, ev, (1.2, 1.6, 2.2), ["compute_dynamic_w"])
+    assert list(scan) == [1.2, 1.4, 1.6, 1.9, 2.2] and min(scan, key=scan.get) == 1.6
+    assert result.constants.alpha == 1.6
+    assert result.constants.compute_dynamic_w == pytest.approx(1000.0, rel=0.05)
+    low, high = result.edges["low"], result.edges["high"]
+    assert (low.alpha, high.alpha) == (1.2, 2.2)
+    # a lower alpha keeps less power at the capped clock: less compute power fits
+    assert low.compute_dynamic_w < result.constants.compute_dynamic_w < high.compute_dynamic_w
+    assert scan[1.2] > 2 * scan[1.6] and scan[2.2] > 2 * scan[1.6]
+
+
+def test_calibrate_selects_cells_by_pattern(capsys):
+    with pytest.raises(ValueError, match="no cell with workload pattern 'chat'"):
+        fit.calibrate([C8], pattern="chat")
+
+
 def test_profile_round_trip_and_errors(tmp_path):
     p = profile.load("h100-sxm")
     assert p.validated and p.constants["async_scheduling"] is True
@@ -122,7 +152,13 @@ def test_calibrate_and_accuracy_cli_on_h100_cells(tmp_path, capsys):
     assert set(p.residuals["relative_error"]) == {
         "single-c8/naive/mns=256",
         "single-c32/naive/mns=256",
+        fit.EVIDENCE_KEY,  # the Splitwise power-cap slowdown, fitted with alpha
     }
+    alpha = p.dvfs["alpha"]
+    assert alpha["value"] == dvfs.fit("h100-sxm")["alpha"]["value"]  # the evidence's alpha
+    assert len(p.source["alpha_scan"]) == 5 and set(alpha["refit_at_edges"]) == {"low", "high"}
+    assert alpha["refit_at_edges"]["low"]["compute_dynamic_w"] > 0
+    assert p.dvfs["memory_knee"]["value"] == 0.5  # a prior: nothing identifies it
     acc = tmp_path / "acc"
     assert main(["accuracy", str(C8), str(C32), "-o", str(acc), "--profile", str(out)]) == 0
     df = pl.read_parquet(acc / "accuracy.parquet")

@@ -79,6 +79,38 @@ def test_rapl_read_and_wraparound(tmp_path):
     assert delta["dram-0"] == pytest.approx(2.5)
 
 
+def test_rapl_rows_go_into_the_telemetry_table(tmp_path):
+    """CPU/DRAM energy is table rows like the GPU's (gpu null, zone set), not only cell.json;
+    the cell's GPU energy is computed from the GPU rows alone."""
+    from wattflow import outputs
+    from wattflow.cell import _cell_energy_series
+    from wattflow.telemetry.rapl import RaplCell
+
+    p0 = _zone(tmp_path, "intel-rapl:0", "package-0", 1_000_000)
+    d0 = _zone(tmp_path, "intel-rapl:0:1", "dram", 0)
+    cell = RaplCell(RaplReader(tmp_path))
+    cell.start(0.0)
+    (p0 / "energy_uj").write_text("41000000\n")  # +40 J
+    (d0 / "energy_uj").write_text("4000000\n")  # +4 J
+    rows = [{"source": "rapl", **r} for r in cell.stop(2.0)]
+    gpu = [{"t_s": t, "gpu": 0, "energy_j": e, "power_w": 100.0, "source": "nvml"}
+           for t, e in ((0.0, 0.0), (1.0, 100.0), (2.0, 200.0))]  # fmt: skip
+    tel = outputs.frame("telemetry", gpu + rows)
+    outputs.check_schema("telemetry", tel)
+    host = tel.filter(tel["source"] == "rapl").sort("zone", "t_s")
+    assert host["gpu"].null_count() == 4 and host["zone"].to_list() == [
+        "dram-0",
+        "dram-0",
+        "package-0",
+        "package-0",
+    ]
+    assert host["energy_j"].to_list() == pytest.approx([0.0, 4.0, 0.0, 40.0])
+    assert host["power_w"].to_list() == pytest.approx([2.0, 2.0, 20.0, 20.0])
+    assert cell.info() == {"energy_j": pytest.approx({"package-0": 40.0, "dram-0": 4.0})}
+    t, energy = _cell_energy_series(tel.filter(tel["gpu"].is_not_null()))
+    assert energy[-1] == pytest.approx(200.0)
+
+
 def test_rapl_absent_tree(tmp_path):
     r = RaplReader(tmp_path / "nope")
     assert not r.available() and "does not exist" in r.reason

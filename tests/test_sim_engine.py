@@ -197,13 +197,19 @@ CALIBRATED = SimConstants(
 
 
 @pytest.mark.parametrize(
-    ("util", "constants", "cap"),
-    [(0.9, None, None), (0.25, None, None), (0.9, CALIBRATED, None), (0.25, CALIBRATED, 400)],
+    ("util", "constants", "cap", "seqs"),
+    [
+        (0.9, None, None, 256),
+        (0.25, None, None, 256),
+        (0.9, CALIBRATED, None, 256),
+        (0.25, CALIBRATED, 400, 256),
+        (0.9, CALIBRATED, None, 8),  # slots run out: finishes free them for the queue
+    ],
 )
-def test_macro_steps_match_step_by_step(monkeypatch, util, constants, cap):
+def test_macro_steps_match_step_by_step(monkeypatch, util, constants, cap, seqs):
     """The O(1) decode aggregates and macro-steps reproduce plain one-step scheduling."""
     jobs = _mixed_jobs(120, seed=11, horizon=8.0, max_out=300)
-    knobs = SimKnobs(gpu_memory_utilization=util, power_cap_w=cap)
+    knobs = SimKnobs(gpu_memory_utilization=util, power_cap_w=cap, max_num_seqs=seqs)
     fast_eng, fast = serve(jobs, knobs, constants=constants)
     monkeypatch.setattr("wattflow.engines.sim.scheduler.Scheduler.decode_only", lambda s: False)
     slow_eng, slow = serve(jobs, knobs, constants=constants)
@@ -237,3 +243,34 @@ def test_async_scheduling_joins_two_steps_later_and_frontend_delays():
         constants=c_async.with_values(frontend_latency_s=0.05),
     )
     assert slow.first_token - lone.first_token == pytest.approx(0.05)
+
+
+def test_async_held_slot_goes_to_the_queue_two_steps_after_a_finish():
+    """With async scheduling a slot freed in step N is used from step N+2 on, not at the
+    next finish: the waiting request's first token comes ~2 decode steps after the
+    finish although the other running sequence decodes for much longer."""
+    c = CALIBRATED.with_values(frontend_latency_s=0.0, frontend_per_stream2_s=0.0)
+    jobs = [
+        (0.0, req("short", (Segment("a", 500),), 20)),
+        (0.0, req("long", (Segment("b", 500),), 2000)),
+        (0.01, req("queued", (Segment("c", 500),), 5)),
+    ]
+    _, (short, long, queued) = serve(jobs, SimKnobs(max_num_seqs=2), constants=c)
+    assert queued.first_token > short.finish
+    assert queued.first_token - short.finish < 4 * long.itl_mean
+    assert queued.first_token < long.finish - 1.0
+
+
+def test_prompt_blocks_are_shared_as_soon_as_they_are_scheduled():
+    """vLLM v1 publishes a prompt's full blocks when it allocates them, so requests with a
+    common prefix that arrive together compute it once: the later ones hit it in the same
+    step (a fan-out of coders over one specification)."""
+    spec = Segment("spec", 2000)
+    fan = [(0.0, req(f"c{i}", (spec, Segment(f"task{i}", 100)), 5)) for i in range(6)]
+    eng, recs = serve(fan)
+    assert [r.cached_prompt_tokens for r in recs] == [0] + [2000 // 16 * 16] * 5
+    assert len({r.first_token for r in recs}) == 1  # one prefill step for all six
+    _, alone = serve(fan[:1])
+    # six prompts cost about one prompt plus five short suffixes, not six prompts
+    assert recs[0].first_token < 1.6 * alone[0].first_token
+    assert eng.kv.private_blocks == 0 and eng.kv.resident_blocks > 0

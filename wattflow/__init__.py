@@ -5,4 +5,4 @@ __version__ = "0.1.0"
 # Bump deliberately when a change alters measured numbers (simulator physics, workload
 # generators, metric definitions). It is part of every cell's params, so bumping it reruns
 # every cell; ordinary library edits do not.
-MODEL_VERSION = "2"
+MODEL_VERSION = "3"

@@ -198,7 +198,7 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
                         )
                     finally:  # before the driver's shutdown, which is not the cell's
                         t_end = max((r.finish or r.dispatch for r in records), default=0.0)
-                        rows = [row for s in started for row in s.stop(t_end)]
+                        rows = [{"source": s.name, **row} for s in started for row in s.stop(t_end)]
                         client_info.update(driver.info())
             finally:
                 await session.aclose()
@@ -291,7 +291,8 @@ def write(
     out_dir: Path, spec: dict, knobs: dict, workflows: list[Workflow], m: Measurement
 ) -> dict:
     """Energy attribution, the three tables and the manifest (returned, written by `run`)."""
-    tel = outputs.frame("telemetry", m.telemetry).sort("gpu", "t_s")
+    tel_all = outputs.frame("telemetry", m.telemetry).sort("gpu", "t_s", nulls_last=True)
+    tel = tel_all.filter(pl.col("gpu").is_not_null())  # the GPUs' rows: the cell's energy
     t, energy = _cell_energy_series(tel)
     shares = attribute(m.records, t, energy) if len(t) else [None] * len(m.records)
     req_rows = [_request_row(r, e) for r, e in zip(m.records, shares, strict=True)]
@@ -299,7 +300,7 @@ def write(
     workflows_df = _workflow_table(workflows, requests)
     outputs.write_table(out_dir / "requests.parquet", "requests", requests)
     outputs.write_table(out_dir / "workflows.parquet", "workflows", workflows_df)
-    outputs.write_table(out_dir / "telemetry.parquet", "telemetry", tel)
+    outputs.write_table(out_dir / "telemetry.parquet", "telemetry", tel_all)
 
     # No telemetry: no energy was measured, which is null, never 0 J.
     counter = float(energy[-1] - energy[0]) if len(energy) else None

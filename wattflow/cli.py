@@ -116,7 +116,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     flag = {"auto": None, "on": True, "off": False}[args.async_scheduling]
     try:
         p = fit.calibrate(
-            args.cells, name=args.name, base=args.base, async_scheduling=flag, log=print
+            args.cells,
+            name=args.name,
+            base=args.base,
+            async_scheduling=flag,
+            log=print,
+            pattern=args.pattern,
         )
     except (ValueError, OSError) as err:  # CellError, ProfileError, no cells
         raise UserError(f"calibrate: {err}") from None
@@ -191,6 +196,11 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("-o", "--out", help="profile to write (default: NAME.yaml)")
     k.add_argument("--name", help="profile name (default: the cells' GPU name)")
     k.add_argument("--base", help="profile to start from and take DVFS constants from")
+    k.add_argument(
+        "--pattern",
+        help="fit only cells whose workload has this pattern (e.g. single: the single-call "
+        "cells the shipped h100-sxm profile is fitted on)",
+    )
     k.add_argument(
         "--async-scheduling",
         choices=["auto", "on", "off"],

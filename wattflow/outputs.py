@@ -58,7 +58,7 @@ WORKFLOWS: dict[str, tuple[pl.DataType, str]] = {
 
 TELEMETRY: dict[str, tuple[pl.DataType, str]] = {
     "t_s": (pl.Float64, "sample time, s since cell start"),
-    "gpu": (pl.Int64, "GPU index (NVML order)"),
+    "gpu": (pl.Int64, "GPU index (NVML order); null on a host row (source rapl)"),
     "power_w": (pl.Float64, "power: NVML instantaneous where supported, else its 1 s average"),
     "energy_j": (pl.Float64, "total-energy counter since the cell started (monotonic)"),
     "mem_power_w": (pl.Float64, "memory power where known, else null"),
@@ -68,7 +68,12 @@ TELEMETRY: dict[str, tuple[pl.DataType, str]] = {
     "temperature_c": (pl.Float64, "GPU temperature"),
     "power_limit_w": (pl.Float64, "enforced power limit"),
     "throttle_reasons": (pl.Int64, "NVML clocks-event reason bitmask"),
+    "source": (pl.String, "the telemetry source that wrote the row: nvml, sim, sim-http, rapl"),
+    "zone": (pl.String, "a host row's RAPL zone (package-N, dram-N); null on a GPU row"),
 }
+# Columns a table gained after cells were committed with it (validation/h100): readers
+# take such cells with the column null (summary.scan_cells), and schema checks allow it.
+ADDED_LATER = {"telemetry": ("source", "zone")}
 
 SCHEMAS = {"requests": REQUESTS, "workflows": WORKFLOWS, "telemetry": TELEMETRY}
 CELL_FILES = ("requests.parquet", "workflows.parquet", "telemetry.parquet", "cell.json")
@@ -89,9 +94,12 @@ def frame(table: str, rows: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema)
 
 
-def check_schema(table: str, df: pl.DataFrame) -> None:
-    """Raise if `df` does not have exactly the table's columns and dtypes."""
+def check_schema(table: str, df: pl.DataFrame, *, earlier: bool = False) -> None:
+    """Raise if `df` does not have exactly the table's columns and dtypes (`earlier`: or
+    those of a cell written before ADDED_LATER's columns existed)."""
     expected = polars_schema(table)
+    if earlier and not set(ADDED_LATER.get(table, ())) & set(df.columns):
+        expected = {k: v for k, v in expected.items() if k not in ADDED_LATER.get(table, ())}
     got = dict(df.schema)
     if got != expected:
         raise ValueError(f"{table}: schema mismatch\n expected {expected}\n got      {got}")

@@ -106,14 +106,24 @@ def _meta(i: int, cell_dir: Path) -> dict[str, Any]:
 
 
 def _scan(files: list[str], ids: pl.DataFrame, columns: list[str]) -> pl.LazyFrame:
-    lf = pl.scan_parquet(files, hive_partitioning=False, glob=False, include_file_paths=_FILE)
+    lf = pl.scan_parquet(
+        files,
+        hive_partitioning=False,
+        glob=False,
+        include_file_paths=_FILE,
+        missing_columns="insert",  # cells written before a column was added
+    )
     return lf.select(_FILE, *columns).join(ids.lazy(), on=_FILE, how="inner")
 
 
 def _telemetry_stats(dirs: list[Path]) -> pl.LazyFrame:
     files = [str(d / "telemetry.parquet") for d in dirs]
     ids = pl.DataFrame({_FILE: files, _CELL: range(len(files))})
-    lf = _scan(files, ids, ["t_s", "gpu", "gpu_util_pct", "mem_power_w"]).sort(_CELL, "gpu", "t_s")
+    lf = (
+        _scan(files, ids, ["t_s", "gpu", "gpu_util_pct", "mem_power_w"])
+        .filter(pl.col("gpu").is_not_null())  # GPU rows only (host rows: RAPL)
+        .sort(_CELL, "gpu", "t_s")
+    )
     over = [_CELL, "gpu"]
     trapezoid = (
         (pl.col("mem_power_w") + pl.col("mem_power_w").shift(1).over(over))

@@ -104,7 +104,9 @@ def steady_state(cell_dir: str | Path, max_num_seqs: int, concurrency: int | Non
     req = pl.read_parquet(d / "requests.parquet").filter(
         (pl.col("status") == "ok") & pl.col("first_token_s").is_not_null()
     )
-    tel = pl.read_parquet(d / "telemetry.parquet", columns=["t_s", "gpu", "energy_j"])
+    tel = pl.read_parquet(d / "telemetry.parquet", columns=["t_s", "gpu", "energy_j"]).filter(
+        pl.col("gpu").is_not_null()  # GPU rows only (host rows: RAPL)
+    )
     b = batch_bound(max_num_seqs, concurrency)
     first = req["first_token_s"].to_numpy()
     t0, t1 = window(first, b)

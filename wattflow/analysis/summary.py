@@ -65,7 +65,9 @@ def _percentiles(col: str) -> list[pl.Expr]:
 def scan_cells(files: list[str], cell_ids: pl.DataFrame) -> pl.LazyFrame:
     """All cells' copies of one table in one scan, joined with `cell_ids`, which maps
     FILE_COLUMN to whatever identifies the cell (its knobs, its row)."""
-    lf = pl.scan_parquet(files, glob=False, include_file_paths=FILE_COLUMN)
+    lf = pl.scan_parquet(
+        files, glob=False, include_file_paths=FILE_COLUMN, missing_columns="insert"
+    )
     return lf.join(cell_ids.lazy(), on=FILE_COLUMN, how="inner")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from wattflow.calibration.metrics import (
+    PERIOD_S,
     RequestArrays,
     cell_metrics,
     measured_metrics,
@@ -65,6 +66,11 @@ class MeasuredCell:
     @property
     def workload(self) -> str:
         return self.knobs["workload"]
+
+    @property
+    def pattern(self) -> str | None:
+        """The workload's pattern (single, sequential, spec, ...)."""
+        return self.manifest["spec"].get("workload", {}).get("pattern")
 
     @property
     def engine(self) -> str:
@@ -146,7 +152,11 @@ def simulate(spec: dict, knobs: dict, workflows: list, constants: SimConstants) 
         workflows_failed=failed,
     )
     power, clock, energy = trace_samples(engine.power_trace, t_end)
-    return cell_metrics(req, energy, power, clock)
+    out = cell_metrics(req, energy, power, clock)
+    # What a pipeline cell records as its energy: the counter at the last 100 ms sample
+    # (wattflow.telemetry.sim), not at the last finish.
+    out["energy_sampled_j"] = float(power.sum() * PERIOD_S)
+    return out
 
 
 def find_cells(paths: list[str | Path]) -> list[MeasuredCell]:

@@ -6,13 +6,26 @@ duration (throughput), TTFT and TPOT percentiles, and the shape of the 100 ms po
 SM-clock series (their quantiles over the busy span). Residuals are relative errors
 (clock: error / max clock). The minimiser is a Levenberg-Marquardt loop on bounded
 parameters mapped to the real line (logit of the position within the bounds), with
-forward-difference Jacobians whose step (2 %) is large next to the discrete-event noise of
-the simulator. A simulated cell costs milliseconds, so the fit needs no surrogate.
+forward-difference Jacobians whose step is wide enough to step over the clock grid and the
+discrete-event noise of the simulator. A simulated cell costs milliseconds, so the fit
+needs no surrogate.
+
+DVFS, jointly with compute power: cells measured at the default limit and clocks pin power
+at one clock only, the clock the limit allows in prefill, so `alpha` (how compute power
+falls with the clock) and `compute_dynamic_w` trade off along a valley. alpha comes from
+the evidence fit (`dvfs.fit_profile`: the published power-cap slowdowns of the GPU with the
+prefill dynamic power as a nuisance tied to the H100's measured prefill clock); the cells
+then fit compute_dynamic_w and the rest at that alpha, with their SM-clock series as an
+observable and the same slowdowns, predicted by the simulator itself
+(`Evidence`), as residuals. `alpha_scan` repeats the fit across alpha's band: the cost
+along it says whether the cells contradict the evidence (they do not: MODEL.md §9), and
+the fits at the band's edges are stored in the profile for sensitivity checks. The memory
+knee is a prior with bounds: no measurement identifies it.
 
 What is not fitted: `idle_w` is measured (the median of the cells' pre-cell idle power),
 `async_scheduling` is a property of the engine version (given or inferred), and the DVFS
-constants (`alpha`, `memory_knee`) come from the base profile: a default-clock, default-
-cap data set cannot separate them (MODEL.md).
+constants (from the evidence fit where `dvfs_sources.yaml` has the GPU, else from the base
+profile).
 """
 
 from __future__ import annotations
@@ -26,9 +39,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from wattflow.calibration import dvfs
 from wattflow.calibration import profile as prof
 from wattflow.calibration.cells import MeasuredCell, find_cells
 from wattflow.engines.sim.constants import SimConstants
+from wattflow.engines.sim.factory import gpu_and_constants, model_shape
 
 # Fitted constants and their bounds (what is physically plausible, not what fits).
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -74,8 +89,44 @@ STARTS: tuple[dict[str, float], ...] = (
         "frontend_per_stream2_s": 4e-6,
     },
 )
-FD_STEP = 0.02  # forward-difference step in the transformed parameters
+# Forward-difference step in the transformed parameters: wide enough to step over the
+# 15 MHz clock grid, whose quantized clock and power metrics make narrow differences steep.
+FD_STEP = 0.05
+# A start this close to a bound (share of its range) moves inside: the logit map is flat.
+EDGE = 0.01
 MIN_SCALE = {"ttft_p50_s": 0.02, "ttft_p90_s": 0.02}  # s: no relative blow-up near zero
+EVIDENCE_WEIGHT = 2.0  # of a DVFS point's relative error (as energy and duration)
+EVIDENCE_KEY = "dvfs-evidence"  # its entry in the residuals, beside the cells'
+
+
+@dataclass
+class Evidence:
+    """Published DVFS measurements on the cells' GPU, predicted by the simulator with the
+    constants being fitted (see the module docstring)."""
+
+    points: list  # dvfs.Point (kind cap_slowdown)
+    model: object  # ModelShape
+    gpu: object  # GpuSpec
+    chunk_tokens: int = 8192
+
+    @classmethod
+    def for_cells(cls, cells: list[MeasuredCell], gpu_name: str) -> Evidence | None:
+        points = dvfs.simulator_points(gpu_name)
+        if not points:
+            return None
+        engine = cells[0].sim_spec()["engine"]
+        gpu, _ = gpu_and_constants(engine)
+        chunk = int(engine.get("max_num_batched_tokens", 8192))
+        return cls(points, model_shape(engine), gpu, chunk)
+
+    def errors(self, c: SimConstants) -> dict[str, float]:
+        """Relative error of each point's prediction."""
+        gpu = self.gpu
+        out = {}
+        for p in self.points:
+            pred = dvfs.predict_on_simulator(p, self.model, gpu, c, self.chunk_tokens)
+            out[p.id] = (pred - float(p.value)) / float(p.value)
+        return out
 
 
 @dataclass
@@ -87,13 +138,15 @@ class FitResult:
     seconds: float
     residuals: dict[str, dict[str, float]]  # cell label -> metric -> relative error
     history: list[float] = field(default_factory=list)
+    # alpha_scan: the constants refitted with alpha at its band's edges
+    edges: dict[str, SimConstants] = field(default_factory=dict)
 
 
 def _to_x(c: SimConstants, names: list[str]) -> np.ndarray:
     out = []
     for n in names:
         lo, hi = BOUNDS[n]
-        u = min(max((getattr(c, n) - lo) / (hi - lo), 1e-4), 1 - 1e-4)
+        u = min(max((getattr(c, n) - lo) / (hi - lo), EDGE), 1 - EDGE)
         out.append(math.log(u / (1 - u)))
     return np.array(out)
 
@@ -119,13 +172,19 @@ def relative_errors(sim: dict, measured: dict, max_clock: float) -> dict[str, fl
     return out
 
 
-def _residuals(cells: list[MeasuredCell], c: SimConstants) -> tuple[np.ndarray, dict]:
+def _residuals(
+    cells: list[MeasuredCell], c: SimConstants, evidence: Evidence | None = None
+) -> tuple[np.ndarray, dict]:
     res, per_cell = [], {}
     for cell in cells:
         clock = float(cell.manifest["gpu"].get("max_sm_clock_mhz") or 1.0)
         err = relative_errors(cell.simulate(c), cell.measured, clock)
         per_cell[cell.label()] = err
         res += [WEIGHTS[m] * e for m, e in sorted(err.items())]
+    if evidence is not None:
+        err = evidence.errors(c)
+        per_cell[EVIDENCE_KEY] = err
+        res += [EVIDENCE_WEIGHT * e for _, e in sorted(err.items())]
     r = np.array(res)
     return np.where(np.isfinite(r), r, 10.0), per_cell
 
@@ -137,14 +196,16 @@ def fit(
     max_iterations: int = 25,
     tolerance: float = 1e-4,
     log=None,  # noqa: ANN001 - callable(str) for progress
+    evidence: Evidence | None = None,
 ) -> FitResult:
-    """Least-squares fit of `names` (default: every BOUNDS constant), starting at `base`."""
+    """Least-squares fit of `names` (default: every BOUNDS constant), starting at `base`;
+    `evidence` adds the DVFS points' residuals (alpha itself: `alpha_scan`)."""
     if not cells:
         raise ValueError("fit: no cells")
     names = list(names or BOUNDS)
     t0 = time.perf_counter()
     x = _to_x(base, names)
-    r, per_cell = _residuals(cells, _from_x(x, names, base))
+    r, per_cell = _residuals(cells, _from_x(x, names, base), evidence)
     cost, evals, lam, history = float(r @ r), 1, 1e-2, []
     it = 0
     for it in range(1, max_iterations + 1):
@@ -152,14 +213,14 @@ def fit(
         for j in range(len(x)):
             xj = x.copy()
             xj[j] += FD_STEP
-            jac[:, j] = (_residuals(cells, _from_x(xj, names, base))[0] - r) / FD_STEP
+            jac[:, j] = (_residuals(cells, _from_x(xj, names, base), evidence)[0] - r) / FD_STEP
             evals += 1
         g, h = jac.T @ r, jac.T @ jac
         improved = False
         for _ in range(8):
             step = np.linalg.solve(h + lam * np.diag(np.diag(h) + 1e-9), -g)
             x_new = x + np.clip(step, -3.0, 3.0)
-            r_new, pc_new = _residuals(cells, _from_x(x_new, names, base))
+            r_new, pc_new = _residuals(cells, _from_x(x_new, names, base), evidence)
             evals += 1
             c_new = float(r_new @ r_new)
             if c_new < cost:
@@ -224,9 +285,16 @@ def calibrate(
     base: str | None = None,
     async_scheduling: bool | None = None,
     log=None,  # noqa: ANN001
+    pattern: str | None = None,
 ):
-    """Fit a profile to the cells under `paths` (one model, GPU and engine version)."""
+    """Fit a profile to the cells under `paths` (one model, GPU and engine version);
+    `pattern`: only cells whose workload has this pattern (e.g. `single`, the single-call
+    cells the shipped profile is fitted on), so adding cells is adding directories."""
     all_cells = find_cells(paths)
+    if pattern is not None:
+        all_cells = [c for c in all_cells if c.pattern == pattern]
+        if not all_cells:
+            raise ValueError(f"calibrate: no cell with workload pattern {pattern!r}")
     cells = [c for c in all_cells if c.valid]
     if log and len(cells) < len(all_cells):
         log(f"skipping {len(all_cells) - len(cells)} invalid cell(s)")
@@ -243,7 +311,7 @@ def calibrate(
     if base is None and (prof.BUNDLED_DIR / f"{gpu}.yaml").is_file():
         base = gpu
     base_profile = prof.load(base) if base else None
-    dvfs = base_profile.dvfs if base_profile else prof.DEFAULT_DVFS
+    dvfs_block, dvfs_fit = _dvfs_block(gpu, base_profile, log)
     start = base_profile.sim_constants() if base_profile else SimConstants()
     if async_scheduling is None:
         async_scheduling = infer_async_scheduling(engine, version)
@@ -252,25 +320,48 @@ def calibrate(
     start = start.with_values(
         async_scheduling=async_scheduling,
         idle_w=statistics.median(idles) if idles else start.idle_w,
-        alpha=float(dvfs["alpha"]["value"]),
-        memory_knee=float(dvfs["memory_knee"]["value"]),
+        alpha=float(dvfs_block["alpha"]["value"]),
+        memory_knee=float(dvfs_block["memory_knee"]["value"]),
     )
-    result = None
-    for i, values in enumerate(({}, *STARTS)):
+    evidence = Evidence.for_cells(cells, gpu) if dvfs_fit is not None else None
+    # The surface is rough (a queue forms or not): fit from each start with alpha at the
+    # evidence's value; then scan alpha across its band from the best of them.
+    others = list(BOUNDS)
+    result, seconds, evals = None, 0.0, 0
+
+    def run(label: str, x0: SimConstants, names: list[str]) -> None:
+        nonlocal result, seconds, evals
         if log:
-            log(f"start {i + 1} of {len(STARTS) + 1}")
-        r = fit(cells, start.with_values(**values), log=log)
+            log(label)
+        r = fit(cells, x0, names=names, log=log, evidence=evidence)
+        seconds, evals = seconds + r.seconds, evals + r.evaluations
         if result is None or r.cost < result.cost:
-            seconds = r.seconds + (result.seconds if result else 0.0)
-            evals = r.evaluations + (result.evaluations if result else 0)
             result = r
+
+    for i, values in enumerate(({}, *STARTS)):
+        run(f"start {i + 1} of {len(STARTS) + 1}", start.with_values(**values), others)
+    scan = None
+    if evidence is not None:
+        a = dvfs_block["alpha"]
+        scanned, scan = alpha_scan(
+            cells, result.constants, evidence, (a["low"], a["value"], a["high"]), others, log
+        )
+        seconds += scanned.seconds
+        evals += scanned.evaluations
+        if scanned.cost < result.cost:
+            result = scanned
         else:
-            seconds, evals = seconds + r.seconds, evals + r.evaluations
-        result.seconds, result.evaluations = seconds, evals
+            result.edges = scanned.edges
+    result.seconds, result.evaluations = seconds, evals
     c = result.constants
     fitted = list(BOUNDS)
-    constants = {k: _round(getattr(c, k)) for k in (*fitted, "idle_w")}
+    constants = {k: _round(getattr(c, k)) for k in (*BOUNDS, "idle_w")}
     constants["async_scheduling"] = bool(c.async_scheduling)
+    if evidence is not None:
+        dvfs_block["alpha"] = _joint_alpha(dvfs_block["alpha"], c.alpha, evidence)
+        dvfs_block["alpha"]["refit_at_edges"] = {
+            side: {k: _round(getattr(e, k)) for k in BOUNDS} for side, e in result.edges.items()
+        }
     residuals = {
         label: {m: round(e, 4) for m, e in sorted(err.items())}
         for label, err in result.residuals.items()
@@ -281,6 +372,11 @@ def calibrate(
         if errs:
             mape[m] = round(sum(errs) / len(errs), 4)
     hosts = sorted({c.manifest.get("host", {}).get("hostname", "?") for c in cells})
+    dvfs_from = (
+        f"dvfs_sources.yaml fit of profile {gpu} (wattflow.calibration.dvfs)"
+        if dvfs_fit is not None
+        else "from " + (f"profile {base}" if base else "the model's fallbacks")
+    )
     return prof.Profile(
         name=name or gpu,
         gpu=gpu,
@@ -288,7 +384,7 @@ def calibrate(
         engine=f"{engine} {version}",
         validated=engine != "sim",
         constants=constants,
-        dvfs=dvfs,
+        dvfs=dvfs_block,
         source={
             "cells": [_rel(cell.path) for cell in cells],
             "engine_versions": sorted({cell.engine for cell in cells}),
@@ -299,8 +395,9 @@ def calibrate(
             "measured_constants": ["idle_w (median of the cells' idle_power_w)"],
             "fixed": {
                 "async_scheduling": f"{async_scheduling} (engine {engine} {version})",
-                "dvfs": "from " + (f"profile {base}" if base else "the model's fallbacks"),
+                "dvfs": dvfs_from,
             },
+            **({"alpha_scan": scan} if scan else {}),
             "fit": {
                 "seconds": round(result.seconds, 2),
                 "iterations": result.iterations,
@@ -310,6 +407,74 @@ def calibrate(
         },
         residuals={"relative_error": residuals, "mean_absolute": mape},
     )
+
+
+def alpha_scan(
+    cells: list[MeasuredCell],
+    start: SimConstants,
+    evidence: Evidence,
+    alphas: tuple[float, float, float],
+    names: list[str],
+    log=None,  # noqa: ANN001
+) -> tuple[FitResult, dict[float, float]]:
+    """The cells' view of alpha: with alpha at its band's low edge, value and high edge
+    (`alphas`) and halfway between, fit `names` (everything but alpha), continuing from
+    the value outwards so each fit starts from its neighbour's and follows the valley in
+    which compute power and alpha trade off. Returns the fit at the value, carrying the
+    fits at the two edges (`edges`), and {alpha: cost}. The cost along the scan says
+    whether the cells contradict the evidence's alpha; a free alpha in the least-squares
+    loop would wander along that valley, whose floor is flat to within the simulator's
+    discrete-event noise (MODEL.md §9)."""
+    lo, value, hi = alphas
+    grid = [lo, (lo + value) / 2, value, (value + hi) / 2, hi]
+    fits: list = [None] * len(grid)
+    for order in (range(2, len(grid)), range(1, -1, -1)):
+        x0 = start if order.start == 2 else fits[2].constants
+        for i in order:
+            r = fit(cells, x0.with_values(alpha=grid[i]), names=names, evidence=evidence)
+            fits[i], x0 = r, r.constants
+            if log:
+                log(f"alpha {grid[i]:.3f}: cost {r.cost:.5f}")
+    final = fits[2]
+    final.edges = {"low": fits[0].constants, "high": fits[-1].constants}
+    final.seconds = sum(r.seconds for r in fits)
+    final.evaluations = sum(r.evaluations for r in fits)
+    return final, {round(a, 3): round(r.cost, 5) for a, r in zip(grid, fits, strict=True)}
+
+
+def _dvfs_block(gpu: str, base_profile, log) -> tuple[dict, object]:  # noqa: ANN001
+    """The profile's `dvfs:` mapping before the fit: the evidence-only fit of the GPU's
+    DVFS constants where the sources file has the GPU (values, bands, sources), else the
+    base profile's, else the model's fallbacks; and that fit (or None)."""
+    gpus, points = dvfs.load()
+    if gpu in gpus:
+        f = dvfs.fit_points(gpu, points)
+        if log:
+            log(f"DVFS evidence for {gpu}: {len(dvfs.used(points, gpu))} points")
+        return f.constants(), f
+    block = base_profile.dvfs if base_profile else prof.DEFAULT_DVFS
+    return {k: dict(v) for k, v in block.items()}, None
+
+
+def _joint_alpha(entry: dict, value: float, evidence: Evidence) -> dict:
+    """alpha's entry after the fit: the evidence fit's value and band, its sources plus
+    how the cells entered. The caller adds `refit_at_edges`: the other constants fitted with
+    alpha at each band edge, which a sensitivity check must run with (at another alpha the
+    default limit allows another clock unless compute power is refitted:
+    `wattflow.calibration.sensitivity`)."""
+    v = round(value, 3)
+    return {
+        "value": v,
+        "low": min(entry["low"], v),
+        "high": max(entry["high"], v),
+        "sources": [
+            *entry["sources"],
+            "compute_dynamic_w and the rest fitted at this alpha to the cells' power and "
+            "SM-clock series with "
+            + ", ".join(p.id for p in evidence.points)
+            + " predicted by the simulator; the cells' cost across the band: source.alpha_scan",
+        ],
+    }
 
 
 def _round(x: float) -> float:

@@ -94,6 +94,7 @@ def measured_metrics(cell_dir) -> dict[str, float]:  # noqa: ANN001 - a Path
     r = pl.read_parquet(cell_dir / "requests.parquet")
     w = pl.read_parquet(cell_dir / "workflows.parquet")
     tel = pl.read_parquet(cell_dir / "telemetry.parquet").sort("t_s")
+    tel = tel.filter(pl.col("gpu").is_not_null())  # GPU rows only (host rows: RAPL)
     ok = r.filter(pl.col("status") == "ok")
     ids = {wid: i for i, wid in enumerate(w["workflow_id"].to_list())}
     req = RequestArrays(

@@ -18,19 +18,20 @@ from wattflow.engines.sim.constants import ALPHA, MEMORY_KNEE, SimConstants, nam
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "engines" / "sim" / "profiles"
 DVFS_REQUIRED = ("alpha", "memory_knee")
-# Until the DVFS fit lands, the fallbacks with their own provenance (MODEL.md §5).
+# For a GPU whose profile has no `dvfs:` of its own: the evidence-only fit of the H100's
+# DVFS constants (`python -m wattflow.calibration.dvfs`; a test keeps them equal).
 DEFAULT_DVFS = {
     "alpha": {
         "value": ALPHA,
-        "low": 2.0,
-        "high": 3.0,
-        "sources": ["assumption: C V^2 f with V ~ f above a voltage floor (MODEL.md §5)"],
+        "low": 1.263,
+        "high": 2.178,
+        "sources": ["wattflow/calibration/dvfs_sources.yaml, profile h100-sxm (MODEL.md §5)"],
     },
     "memory_knee": {
         "value": MEMORY_KNEE,
-        "low": 0.4,
-        "high": 0.6,
-        "sources": ["assumption: SMs stop saturating HBM below half the max clock (§5)"],
+        "low": 0.174,
+        "high": 0.8,
+        "sources": ["wattflow/calibration/dvfs_sources.yaml, profile h100-sxm (MODEL.md §5)"],
     },
 }
 

@@ -86,6 +86,8 @@ class GpuSampler:
                 "temperature_c": g.temperature_c(),
                 "power_limit_w": g.power_limit_w(),
                 "throttle_reasons": g.clock_event_reasons(),
+                "source": "nvml",
+                "zone": None,
             }
             assert row.keys() == TELEMETRY.keys()
             rows.append(row)

@@ -96,9 +96,18 @@ class RaplCell:
         self._start = self.reader.read()
 
     def stop(self, t_end: float) -> list[dict]:
-        if self._start is not None:
-            self.energy_j = self.reader.delta(self._start, self.reader.read())
-        return []
+        """Two rows per zone, as the GPU rows are kept: the counter at the start (0 J) and
+        at the end, with the average power between (host rows: `gpu` null, `zone` set)."""
+        if self._start is None:
+            return []
+        self.energy_j = self.reader.delta(self._start, self.reader.read())
+        span = max(t_end, 0.0)
+        rows = []
+        for zone, joules in sorted(self.energy_j.items()):
+            power = joules / span if span > 0 else None
+            for t, e in ((0.0, 0.0), (span, joules)):
+                rows.append({"t_s": t, "energy_j": e, "power_w": power, "zone": zone})
+        return rows
 
     def info(self) -> dict:
         return {"energy_j": self.energy_j}

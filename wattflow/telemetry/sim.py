@@ -110,6 +110,8 @@ def sample(
                 "temperature_c": temp_t,
                 "power_limit_w": float(power_limit_w),
                 "throttle_reasons": int(reasons),
+                "source": "sim",
+                "zone": None,
             }
         )
         prev_e, prev_em, prev_eu = e, em, eu

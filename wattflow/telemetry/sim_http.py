@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
+from wattflow.engines.sim.served import get_json, telemetry_rows
 from wattflow.telemetry.base import SourceContext, SourceUnavailable
 
 PERIOD_S = 0.1  # the server's sampling period (wattflow.telemetry.sim.sample's default)
@@ -49,15 +50,13 @@ class SimHttpTrace:
     def stop(self, t_end: float) -> list[dict]:
         """The rows from just before time 0 to just after `t_end` (waiting, at most a few
         periods, until the server's trace has passed `t_end`)."""
-        from wattflow.engines.sim.served import telemetry_rows
-
         if self.t0 is None:
             return []
         deadline = time.monotonic() + 10 * PERIOD_S
         while True:
             rows, self.meta = telemetry_rows(self.url, self.t0, since_s=-PERIOD_S)
             if any(r["t_s"] > t_end for r in rows) or time.monotonic() > deadline:
-                return until_done(rows, t_end)
+                return [{**r, "source": self.name} for r in until_done(rows, t_end)]
             time.sleep(PERIOD_S / 2)
 
     def info(self) -> dict:
@@ -72,8 +71,6 @@ class SimHttpSource:
     gpu: ClassVar[bool] = True
 
     def open(self, ctx: SourceContext) -> SimHttpTrace:
-        from wattflow.engines.sim.served import get_json  # only where a cell has an endpoint
-
         url = getattr(ctx.session, "endpoint", None)
         if not url:
             raise SourceUnavailable("the engine is not reached over HTTP")

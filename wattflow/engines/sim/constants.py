@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from wattflow.hardware import GpuSpec
 
-# Dynamic power ~ C V^2 f with V rising roughly linearly with f over the DVFS range but
-# flattening at a voltage floor near low clocks: exponent between 2 and 3 (fallback; a
-# profile's `dvfs.alpha` replaces it).
-ALPHA = 2.5
-# Below this clock ratio memory-bound kernels slow down proportionally (fallback; a
-# profile's `dvfs.memory_knee` replaces it).
+# Compute dynamic power ~ f**ALPHA: the fit of the published and measured H100 evidence
+# (wattflow/calibration/dvfs_sources.yaml; `python -m wattflow.calibration.dvfs`), band
+# 1.26-2.18. A fallback for a GPU without a profile; a profile's `dvfs.alpha` replaces it.
+ALPHA = 1.732
+# Below this clock ratio memory-bound kernels slow down proportionally: a prior (no
+# measurement identifies it), band 0.174-0.80. A profile's `dvfs.memory_knee` replaces it.
 MEMORY_KNEE = 0.5
 
 

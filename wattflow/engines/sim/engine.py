@@ -245,6 +245,10 @@ class SimEngine:
         sched = self.sched
         G, n, base = sched.G, sched.n_dec, sched.base_sum
         fin = min(sched.next_finish(), G + MAX_MACRO_STEPS)
+        if sched.held:
+            # Slots of sequences that finished in the last step (async scheduling: this
+            # step was planned while they ran) are free from the next step on.
+            fin = min(fin, G + 1)
         if self._pending and len(sched.running) + sched.held < self.knobs.max_num_seqs:
             fin = min(fin, G + self._pending[0][0] - self.steps)  # stop where one may join
         hist, bs = sched.hist, sched.bs

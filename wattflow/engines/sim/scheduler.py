@@ -239,6 +239,7 @@ class Scheduler:
         kv.allocate(need)
         for seq, c, _ in chunks:
             seq.alloc = seq.computed + c
+            self._cache(seq)
         if not b.preempted:
             self._admit(budget, chunks)
         b.n_dec = self.n_dec
@@ -273,6 +274,7 @@ class Scheduler:
             seq.computed = hit
             seq.alloc = hit + c
             kv.allocate(nb)
+            self._cache(seq)
             if not seq.admitted:
                 seq.admitted = True
                 seq.record.cached_prompt_tokens = hit
@@ -283,6 +285,23 @@ class Scheduler:
             self.prefilling[seq.admit_no] = seq
             chunks.append([seq, c, nb])
             budget -= c
+
+    def _cache(self, seq: Seq) -> None:
+        """Publish the prompt blocks `seq` has been allocated, as vLLM v1 does when it
+        allocates them (`KVCacheManager.allocate_slots` -> `cache_blocks`): a request
+        scheduled later, in this very step or after, hits them although they are still
+        being computed (within a step each layer writes its KV before attention reads it).
+        Blocks another sequence published first replace this one's private copies."""
+        kv = self.kv
+        if not kv.enabled:
+            return
+        idx = kv.advance(seq.path, seq.path_idx, seq.alloc)
+        if idx != seq.path_idx:
+            seq.path_idx = idx
+            sh = seq.path[idx - 1].cum // self.bs
+            if sh > seq.shared:
+                kv.free_private(sh - seq.shared)
+                seq.shared = sh
 
     def _victim(self) -> Seq:
         if not self.running:
@@ -333,14 +352,6 @@ class Scheduler:
             self._pop_finished(s, t_end, done)
         for seq, c in b.chunks:
             seq.computed += c
-            if kv.enabled:
-                idx = kv.advance(seq.path, seq.path_idx, seq.computed)
-                if idx != seq.path_idx:
-                    seq.path_idx = idx
-                    sh = seq.path[idx - 1].cum // bs
-                    if sh > seq.shared:
-                        kv.free_private(sh - seq.shared)
-                        seq.shared = sh
             if seq.computed < seq.target:
                 continue
             del self.prefilling[seq.admit_no]
