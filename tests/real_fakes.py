@@ -68,6 +68,9 @@ class FakeNvml:
     def nvmlDeviceGetHandleByIndex(self, i: int) -> int:  # noqa: N802
         return i
 
+    def nvmlDeviceGetName(self, h: int) -> str:  # noqa: N802
+        return "Fake GPU"
+
     def nvmlDeviceGetPowerUsage(self, h: int) -> int:  # noqa: N802
         return self.power_mw
 

@@ -47,6 +47,8 @@ def test_sampler_memory_power_and_context_manager():
     with GpuSampler([0], period_s=0.02, lib=lib(fake)) as s:
         time.sleep(0.05)
     assert s.rows and s.rows[0]["mem_power_w"] == 60.0
+    # cell.json names the card that really ran, whatever the config's GPU entry says
+    assert s.info()["names"] == {"0": "Fake GPU"} and s.info()["gpus"] == [0]
 
 
 def test_idle_baseline_from_counter():

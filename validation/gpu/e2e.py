@@ -124,10 +124,11 @@ def leftovers() -> list[str]:
         text=True,
     ).stdout
     mine = (str(ROOT), "vllm")  # this pipeline's processes, and any vLLM at all
+    ours = ("pgrep", "e2e.py", "/tmp/e2e/out")  # this script and the calls that poll it
     return [
         line
         for line in out.splitlines()
-        if "pgrep" not in line and "e2e.py" not in line and any(m in line for m in mine)
+        if not any(o in line for o in ours) and any(m in line for m in mine)
     ]
 
 
@@ -236,6 +237,14 @@ def _mid_cell(results: Path, done_before: int, timeout: float) -> bool:
     return False
 
 
+def _as_in_a_terminal() -> None:
+    """SIGINT handled as a terminal's foreground job has it. A job started in the
+    background by a shell without job control (`setsid nohup bash e2e.sh &`, as on the GPU
+    host) inherits SIGINT ignored, and so would Snakemake: on 2026-11-28 the Ctrl-C run
+    reached the cell but not Snakemake, which went on with the other cells."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _running_cells(results: Path) -> list[str]:
     """Cells with a log but no cell.json: started, not finished."""
     logs = results / "logs" / "cells"
@@ -258,6 +267,7 @@ def signal_run(step: Step, config: str, results: Path, sig: signal.Signals, tag:
         stderr=subprocess.STDOUT,
         env={**os.environ, **ENV},
         start_new_session=True,
+        preexec_fn=_as_in_a_terminal,
     )
     done0 = len(list((ROOT / results).glob("cells/*/*/*/cell.json")))
     in_cell = _mid_cell(ROOT / results, done0, 400)

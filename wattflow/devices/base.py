@@ -24,6 +24,7 @@ class Gpu(Protocol):
 
     index: int
 
+    def name(self) -> str | None: ...  # the device's model, e.g. "NVIDIA H200"
     def power_w(self) -> float: ...
     def power_source(self) -> str: ...  # "instant" | "average": what power_w reads
     def energy_j(self) -> float | None: ...  # total-energy counter since some epoch

@@ -46,6 +46,10 @@ class NvmlGpu:
             return None
 
     # -- readings -----------------------------------------------------------------------
+    def name(self) -> str | None:
+        v = self._safe(self.nvml.nvmlDeviceGetName)
+        return v.decode(errors="replace") if isinstance(v, bytes) else v
+
     def power_w(self) -> float:
         """Instantaneous power where NVML has it: nvmlDeviceGetPowerUsage is a 1 s moving
         average on Hopper, which lags every ramp, so its integral undercounts short cells

@@ -32,6 +32,7 @@ class GpuSampler:
         self.period_s = period_s
         try:
             self.gpus = {i: self.lib.gpu(i) for i in self.indices}
+            self.names = {str(i): g.name() for i, g in self.gpus.items()}  # read while open
         except BaseException:
             self.lib.close()
             raise
@@ -52,7 +53,14 @@ class GpuSampler:
         return next(iter(self.gpus.values())).power_source() if self.gpus else None
 
     def info(self) -> dict:
-        return {"gpus": self.indices, "power_source": self.power_source, "period_s": self.period_s}
+        """What cell.json records of the sampler, the devices' own names among it (the
+        config's GPU entry names a model; this says which card really ran)."""
+        return {
+            "gpus": self.indices,
+            "names": self.names,
+            "power_source": self.power_source,
+            "period_s": self.period_s,
+        }
 
     # -- reading ----------------------------------------------------------------------------
     def _energy_j(self, i: int, now: float, power_w: float) -> float:

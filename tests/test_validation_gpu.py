@@ -1,0 +1,160 @@
+"""The committed two-GPU evidence (validation/h200x2/, issue 11): Snakemake driving vLLM on a
+GPU host, checked against the package's schemas and against what the README claims."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import polars as pl
+import pytest
+
+from tests.conftest import ROOT
+from wattflow import outputs
+from wattflow.knobs import complete, parse_path
+
+HOST = ROOT / "validation" / "h200x2"
+RESULTS = HOST / "results"
+CELLS = sorted(p.parent for p in RESULTS.glob("*/cells/*/*/*/cell.json"))
+HARNESS = ("/tmp/e2e/out", "device-run.sh")  # the calls that polled the run, not the run
+
+
+def checks(step: str) -> dict:
+    return json.loads((HOST / "evidence" / step / "checks.json").read_text())
+
+
+def _left(after: dict) -> list[str]:
+    return [p for p in after["processes_left"] if not any(h in p for h in HARNESS)]
+
+
+def test_all_runs_are_there():
+    runs = {p.relative_to(RESULTS).parts[0] for p in CELLS}
+    assert runs == {"gpu-par", "gpu-ser"}
+    assert sum(1 for c in CELLS if c.is_relative_to(RESULTS / "gpu-par")) == 16
+    assert sum(1 for c in CELLS if c.is_relative_to(RESULTS / "gpu-ser")) == 24  # + the edit
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: "/".join(c.parts[-4:]))
+def test_cell_files_match_schemas(cell):
+    for table in ("requests", "workflows", "telemetry"):
+        outputs.check_schema(table, pl.read_parquet(cell / f"{table}.parquet"))
+    m = json.loads((cell / "cell.json").read_text())
+    assert complete(m["knobs"]) == parse_path(str(cell.relative_to(cell.parents[3])))
+    assert m["engine"]["name"] == "vllm" and m["engine"]["version"] == "0.26.0"
+    req = pl.read_parquet(cell / "requests.parquet")
+    assert (req["status"] == "ok").all() and req.height == m["requests"]
+    assert m["failed_requests"] == 0 and m["energy"]["counter_j"] > 0
+    assert req["energy_j"].sum() == pytest.approx(m["energy"]["counter_j"], rel=0.01)
+    tel = pl.read_parquet(cell / "telemetry.parquet")
+    gpu_rows = tel.filter(pl.col("gpu").is_not_null())
+    # nothing was changed on the lent GPUs: their own 700 W limit throughout
+    assert gpu_rows["power_limit_w"].unique().to_list() == [700.0]
+    # one GPU per cell: the slot, the telemetry and the server process all agree
+    (gpu,) = m["gpu_indices"]
+    assert gpu_rows["gpu"].unique().to_list() == [gpu]
+    assert m["engine"]["server_cuda_visible_devices"] == str(gpu)
+    assert m["engine"]["server_gpus"] == [gpu]
+
+
+def _cells(run: str) -> list[dict]:
+    rows = []
+    for c in CELLS:
+        if c.is_relative_to(RESULTS / run):
+            m = json.loads((c / "cell.json").read_text())
+            end = dt.datetime.fromisoformat(m["ended_at"])
+            # requests in flight: the last duration_s before the end (started_at is earlier:
+            # it counts the wait for a GPU slot and the server start)
+            rows.append({"cell": c, "gpu": m["gpu_indices"][0], "key": m["engine"]["server_key"],
+                         "start": end - dt.timedelta(seconds=m["duration_s"]), "end": end,
+                         "began": m["started_at"]})  # fmt: skip
+    return sorted(rows, key=lambda r: r["began"])
+
+
+def _starts(run: str) -> dict[str, int]:
+    out = {}
+    for log in (RESULTS / run / ".servers").glob("*.log"):
+        text = log.read_text(errors="replace")
+        out[log.stem] = text.count("\n$ ") + text.startswith("$ ")
+    return out
+
+
+def test_one_gpu_one_start_per_server_group_and_groups_back_to_back():
+    """gpu=1 (CUDA_VISIBLE_DEVICES=0 on the two-GPU host): 4 server groups, 4 vLLM starts,
+    each group's 4 cells in one run, all on GPU 0; summary, figures and report built there."""
+    c = checks("ser")
+    assert c["exit_code"] == 0 and c["plan_before"]["cell"] == 16 and c["plan_after"] == {}
+    first16 = _cells("gpu-ser")[:16]
+    assert {r["gpu"] for r in first16} == {0}
+    keys = [r["key"] for r in first16]
+    runs = [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
+    assert len(runs) == len(set(keys)) == 4  # back to back: each group one contiguous run
+    assert sorted(c["server_starts"].values()) == [1, 1, 1, 1]
+    after = c["after_after"]
+    assert not _left(after) and not after["partial_cell_dirs"]
+    assert after["nvidia_smi"]["compute_apps"] == []
+    assert [g[2] for g in after["nvidia_smi"]["gpus"]] == ["0", "0"]  # MiB in use, per GPU
+    for name in ("summary.parquet", "stages.parquet", "report.html"):
+        assert (RESULTS / "gpu-ser" / name).exists()
+    assert len(list((RESULTS / "gpu-ser" / "figures").glob("*.png"))) >= 6
+
+
+def test_two_gpus_run_two_cells_at_once_each_with_its_own_server():
+    c = checks("par")
+    assert c["exit_code"] == 0 and c["plan_after"] == {}
+    cells = _cells("gpu-par")
+    assert {r["gpu"] for r in cells} == {0, 1}
+    overlaps = [
+        (a, b)
+        for i, a in enumerate(cells)
+        for b in cells[i + 1 :]
+        if a["start"] < b["end"] and b["start"] < a["end"]
+    ]
+    assert overlaps and all(a["gpu"] != b["gpu"] for a, b in overlaps)
+    assert all(a["key"] != b["key"] for a, b in overlaps)  # two groups side by side
+    # each group on one GPU, each server started once: 4 starts for 4 groups on 2 GPUs
+    by_key: dict[str, set[int]] = {}
+    for r in cells:
+        by_key.setdefault(r["key"], set()).add(r["gpu"])
+    assert all(len(g) == 1 for g in by_key.values()) and len(by_key) == 4
+    assert sorted(c["server_starts"].values()) == [1, 1, 1, 1]
+    after = c["after_after"]
+    assert not _left(after) and after["nvidia_smi"]["compute_apps"] == []
+
+
+def test_wall_time_ratio_is_recorded_as_measured():
+    """gpu=2 against gpu=1 on the same grid: the gpu=2 run paid the host's first (cold)
+    vLLM starts, so its wall time is not the parallel speed-up (README says so)."""
+    par, ser = checks("par")["wall_s"], checks("ser")["wall_s"]
+    assert par == pytest.approx(541.9) and ser == pytest.approx(487.1)
+    readme = (HOST / "README.md").read_text()
+    assert f"{par / ser:.2f}" in readme
+
+
+def test_added_knob_value_interruptions_and_rerun():
+    c = checks("incr")
+    # the edit (max_num_seqs 64 added) plans exactly its 8 new cells
+    assert c["plan_edited"]["cell"] == 8 and c["plan_edited"]["total"] == 12
+    for tag in ("sigint", "sigterm"):
+        s, after = c[f"signal_{tag}"], c[f"after_{tag}"]
+        assert s["cell_in_flight"] and s["running_cells"]
+        assert s["exit_code"] == 1  # an interrupted run is not a finished one
+        assert not after["partial_cell_dirs"] and not _left(after)
+        assert after["nvidia_smi"]["compute_apps"] == []
+        assert [g[2] for g in after["nvidia_smi"]["gpus"]] == ["0", "0"]
+    # the cell Ctrl-C interrupted left no files and was measured again, by the next run
+    interrupted = c["signal_sigint"]["running_cells"][0]
+    assert c["signal_sigterm"]["running_cells"] == [interrupted]
+    assert (RESULTS / "gpu-ser" / "cells" / interrupted / "cell.json").exists()
+    # then nothing was missing but the analysis, and afterwards nothing at all
+    assert c["plan_rerun"] == {"summary": 1, "figures": 1, "report": 1, "all": 1, "total": 4}
+    assert c["rerun"]["exit_code"] == 0 and c["plan_final"] == {}
+    summary = pl.read_parquet(RESULTS / "gpu-ser" / "summary.parquet")
+    assert summary.height == 24 and (summary["failed_requests"] == 0).all()
+
+
+def test_no_api_key_in_the_evidence():
+    """The server registry (which holds each server's key) is not committed."""
+    assert not list(HOST.rglob(".servers/*.json"))
+    for p in HOST.rglob("*"):
+        if p.is_file() and p.suffix in (".log", ".txt", ".json", ".yaml"):
+            assert "api_key" not in p.read_text(errors="replace").lower(), p
