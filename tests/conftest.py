@@ -40,6 +40,7 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 PIPELINE_FILES = (
     "Snakefile", "rules", "scripts", "wattflow", "config", "report", "profiles", "envs",
     "containers",
+    "validation/h100/accuracy/accuracy.parquet",  # the default config's `analysis.accuracy`
 )  # fmt: skip
 
 # A tiny Llama-shaped model for real-engine tests (fake servers, dummy bundles).
@@ -61,5 +62,6 @@ def copy_pipeline(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in PIPELINE_FILES:
         src = ROOT / name
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
     return dest

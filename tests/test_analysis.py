@@ -639,3 +639,21 @@ def test_report_without_valid_cells_says_so(grid_summary: pl.DataFrame, tmp_path
     text = out.read_text()
     assert "No figures: no valid cells (144 cells, none valid" in text
     assert "two values" not in text
+
+
+def test_accuracy_table_from_wattflow_accuracy_per_cell_rows():
+    """The report reads the table `wattflow accuracy` writes (per cell, error_pct, held_out):
+    MAPE per metric over the held-out cells, overall and per workload."""
+    from tests.conftest import ROOT
+    from wattflow.analysis import accuracy as acc
+
+    path = ROOT / "validation" / "h100" / "accuracy" / "accuracy.parquet"
+    cells = pl.read_parquet(path).filter(pl.col("held_out"))
+    t = acc.read(path)
+    overall = t.filter(pl.col("workload") == "all")
+    for metric in ("j_per_workflow", "ttft_p50_s"):
+        want = cells.filter(pl.col("metric") == metric)["error_pct"].abs().mean()
+        row = overall.filter(pl.col("metric") == metric)
+        assert row["mape_pct"][0] == pytest.approx(want) and row["n"][0] == 23
+    assert set(t["workload"]) - {"all"} == set(cells["workload"])
+    assert acc.describe(t, ["j_per_workflow"]).startswith("j_per_workflow ")

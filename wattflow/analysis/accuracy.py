@@ -11,7 +11,10 @@ validation/h100/accuracy/accuracy.parquet). Its columns:
 - optional `n`: how many paired cells the MAPE is over; optional `reference` (the GPU).
 
 Aliases accepted for the two required columns: `summary_column`/`column` for `metric`,
-`mape`/`mape_percent` for `mape_pct`. Anything else is an error naming what is missing.
+`mape`/`mape_percent` for `mape_pct`. The per-cell table `wattflow accuracy` writes
+(`metric`, `error_pct` per cell, `held_out`) is read too: its MAPE per metric is the mean
+absolute `error_pct` over the held-out cells (all cells where none is marked), overall and
+per workload. Anything else is an error naming what is missing.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ def read(path: str | Path) -> pl.DataFrame:
         raise AccuracyError(f"accuracy table {p}: expected .parquet or .csv, got {p.suffix!r}")
     metric = next((c for c in METRIC_NAMES if c in df.columns), None)
     mape = next((c for c in MAPE_NAMES if c in df.columns), None)
+    if metric is not None and mape is None and "error_pct" in df.columns:
+        df, mape = per_cell_mape(df, metric), "mape_pct"
     if metric is None or mape is None:
         want = "a metric column (" + "/".join(METRIC_NAMES) + ")" if metric is None else ""
         if mape is None:
@@ -58,6 +63,20 @@ def read(path: str | Path) -> pl.DataFrame:
         .alias("n"),
     )
     return out
+
+
+def per_cell_mape(df: pl.DataFrame, metric: str) -> pl.DataFrame:
+    """`wattflow accuracy`'s per-cell rows to (metric, workload, mape_pct, n): the mean
+    absolute error over held-out cells, per workload and overall (workload `all`)."""
+    if "held_out" in df.columns and df["held_out"].any():
+        df = df.filter(pl.col("held_out"))
+    err = pl.col("error_pct").abs()
+    agg = (err.mean().alias("mape_pct"), pl.len().cast(pl.Int64).alias("n"))
+    overall = df.group_by(metric).agg(*agg).with_columns(pl.lit("all").alias("workload"))
+    if "workload" not in df.columns:
+        return overall
+    per = df.group_by(metric, "workload").agg(*agg)
+    return pl.concat([overall, per.select(overall.columns)])
 
 
 def describe(table: pl.DataFrame | None, metrics: Sequence[str]) -> str:

@@ -37,7 +37,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -391,51 +390,3 @@ def prepare(*, cache: Path | None = None, timeout_s: float = 900.0) -> ParrotEnv
             return _existing(python, src, origin)
         venv = _build_venv(cache, timeout_s)
     return ParrotEnv(src=src, python=_venv_python(venv), origin=origin)
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    p = argparse.ArgumentParser(
-        prog="python -m wattflow.parrot.env",
-        description="Prepare Parrot's source and interpreter (docs/parrot.md).",
-    )
-    p.add_argument(
-        "--check",
-        action="store_true",
-        help="also start Parrot's serving core and openai engine once, and stop them",
-    )
-    args = p.parse_args(argv)
-    try:
-        env = prepare()
-    except ParrotUnavailable as exc:
-        raise SystemExit(f"wattflow: {exc}") from None
-    out = {"src": str(env.src), **env.describe()}
-    if args.check:
-        from wattflow.parrot.launch import ParrotServer
-
-        t = time.monotonic()
-        server = ParrotServer(env, endpoint="http://127.0.0.1:9/v1", api_key="x", model="m")
-        try:
-            server.start()
-        except RuntimeError as exc:
-            raise SystemExit(f"wattflow: Parrot did not start: {exc}") from None
-        try:
-            started = round(time.monotonic() - t, 2)
-            req = urllib.request.Request(
-                f"{server.core_url}/v1/session",
-                data=json.dumps({"api_key": "wattflow", "apps": []}).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(req, timeout=30) as r:
-                session = json.loads(r.read())
-            out["check"] = {"started_s": started, "session_id": session["session_id"]}
-        except (OSError, ValueError, KeyError) as exc:
-            raise SystemExit(f"wattflow: Parrot's core did not open a session: {exc}") from None
-        finally:
-            server.stop()
-    print(json.dumps(out, indent=1))
-
-
-if __name__ == "__main__":
-    main()
