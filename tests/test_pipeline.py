@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -35,16 +37,18 @@ def write_config(d: Path, cfg: dict) -> None:
     (d / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-def smk(d: Path, *args: str) -> subprocess.CompletedProcess:
+def smk(d: Path, *args: str, python: Path | None = None) -> subprocess.CompletedProcess:
+    """Snakemake in `d`; with `python`, run as `PYTHON -m snakemake` by that interpreter."""
     env = {**os.environ, "PYTHONPATH": str(d)}
+    cmd = [str(python), "-m", "snakemake"] if python else [SNAKEMAKE]
     return subprocess.run(
-        [SNAKEMAKE, *args], cwd=d, env=env, capture_output=True, text=True, timeout=600
+        [*cmd, *args], cwd=d, env=env, capture_output=True, text=True, timeout=600
     )
 
 
-def planned(d: Path) -> dict[str, int]:
+def planned(d: Path, *args: str, python: Path | None = None) -> dict[str, int]:
     """Jobs per rule that a dry run plans ({} when nothing is to be done)."""
-    out = smk(d, "-n")
+    out = smk(d, "-n", *args, python=python)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout + out.stderr
     stats = text.split("Job stats:", 1)
@@ -214,3 +218,88 @@ def test_invalid_config_stops_before_any_cell(workdir):
         assert "grid.power_cap_w[0]" in out.stderr + out.stdout
     finally:
         write_config(workdir, small_config("results"))
+
+
+def moved_interpreter(where: Path) -> Path:
+    """This Python as if its venv had moved to `where`: `where/bin/python`, a link to the
+    running interpreter, with the venv's pyvenv.cfg and site-packages beside it, so
+    `sys.executable` (what the rules run jobs with) is a path no finished cell has seen."""
+    (where / "bin").mkdir(parents=True)
+    python = where / "bin" / "python"
+    python.symlink_to(sys.executable)
+    if sys.prefix != sys.base_prefix:  # a venv: it is found from pyvenv.cfg beside bin/
+        shutil.copy(Path(sys.prefix) / "pyvenv.cfg", where / "pyvenv.cfg")
+        for name in ("lib", "lib64"):
+            if (Path(sys.prefix) / name).is_dir():
+                (where / name).symlink_to(Path(sys.prefix) / name)
+    out = subprocess.run(
+        [python, "-c", "import sys, snakemake, wattflow; print(sys.executable)"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(python) != sys.executable
+    return python
+
+
+def test_another_interpreter_path_reruns_no_cell(workdir, tmp_path):
+    """Issue 8.10: the finished grid, planned by the same Python from another path (a moved
+    venv), has nothing to do: jobs find their interpreter through $WATTFLOW_PYTHON, which is
+    in no job's params."""
+    python = moved_interpreter(tmp_path / "elsewhere")
+    assert planned(workdir, python=python) == {}
+    out = smk(workdir, "-n", "--printshellcmds", "--forcerun", "cell", python=python)
+    assert out.stdout.count('"$WATTFLOW_PYTHON" scripts/run_cell.py') == 4  # the variable,
+    assert str(python) not in out.stdout and sys.executable not in out.stdout  # not a path
+
+
+def test_interpreter_as_a_param_would_rerun_every_cell(tmp_path):
+    """The control for the test above: with the interpreter a param of the cell rule (as it
+    was: `params: python=sys.executable`), the same move plans every cell again."""
+    d = copy_pipeline(tmp_path / "pipeline")
+    rules = d / "rules" / "cells.smk"
+    text = rules.read_text()
+    assert text.count("    params:\n") == 1, "the cell rule's params moved; update this test"
+    rules.write_text(text.replace("    params:\n", "    params:\n        python=sys.executable,\n"))
+    write_config(d, small_config("results"))
+    out = smk(d, "--cores", "2", "--until", "cell")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert planned(d, "--until", "cell") == {}
+    python = moved_interpreter(tmp_path / "elsewhere")
+    assert planned(d, "--until", "cell", python=python) == {"cell": 4}
+
+
+def _dry_run_cells(d: Path, *args: str) -> list[str]:
+    """The cell directories a dry run plans (from the cell jobs' shell commands)."""
+    out = smk(d, "-n", "--printshellcmds", *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return sorted(re.findall(r"scripts/run_cell\.py --cell '?([^' ]+)'?", out.stdout))
+
+
+def test_wattflow_and_snakemake_read_the_same_config_file(tmp_path):
+    """Issue 8.8: `wattflow --config F` and `snakemake --configfile F` see the same grid: F
+    replaces config/config.yaml, it is not merged over it. F's grid leaves out axes that
+    config/config.yaml spreads (power caps, output lengths), so a merge would plan more
+    cells; the control below checks that it would."""
+    d = copy_pipeline(tmp_path / "pipeline")
+    cfg = small_config("elsewhere")
+    for axis in ("power_cap_w", "max_output_tokens", "mode", "sm_clock_mhz"):
+        cfg["grid"].pop(axis, None)  # at their defaults: one value each
+    f = tmp_path / "F.yaml"
+    f.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(d)}
+    out = subprocess.run(
+        [sys.executable, "-m", "wattflow", "--config", str(f), "cells"],
+        cwd=d, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    listed = sorted(out.stdout.split())
+    assert len(listed) == 4 and all(p.startswith("elsewhere/cells/engine=sim/") for p in listed)
+    jobs = planned(d, "--configfile", str(f), "--quiet", "rules")
+    assert jobs["cell"] == len(listed)
+    assert [f"elsewhere/cells/{c}" for c in _dry_run_cells(d, "--configfile", str(f))] == listed
+    # control: a Snakefile that merged F over config/config.yaml would plan another grid
+    snakefile = d / "Snakefile"
+    guarded = "if not workflow.overwrite_configfiles:\n\n    configfile:"
+    assert guarded in snakefile.read_text(), "the Snakefile's config rule moved; update this test"
+    snakefile.write_text(snakefile.read_text().replace(guarded, "configfile:"))
+    assert planned(d, "--configfile", str(f), "--quiet", "rules")["cell"] > len(listed)

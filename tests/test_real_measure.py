@@ -4,11 +4,15 @@ with and without NVML."""
 from __future__ import annotations
 
 import io
+import json
+import time
 
+import numpy as np
+import polars as pl
 import pytest
-from real_fakes import FakeNvml, start_fake_server, use_fake_nvml
+from real_fakes import FakeNvml, openai_cell, start_fake_server, use_fake_nvml
 
-from tests.conftest import TINY_MODEL
+from tests.conftest import ROOT, TINY_MODEL
 from wattflow import cell, devices
 from wattflow.devices import slots
 from wattflow.knobs import complete
@@ -120,3 +124,39 @@ def test_vllm_kind_needs_nvml():
     spec["engine"]["kind"] = "vllm"
     with pytest.raises(RuntimeError, match="nvml is unavailable.*no request was sent"):
         cell.measure(spec, KNOBS, _workflows(), Progress("t", 4, stream=io.StringIO()))
+
+
+def test_sampling_period_and_idle_baseline_are_config_recorded_in_cell_json(
+    server, tmp_path, monkeypatch
+):
+    """Issue 8.11: the settings that change measured numbers are engine config, so they are
+    in the cell's params (the spec the rule passes) and in cell.json; the environment
+    variables that once set them are read by nothing."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("WATTFLOW_TELEMETRY_PERIOD_S", "0.5")  # would be 5x fewer samples
+    monkeypatch.setenv("WATTFLOW_IDLE_BASELINE_S", "60")  # would outlast the test's bound
+    use_fake_nvml(FakeNvml(1))
+    workload = {"pattern": "single", "prompt_tokens": 16, "output_tokens": 4, "workflows": 3}
+    engine = {"telemetry": ["nvml"], "telemetry_period_s": 0.02, "idle_baseline_s": 0.3}
+    spec, knobs = openai_cell(server, {**workload, "concurrency": 3}, 30, **engine)
+    assert spec["engine"]["telemetry_period_s"] == 0.02  # the cell's params: a change reruns it
+    assert spec["engine"]["idle_baseline_s"] == 0.3
+    t0 = time.monotonic()
+    cell.run(spec, knobs, tmp_path / "cell", quiet=True)
+    assert time.monotonic() - t0 < 20
+    m = json.loads((tmp_path / "cell" / "cell.json").read_text())
+    assert m["telemetry_period_s"] == 0.02 and m["idle_baseline_s"] == 0.3
+    assert m["spec"]["engine"]["telemetry_period_s"] == 0.02
+    assert m["spec"]["engine"]["idle_baseline_s"] == 0.3
+    assert m["energy"]["idle_power_w"] is not None and m["failed_requests"] == 0
+    t = pl.read_parquet(tmp_path / "cell" / "telemetry.parquet")["t_s"].to_numpy()
+    assert len(t) >= 3 and np.median(np.diff(t)) == pytest.approx(0.02, rel=0.5)
+
+
+def test_no_code_reads_the_old_measurement_environment_variables():
+    for name in ("WATTFLOW_TELEMETRY_PERIOD_S", "WATTFLOW_IDLE_BASELINE_S"):
+        for d in ("wattflow", "rules", "scripts", "profiles", "config"):
+            for f in (ROOT / d).rglob("*"):
+                if f.is_file() and f.suffix in (".py", ".smk", ".yaml", ".sh", ""):
+                    assert name not in f.read_text(errors="replace"), f
+        assert name not in (ROOT / "Snakefile").read_text()

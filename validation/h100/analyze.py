@@ -8,6 +8,7 @@ its own for the single-call concurrency sweep, compared with `vllm bench serve`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -270,7 +271,8 @@ def scheduling() -> str:
     return "\n".join(out) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     os.chdir(ROOT)
     dirs = cell_dirs()
     summary = write_summary(dirs, HERE / "summary.parquet")

@@ -4,9 +4,11 @@
 
 Runs on the GPU host, where vLLM is installed natively (no Snakemake there): every cell goes
 through `wattflow.cell.run`, the function the pipeline's `cell` rule calls, and the server
-pool starts one vLLM server per max_num_seqs and reuses it for that group's cells. Results
-land under $OUT as one tarball (rewritten after each cell, so a cut-off run still returns
-what it measured) plus the logs.
+pool (`wattflow.engines.pool`, through the `vllm` backend's launcher) starts one vLLM server
+per server identity (`wattflow.knobs.server_identity`: max_num_seqs, prefix caching and the
+scheduling policy the client mode needs) and reuses it for that group's cells. Results land
+under $OUT as one tarball (rewritten after each cell, so a cut-off run still returns what it
+measured) plus the logs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -27,26 +30,28 @@ sys.path.insert(0, str(ROOT))
 from wattflow import config as C  # noqa: E402
 from wattflow.cell import run  # noqa: E402
 from wattflow.engines import pool  # noqa: E402
-from wattflow.knobs import scheduling_policy  # noqa: E402
+from wattflow.knobs import cell_path, server_identity  # noqa: E402
 
 SINGLE = ["single-c1", "single-c8", "single-c32", "single-c128", "single-c256"]
 
 
 def cells(cfg: dict, mns: list[int], single: bool) -> list[dict]:
     """The grid's cells (plus (a) at max_num_seqs=256 when `single`), grouped by server:
-    batch size in the given order, then the scheduling policy the client mode implies."""
+    batch size in the given order, then the rest of the server's identity (the scheduling
+    policy the client mode implies, prefix caching)."""
     grid = [c.knobs for c in C.cells(cfg)]
     out = []
     for m in mns:
         if single and m == 256:
             out += [dict(grid[0], workload=w, max_num_seqs=256, mode="naive") for w in SINGLE]
         group = [k for k in grid if k["max_num_seqs"] == m]
-        out += sorted(group, key=lambda k: scheduling_policy(k["mode"]))  # stable: grid order
+        out += sorted(group, key=server_of)  # stable: grid order
     return out
 
 
-def server_of(knobs: dict) -> tuple[int, str]:
-    return knobs["max_num_seqs"], scheduling_policy(knobs["mode"])
+def server_of(knobs: dict) -> tuple[str, str]:
+    """The server a cell runs on: its engine and server identity."""
+    return knobs["engine"], json.dumps(server_identity(knobs), sort_keys=True)
 
 
 def pack(src: Path, out: Path, name: str) -> None:
@@ -78,7 +83,7 @@ def vllm_bench(state: Path, dest: Path, deadline: float) -> None:
             "--model",
             e["model_name"],
             "--tokenizer",
-            e["model_dir"],
+            e["prepared"]["model_dir"],
             "--dataset-name",
             "random",
             "--random-input-len",
@@ -115,20 +120,27 @@ def vllm_bench(state: Path, dest: Path, deadline: float) -> None:
         print(f"[measure] vllm bench serve c={c} done", flush=True)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def _num(v: float | None, fmt: str = ".0f") -> str:
+    """A measured number, or `null` where nothing was measured (no telemetry)."""
+    return "null" if v is None else format(v, fmt)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mns", default="256,64,8", help="max_num_seqs groups to run, in order")
     p.add_argument("--deadline", type=float, default=540, help="seconds; stop before this")
     p.add_argument("--config", default=str(ROOT / "validation" / "h100" / "config.yaml"))
     p.add_argument("--single", action="store_true", help="add the (a) concurrency sweep")
-    a = p.parse_args()
+    p.add_argument("--state", default="/tmp/wattflow-state", help="the server pool's state")
+    p.add_argument("--results", default="/tmp/wattflow-results", help="where cells go")
+    a = p.parse_args(argv)
     t0 = time.monotonic()
     out = Path(os.environ.get("OUT", "/tmp/out"))
     out.mkdir(parents=True, exist_ok=True)
-    state = Path("/tmp/wattflow-state")
-    os.environ.update(WATTFLOW_OWNER_PID=str(os.getpid()), WATTFLOW_STATE_DIR=str(state))
+    state = Path(a.state)
+    os.environ.update({pool.OWNER_ENV: str(os.getpid()), pool.STATE_ENV: str(state)})
     cfg = C.load(a.config)
-    results = Path("/tmp/wattflow-results")
+    results = Path(a.results)
     mns = [int(x) for x in a.mns.split(",")]
     todo = cells(cfg, mns, a.single)
     print(f"[measure] {len(todo)} cells, groups {mns}", flush=True)
@@ -144,22 +156,22 @@ def main() -> None:
             if starting and current is not None:
                 pool.stop_all(state)  # one GPU: the old server goes before the new one
             current = server_of(knobs)
-            cell = C.Cell(knobs)
+            path = cell_path(knobs)
             spec = C.cell_spec(cfg, knobs)
             t = time.monotonic()
             try:
-                m = run(copy.deepcopy(spec), knobs, results / cell.path)
+                m = run(copy.deepcopy(spec), knobs, results / path)
                 e = m["energy"]
                 print(
                     f"[measure] {i + 1}/{len(todo)} {knobs['workload']} {knobs['mode']} "
                     f"mns={knobs['max_num_seqs']}: "
-                    f"{m['requests']} req, {m['duration_s']:.1f} s, {e['counter_j']:.0f} J, "
-                    f"disagreement {e['disagreement_pct']:.3f} %, valid={m['valid']}, "
+                    f"{m['requests']} req, {m['duration_s']:.1f} s, {_num(e['counter_j'])} J, "
+                    f"disagreement {_num(e['disagreement_pct'], '.3f')} %, valid={m['valid']}, "
                     f"wall {time.monotonic() - t:.0f} s",
                     flush=True,
                 )
             except Exception as exc:  # noqa: BLE001 - keep measuring the other cells
-                print(f"[measure] cell {cell.path} failed: {type(exc).__name__}: {exc}", flush=True)
+                print(f"[measure] cell {path} failed: {type(exc).__name__}: {exc}", flush=True)
             pack(results, out, "cells")
             last_single = knobs["workload"] == SINGLE[-1]
             if last_single:

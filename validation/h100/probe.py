@@ -3,8 +3,14 @@
 
 Run there after the offline install (see README.md in this folder). Prints what the
 client, server launcher and NVML sampler depend on; writes probe.json under $OUT.
+
+    python validation/h100/probe.py
+
+The server gets its API key as wattflow's launcher gives it (the VLLM_API_KEY environment
+variable, not `--api-key`, so `ps` does not show it).
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -131,8 +137,6 @@ def server() -> None:
         "127.0.0.1",
         "--port",
         "8011",
-        "--api-key",
-        key,
         "--served-model-name",
         "wattflow",
         "--load-format",
@@ -153,7 +157,10 @@ def server() -> None:
     res["args"] = args
     log = open(f"{OUT}/probe-server.log", "w")
     t0 = time.monotonic()
-    p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {**os.environ, "VLLM_API_KEY": key}  # as wattflow.engines.backends.vllm passes it
+    p = subprocess.Popen(
+        args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+    )
     ok = False
     while time.monotonic() - t0 < 420 and p.poll() is None:
         try:
@@ -199,7 +206,11 @@ def server() -> None:
     res["stop_s"] = round(time.monotonic() - t0, 1)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        description="Probe the GPU host: NVML fields, a dummy bundle in "
+        f"{MODEL}, and a vLLM server on port 8011; writes probe.json under $OUT ({OUT})."
+    ).parse_args(argv)
     os.makedirs(OUT, exist_ok=True)
     for step in (nvml, bundle, server):
         try:
@@ -208,4 +219,8 @@ if __name__ == "__main__":
             res[f"{step.__name__}_error"] = repr(e)
         json.dump(res, open(f"{OUT}/probe.json", "w"), indent=1, default=str)
     print(json.dumps(res, indent=1, default=str)[-6000:])
+
+
+if __name__ == "__main__":
+    main()
     sys.exit(0)

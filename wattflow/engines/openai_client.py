@@ -85,7 +85,7 @@ class OpenAIEngine:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def _get_session(self) -> aiohttp.ClientSession:
-        # Created lazily so it binds to the loop that runs the cell (asyncio.run in real.py).
+        # Created lazily so it binds to the loop that runs the cell (wattflow.cell.measure).
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, force_close=False),

@@ -1,0 +1,134 @@
+"""The evidence scripts under validation/ keep working against the current package: each
+imports and parses its arguments (`--help` runs nothing), and measure.py measures a cell
+through the server pool with a fake vLLM and a fake NVML."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import tarfile
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from real_fakes import FakeNvml, use_fake_nvml
+
+from tests.conftest import ROOT, TINY_MODEL
+from wattflow import devices
+from wattflow.devices import slots
+from wattflow.engines.backends.vllm import COMMAND_ENV
+from wattflow.engines.pool import OWNER_ENV, STATE_ENV
+
+SCRIPTS = [
+    "validation/h100/measure.py",
+    "validation/h100/probe.py",
+    "validation/h100/analyze.py",
+    "validation/gpu/e2e.py",
+]
+
+
+def _load(rel: str):  # noqa: ANN202
+    path = ROOT / rel
+    spec = importlib.util.spec_from_file_location(f"_script_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_imports_and_parses_its_arguments(script, tmp_path):
+    _load(script)  # every name it imports from wattflow exists
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / script), "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("usage:")
+    assert not (tmp_path / "out").exists()  # --help measured nothing, wrote nothing
+
+
+def test_measure_groups_the_h100_grid_by_server():
+    measure = _load("validation/h100/measure.py")
+    from wattflow import config
+
+    cfg = config.load(ROOT / "validation" / "h100" / "config.yaml")
+    todo = measure.cells(cfg, [256, 64, 8], single=True)
+    assert len(todo) == len(config.cells(cfg)) + len(measure.SINGLE)
+    servers = [measure.server_of(k) for k in todo]
+    # each server's cells run back to back: a server starts once
+    assert len({s for i, s in enumerate(servers) if i == 0 or s != servers[i - 1]}) == len(
+        set(servers)
+    )
+    assert [k["max_num_seqs"] for k in todo[:5]] == [256] * 5
+
+
+def test_measure_runs_cells_through_the_pool(tmp_path, monkeypatch):
+    """measure.py's main as on the GPU host (`--single --mns 256`): the `vllm` backend starts
+    one server from the pool (a fake vLLM here), the cells run on it, `vllm bench serve` is
+    pointed at that server, and the cells are packed under $OUT."""
+    measure = _load("validation/h100/measure.py")
+    cfg = yaml.safe_load((ROOT / "validation" / "h100" / "config.yaml").read_text())
+    cfg["engines"]["vllm"].update(
+        model="tiny", idle_baseline_s=0.1, telemetry_period_s=0.02, request_timeout_s=30
+    )
+    cfg["models"] = {"tiny": {k: v for k, v in TINY_MODEL.items() if k != "name"}}
+    tiny = {"pattern": "single", "workflows": 2, "concurrency": 2, "prompt_tokens": 16,
+            "output_tokens": 4}  # fmt: skip
+    cfg["workloads"] = dict.fromkeys([*measure.SINGLE, "w"], tiny)
+    cfg["grid"] = {"engine": ["vllm"], "workload": ["w"], "max_num_seqs": [256],
+                   "max_output_tokens": [4]}  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    state, results, out = tmp_path / "state", tmp_path / "results", tmp_path / "out"
+    monkeypatch.setenv(COMMAND_ENV, f"{sys.executable} -m wattflow.engines.fake_server")
+    monkeypatch.setenv("OUT", str(out))
+    for k in (STATE_ENV, OWNER_ENV):  # main sets both; restored after the test
+        monkeypatch.setenv(k, "")
+    for k in ("CUDA_VISIBLE_DEVICES", "WATTFLOW_GPUS", "SLURM_JOB_ID"):
+        monkeypatch.delenv(k, raising=False)
+    ran: list[tuple[list[str], dict]] = []  # vllm bench and nvidia-smi: recorded, not run
+    stub = types.SimpleNamespace(
+        run=lambda cmd, env=None, **kw: ran.append((cmd, env or {})),
+        STDOUT=subprocess.STDOUT,
+        TimeoutExpired=subprocess.TimeoutExpired,
+    )
+    monkeypatch.setattr(measure, "subprocess", stub)
+    use_fake_nvml(FakeNvml(1))
+    slots._reset_cell_slot()
+    args = ["--config", str(tmp_path / "config.yaml"), "--single", "--mns", "256"]
+    try:
+        measure.main([*args, "--deadline", "600", "--state", str(state), "--results", str(results)])
+    finally:
+        slots._reset_cell_slot()
+        devices._OVERRIDES.clear()
+    manifests = {
+        p.parent.relative_to(results).as_posix(): json.loads(p.read_text())
+        for p in results.rglob("cell.json")
+    }
+    assert sorted(manifests) == sorted(
+        f"engine=vllm/workload={w}/max_output_tokens=4"  # 256: the default
+        for w in [*measure.SINGLE, "w"]
+    )
+    keys = set()
+    for m in manifests.values():
+        assert m["engine"]["name"] == "vllm" and m["requests"] == 2 and m["failed_requests"] == 0
+        assert m["energy"]["counter_j"] > 0 and m["telemetry_period_s"] == 0.02
+        keys.add(m["engine"]["server_key"])
+    assert len(keys) == 1  # one server for the group
+    bench = [(cmd, env) for cmd, env in ran if cmd[:3] == ["vllm", "bench", "serve"]]
+    assert len(bench) == 5
+    cmd, env = bench[0]
+    tokenizer = Path(cmd[cmd.index("--tokenizer") + 1])
+    assert (tokenizer / "config.json").exists()  # the served model's bundle
+    assert env["OPENAI_API_KEY"] and cmd[cmd.index("--model") + 1] == "wattflow"
+    with tarfile.open(out / "cells.tar.gz") as tar:
+        assert sum(n.endswith("cell.json") for n in tar.getnames()) == 6
+    assert (out / "bench.tar.gz").exists() and (out / "logs.tar.gz").exists()
+    assert not list(state.glob("*.lease"))  # the server was stopped
