@@ -402,13 +402,20 @@ def test_findings_say_what_is_missing(grid_summary: pl.DataFrame) -> None:
 def test_mode_findings(mode_summary: pl.DataFrame) -> None:
     f = by_key(fnd.check_findings(mode_summary))
     assert f["g2"].holds is True, f["g2"].evidence
-    for row in f["g2"].numbers:  # AWARE_RATIO, give or take the 0.5 % noise of each cell
-        assert row["saving at lowest cap %"] == pytest.approx(10.0, abs=1.5)
-        assert row["saving at default %"] == pytest.approx(0.5, abs=1.5)
+    # one row per (mode, workload, max_num_seqs, cap): AWARE_RATIO, give or take the 0.5 %
+    # noise of each cell
+    assert len(f["g2"].numbers) == 2 * 2 * 3
+    expect = {250.0: 10.0, 450.0: 3.0, 700.0: 0.5}
+    for row in f["g2"].numbers:
+        assert row["mode"] == "workflow-aware"
+        assert row["saving %"] == pytest.approx(expect[row["power cap W"]], abs=1.5)
+        assert row["J/workflow ratio"] == pytest.approx(1 - row["saving %"] / 100, abs=1e-3)
+        assert row["makespan p50 ratio"] > 0
     assert f["g1"].holds is True, f["g1"].evidence
     util = {(r["workload"], r["max_num_seqs"]): r for r in f["g1"].numbers}
+    assert util[("agentic", 8)]["mode"] == "workflow-aware"
     assert util[("agentic", 8)]["util naive %"] == pytest.approx(80.0)
-    assert util[("agentic", 8)]["util workflow-aware %"] == pytest.approx(75.0)
+    assert util[("agentic", 8)]["util mode %"] == pytest.approx(75.0)
     # only the decode-heavy half is judged: sequential's prompts are mostly uncached
     heavy = {w for (w, _), r in util.items() if r["decode-heavy"]}
     assert heavy == {"agentic"} and "not decode-heavy, not judged: sequential" in f["g1"].evidence

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import polars as pl
 import pytest
@@ -12,11 +13,12 @@ import pytest
 from tests.conftest import ROOT
 from wattflow import config as wf_config
 from wattflow.calibration import accuracy, dvfs, fit, profile
-from wattflow.calibration.cells import MeasuredCell
+from wattflow.calibration.cells import MeasuredCell, not_simulable
 from wattflow.cell import run as run_cell
 from wattflow.cli import main
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.factory import build_engine
+from wattflow.knobs import cell_path, complete
 
 H100 = ROOT / "validation" / "h100" / "cells" / "engine=vllm"
 C8 = H100 / "workload=single-c8" / "default"
@@ -142,12 +144,55 @@ def test_config_names_a_profile(raw_config):
     )
 
 
+def _parrot_copy(root, cell=C8):
+    """A measured cell relabelled as a `parrot` cell (in its Hive path, as the grid puts it):
+    what the simulator cannot rerun in virtual time."""
+    manifest = json.loads((cell / "cell.json").read_text())
+    manifest["knobs"]["mode"] = "parrot"
+    d = root / "cells" / "engine=vllm" / f"workload={manifest['knobs']['workload']}"
+    d = d / cell_path(complete(manifest["knobs"])).rsplit("/", 1)[-1]
+    shutil.copytree(cell, d)
+    (d / "cell.json").write_text(json.dumps(manifest))
+    return d
+
+
+def test_parrot_cells_are_not_simulated(tmp_path):
+    d = _parrot_copy(tmp_path / "parrot")
+    assert d.name == "mode=parrot"
+    cell = MeasuredCell.load(d)
+    why = cell.not_simulable
+    assert why.startswith("client mode parrot runs through its own driver, not the executor")
+    assert "OpenAI-compatible endpoint in wall-clock time" in why
+    assert MeasuredCell.load(C8).not_simulable is None
+    assert not_simulable("workflow-aware") is None
+    assert not_simulable("no-such-mode").startswith("unknown client mode 'no-such-mode'")
+    with pytest.raises(ValueError, match="cannot simulate a cell of client mode parrot"):
+        cell.simulate(SimConstants())
+    # calibrate and accuracy name the cells they leave out, and why; with nothing left, stop
+    for run in (
+        lambda log: fit.calibrate([d], log=log),
+        lambda log: accuracy.run([d], tmp_path / "acc", log=log),
+    ):
+        lines = []
+        with pytest.raises(ValueError, match="no valid cell the simulator can rerun") as err:
+            run(lines.append)
+        assert lines == [f"skipping 1 cell(s) the simulator cannot rerun ({why}): {cell.label()}"]
+        assert cell.label() == "single-c8/parrot/mns=256" and cell.label() in str(err.value)
+
+
 def test_calibrate_and_accuracy_cli_on_h100_cells(tmp_path, capsys):
     out = tmp_path / "p.yaml"
-    assert main(["calibrate", str(C8), str(C32), "-o", str(out), "--name", "mini"]) == 0
+    parrot = _parrot_copy(tmp_path / "parrot")  # left out of the fit and of the accuracy
+    argv = ["calibrate", str(C8), str(C32), str(parrot), "-o", str(out), "--name", "mini"]
+    assert main(argv) == 0
+    assert "skipping 1 cell(s) the simulator cannot rerun (client mode parrot runs " in (
+        capsys.readouterr().out
+    )
     p = profile.load(str(out))
     assert p.name == "mini" and p.engine == "vllm 0.26.0" and p.gpu == "h100-sxm"
     assert p.source["driver"] == "580.159.04" and len(p.source["cells"]) == 2
+    assert list(p.source["not_simulable"]) == [str(parrot)]
+    assert "client mode parrot" in p.source["not_simulable"][str(parrot)]
     assert p.constants["async_scheduling"] is True  # vLLM 0.26 plans steps ahead
     assert set(p.residuals["relative_error"]) == {
         "single-c8/naive/mns=256",
@@ -160,12 +205,18 @@ def test_calibrate_and_accuracy_cli_on_h100_cells(tmp_path, capsys):
     assert alpha["refit_at_edges"]["low"]["compute_dynamic_w"] > 0
     assert p.dvfs["memory_knee"]["value"] == 0.5  # a prior: nothing identifies it
     acc = tmp_path / "acc"
-    assert main(["accuracy", str(C8), str(C32), "-o", str(acc), "--profile", str(out)]) == 0
+    argv = ["accuracy", str(C8), str(C32), str(parrot), "-o", str(acc), "--profile", str(out)]
+    assert main(argv) == 0
     df = pl.read_parquet(acc / "accuracy.parquet")
     assert df.height == 2 * len(accuracy.LABELS)
+    assert set(df["mode"]) == {"naive"}
     assert not df["held_out"].any()  # both were fitted on
     assert (acc / "accuracy.png").stat().st_size > 0 and (acc / "accuracy.svg").is_file()
-    assert "| J/workflow |" in (acc / "accuracy.md").read_text()
+    md = (acc / "accuracy.md").read_text()
+    assert "| J/workflow |" in md
+    assert "Not simulated, 1 cell(s): client mode parrot runs through its own driver" in md
+    assert "\n* parrot: single-c8/parrot/mns=256\n" in md
+    assert not (acc / "parrot").exists()  # no simulated twin
     (tmp_path / "empty").mkdir()
     assert main(["calibrate", str(tmp_path / "empty"), "-o", str(out)]) == 2  # a user error
     assert "no cell.json" in capsys.readouterr().err

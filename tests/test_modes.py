@@ -263,9 +263,211 @@ def test_mode_figure_needs_both_modes(tmp_path):
     assert chart is not None
     # the claim is about workflow-aware relative to naive: the figure plots that change
     spec = chart.to_dict()
-    ys = [layer["encoding"]["y"] for panel in spec["hconcat"] for layer in panel["layer"][1:]]
+    (row,) = spec["vconcat"]
+    ys = [layer["encoding"]["y"] for panel in row["hconcat"] for layer in panel["layer"][1:]]
     assert [y["field"] for y in ys] == ["energy_pct", "latency_pct"]
     assert ys[0]["title"] == "J/workflow change, workflow-aware vs naive (%)"
     (rows,) = [d for d in spec["datasets"].values() if "energy_pct" in d[0]]
     values = {r["power_cap_w_effective"]: r["energy_pct"] for r in rows}
     assert values == pytest.approx({200: -10.0, 450: -5.0, 700: 0.0})
+
+
+# -- three modes: naive, workflow-aware and parrot ------------------------------------------
+
+# J/workflow, makespan p50 and GPU utilisation of each mode over naive's (1000 J, 10 s, 80 %),
+# per effective cap: workflow-aware saves more under the strict cap, parrot costs more there.
+THREE = {
+    "naive": {"j": {200: 1.0, 700: 1.0}, "makespan": 1.0, "util": 80.0},
+    "workflow-aware": {"j": {200: 0.9, 700: 0.99}, "makespan": 0.9, "util": 75.0},
+    "parrot": {"j": {200: 1.02, 700: 0.97}, "makespan": 1.2, "util": 85.0},
+}
+
+
+def _summary3(modes: dict = THREE, batches=(8, 64)) -> pl.DataFrame:
+    """A hand-built summary (the columns the mode slice reads) of one workload, two batch
+    sizes, two caps and the given modes; two repetitions each, whose mean is the table's."""
+    rows = []
+    for mode, m in modes.items():
+        for batch in batches:
+            for cap, ratio in m["j"].items():
+                for rep, noise in enumerate((-5.0, 5.0)):
+                    rows.append(
+                        {
+                            "engine": "sim",
+                            "engine_kind": "sim",
+                            "workload": "agentic",
+                            "mode": mode,
+                            "max_num_seqs": batch,
+                            "power_cap_w": "default" if cap == 700 else str(cap),
+                            "power_cap_w_effective": float(cap),
+                            "sm_clock_mhz": "default",
+                            "max_output_tokens": 256,
+                            "rep": rep,
+                            "valid": True,
+                            "j_per_workflow": 1000.0 * ratio + noise,
+                            "makespan_p50_s": 10.0 * m["makespan"],
+                            "gpu_util_mean_pct": m["util"],
+                        }
+                    )
+    return pl.DataFrame(rows)
+
+
+def test_mode_order_comes_from_the_registry():
+    from wattflow.client.registry import POLICIES
+
+    assert fnd.mode_order(["workflow-aware", "zz-plugin", "parrot", "naive"]) == [
+        "naive",
+        *(m for m in POLICIES if m in ("workflow-aware", "parrot")),
+        "zz-plugin",
+    ]
+    assert fnd.workflow_aware_modes() == [m for m in POLICIES if POLICIES[m].workflow_aware]
+    assert {"workflow-aware", "parrot"} <= set(fnd.workflow_aware_modes())
+    assert "naive" not in fnd.workflow_aware_modes()
+
+
+def test_mode_ratios_compare_every_mode_with_naive():
+    r = fnd.mode_ratios(_summary3())
+    assert fnd.mode_order(r["mode"].unique().to_list()) == fnd.mode_order(
+        ["parrot", "workflow-aware"]
+    )
+    assert r.height == 2 * 2 * 2  # modes x max_num_seqs x caps
+    got = {
+        (x["mode"], x["max_num_seqs"], x["power_cap_w_effective"]): (
+            x["ratio"],
+            x["makespan_ratio"],
+            x["util_mode"],
+        )
+        for x in r.iter_rows(named=True)
+    }
+    for mode in ("workflow-aware", "parrot"):
+        m = THREE[mode]
+        for batch in (8, 64):
+            for cap, ratio in m["j"].items():
+                assert got[(mode, batch, cap)] == pytest.approx((ratio, m["makespan"], m["util"]))
+
+
+def test_scheduling_finding_uses_all_three_modes():
+    f = fnd.check_modes(_summary3())
+    # workflow-aware holds, parrot fails: the claim about workflow-aware scheduling fails
+    assert f.holds is False
+    assert (
+        "workflow-aware vs naive (holds): agentic max_num_seqs=8: +10.0% at 200 W vs +1.0% at "
+        "700 W, makespan -10.0% vs -10.0%" in f.evidence
+    )
+    assert (
+        "parrot vs naive (fails): agentic max_num_seqs=8: -2.0% at 200 W vs +3.0% at 700 W, "
+        "makespan +20.0% vs +20.0%" in f.evidence
+    )
+    assert "parrot" in f.claim and "workflow-aware" in f.claim
+    assert f.metrics == ("j_per_workflow", "makespan_p50_s") and f.figure == "mode_power_cap"
+    # the numbers: one row per mode x workload x max_num_seqs x cap
+    rows = {(n["mode"], n["max_num_seqs"], n["power cap W"]): n for n in f.numbers}
+    assert len(rows) == len(f.numbers) == 8
+    assert rows[("parrot", 64, 200)] == {
+        "mode": "parrot",
+        "workload": "agentic",
+        "max_num_seqs": 64,
+        "power cap W": 200.0,
+        "J/workflow ratio": 1.02,
+        "saving %": -2.0,
+        "makespan p50 ratio": 1.2,
+    }
+    assert rows[("workflow-aware", 8, 700)]["saving %"] == pytest.approx(1.0)
+    assert rows[("workflow-aware", 8, 700)]["makespan p50 ratio"] == pytest.approx(0.9)
+
+    # parrot saving more under the strict cap too: the claim holds for both
+    both = {**THREE, "parrot": {**THREE["parrot"], "j": {200: 0.95, 700: 0.99}}}
+    f = fnd.check_modes(_summary3(both))
+    assert f.holds is True, f.evidence
+    assert "parrot vs naive (holds)" in f.evidence
+    # workflow-aware failing (below the 1 % saving) fails it even where parrot holds
+    weak = {**both, "workflow-aware": {**THREE["workflow-aware"], "j": {200: 0.995, 700: 1.0}}}
+    assert fnd.check_modes(_summary3(weak)).holds is False
+
+
+def test_scheduling_finding_at_one_cap_still_reports_the_ratios():
+    at_default = {m: {**v, "j": {700: v["j"][700]}} for m, v in THREE.items()}
+    f = fnd.check_modes(_summary3(at_default))
+    assert f.holds is None
+    assert (
+        "parrot vs naive (not tested: its series have one power cap each; add caps to "
+        "grid.power_cap_w): agentic max_num_seqs=8: saving +3.0% at 700 W, makespan +20.0%"
+    ) in f.evidence
+    assert "workflow-aware vs naive (not tested" in f.evidence
+    assert len(f.numbers) == 4 and {n["power cap W"] for n in f.numbers} == {700.0}
+    # the cap sweep for workflow-aware alone: parrot's part is untested, so is the claim
+    mixed = {**THREE, "parrot": at_default["parrot"]}
+    f = fnd.check_modes(_summary3(mixed))
+    assert f.holds is None and "workflow-aware vs naive (holds)" in f.evidence
+
+
+def test_a_mode_that_is_not_workflow_aware_is_shown_not_judged():
+    other = {k if k != "parrot" else "zz-plugin": v for k, v in THREE.items()}
+    f = fnd.check_modes(_summary3(other))
+    assert f.holds is True, f.evidence
+    assert "zz-plugin vs naive (not judged: not workflow-aware scheduling)" in f.evidence
+    assert {n["mode"] for n in f.numbers} == {"workflow-aware", "zz-plugin"}
+    only = {k: v for k, v in other.items() if k != "workflow-aware"}
+    f = fnd.check_modes(_summary3(only))
+    assert f.holds is None and f.evidence.startswith("no workflow-aware mode (")
+
+
+def test_utilization_finding_judges_each_workflow_aware_mode():
+    f = fnd.check_utilization(_summary3())
+    assert f.holds is False  # parrot keeps the GPU busier than naive
+    assert "naive vs workflow-aware (holds): agentic max_num_seqs=8: 80.0% vs 75.0%" in f.evidence
+    assert "naive vs parrot (fails): agentic max_num_seqs=8: 80.0% vs 85.0%" in f.evidence
+    util = {(n["mode"], n["max_num_seqs"]): n["util mode %"] for n in f.numbers}
+    assert util == {
+        ("workflow-aware", 8): 75.0,
+        ("workflow-aware", 64): 75.0,
+        ("parrot", 8): 85.0,
+        ("parrot", 64): 85.0,
+    }
+    calm = {**THREE, "parrot": {**THREE["parrot"], "util": 80.5}}  # within the tolerance
+    assert fnd.check_utilization(_summary3(calm)).holds is True
+
+
+def test_mode_findings_say_which_axis_is_missing():
+    only_naive = _summary3({"naive": THREE["naive"]})
+    for f in (fnd.check_modes(only_naive), fnd.check_utilization(only_naive)):
+        assert f.holds is None
+        assert f.evidence == (
+            "grid lacks the mode axis: it has mode ['naive']; add "
+            f"{' and '.join(fnd.workflow_aware_modes())} to grid.mode"
+        )
+    no_naive = _summary3({k: v for k, v in THREE.items() if k != "naive"})
+    f = fnd.check_modes(no_naive)
+    assert f.holds is None and "grid lacks the mode axis' baseline" in f.evidence
+    assert "add naive to grid.mode" in f.evidence
+
+
+def test_mode_figure_shows_every_mode():
+    chart = mode_power_cap_chart(_summary3())
+    spec = chart.to_dict()
+    assert len(spec["vconcat"]) == 2  # one row per mode other than naive
+    titles = [
+        [panel["layer"][1]["encoding"]["y"]["title"] for panel in row["hconcat"]]
+        for row in spec["vconcat"]
+    ]
+    order = fnd.mode_order(["parrot", "workflow-aware"])
+    assert titles == [
+        [f"J/workflow change, {m} vs naive (%)", f"makespan p50 change, {m} vs naive (%)"]
+        for m in order
+    ]
+    # a metric's y scale is the same in every row, and covers every mode's values
+    doms = [
+        [panel["layer"][1]["encoding"]["y"]["scale"]["domain"] for panel in row["hconcat"]]
+        for row in spec["vconcat"]
+    ]
+    assert doms[0] == doms[1]
+    energy, latency = doms[0]
+    assert energy[0] < -10.0 and energy[1] > 2.0 and latency[0] < -10.0 and latency[1] > 20.0
+    values = {
+        (r["mode"], r["max_num_seqs"], r["power_cap_w_effective"]): r["energy_pct"]
+        for d in spec["datasets"].values()
+        if "energy_pct" in d[0]
+        for r in d
+    }
+    assert values[("parrot", 8, 200)] == pytest.approx(2.0)
+    assert values[("workflow-aware", 64, 200)] == pytest.approx(-10.0)

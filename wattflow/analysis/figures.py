@@ -31,10 +31,11 @@ import vl_convert as vlc
 
 from wattflow.analysis import advise as adv
 from wattflow.analysis.findings import (
-    MODES,
+    BASELINE_MODE,
     batch_slice,
     length_fits,
     length_slice,
+    mode_order,
     mode_ratios,
     mode_slice,
     power_slice,
@@ -297,39 +298,66 @@ def output_length_chart(summary: pl.DataFrame, batch: int | None = None) -> alt.
 # -- (g) client modes ------------------------------------------------------------------------
 
 
-def mode_power_cap_chart(summary: pl.DataFrame) -> alt.HConcatChart | None:
+def mode_power_cap_chart(summary: pl.DataFrame) -> alt.VConcatChart | None:
     """Claim (g2) is about the ratio of the modes: J/workflow and makespan p50 change of
-    workflow-aware against naive, vs the effective power cap; one line per (workload,
-    max_num_seqs). None unless the grid has both modes and two caps."""
-    df = mode_slice(summary).filter(pl.col("mode").is_in(MODES))
-    if df.is_empty() or df["mode"].n_unique() < 2 or df["power_cap_w_effective"].n_unique() < 2:
+    every other mode in the grid against naive (`mode_ratios`), vs the effective power cap;
+    one row per mode (in `mode_order`), one line per (workload, max_num_seqs). Each metric
+    column shares its y scale across the rows. None unless the grid has naive, another
+    mode and two caps."""
+    df = mode_slice(summary)
+    if df.is_empty() or df["power_cap_w_effective"].n_unique() < 2:
         return None
-    r = mode_ratios(summary).with_columns(
+    r = mode_ratios(summary)
+    if r.is_empty() or r["power_cap_w_effective"].n_unique() < 2:
+        return None
+    r = r.with_columns(
         pl.format("{} · max_num_seqs={}", "workload", "max_num_seqs").alias("series"),
         (100.0 * (pl.col("ratio") - 1.0)).alias("energy_pct"),
-        (100.0 * (pl.col("makespan_aware") / pl.col("makespan_naive") - 1.0)).alias("latency_pct"),
+        (100.0 * (pl.col("makespan_ratio") - 1.0)).alias("latency_pct"),
     )
     x = _cap_x(df)
     legend = "workload · max_num_seqs"
+    series = sorted(r["series"].unique().to_list())
 
-    def panel(col: str, title: str) -> alt.LayerChart:
+    def domain(col: str) -> list[float]:
+        vals = r[col].drop_nulls().drop_nans()
+        lo, hi = (vals.min(), vals.max()) if len(vals) else (0.0, 0.0)
+        pad = 0.05 * max(hi - lo, 1.0)
+        return [min(lo, 0.0) - pad, max(hi, 0.0) + pad]
+
+    def panel(data: pl.DataFrame, col: str, title: str, dom: list[float]) -> alt.LayerChart:
         zero = alt.Chart(pl.DataFrame({"y": [0.0]})).mark_rule(color="#888").encode(y="y:Q")
         lines = (
-            alt.Chart(r.drop_nulls(col))
+            alt.Chart(data.drop_nulls(col))
             .mark_line(point=True)
             .encode(
                 x=x,
-                y=alt.Y(f"{col}:Q", title=title),
-                color=alt.Color("series:N", title=legend),
-                tooltip=["series:N", x.shorthand, alt.Tooltip(f"{col}:Q", format="+.2f")],
+                y=alt.Y(f"{col}:Q", title=title, scale=alt.Scale(domain=dom)),
+                color=alt.Color("series:N", title=legend, scale=alt.Scale(domain=series)),
+                tooltip=[
+                    "mode:N",
+                    "series:N",
+                    x.shorthand,
+                    alt.Tooltip(f"{col}:Q", format="+.2f"),
+                ],
             )
         )
         return alt.layer(zero, lines).properties(width=2 * PANEL_W, height=int(1.6 * PANEL_H))
 
-    return alt.hconcat(
-        panel("energy_pct", "J/workflow change, workflow-aware vs naive (%)"),
-        panel("latency_pct", "makespan p50 change, workflow-aware vs naive (%)"),
-    ).properties(title="Client mode under power caps (default clock, longest outputs)")
+    doms = {c: domain(c) for c in ("energy_pct", "latency_pct")}
+    rows = []
+    for mode in mode_order(r["mode"].unique().to_list()):
+        part = r.filter(pl.col("mode") == mode)
+        vs = f"{mode} vs {BASELINE_MODE} (%)"
+        rows.append(
+            alt.hconcat(
+                panel(part, "energy_pct", f"J/workflow change, {vs}", doms["energy_pct"]),
+                panel(part, "latency_pct", f"makespan p50 change, {vs}", doms["latency_pct"]),
+            )
+        )
+    return alt.vconcat(*rows).properties(
+        title="Client modes against naive under power caps (default clock, longest outputs)"
+    )
 
 
 def utilization_chart(summary: pl.DataFrame) -> alt.FacetChart | None:
@@ -353,7 +381,7 @@ def utilization_chart(summary: pl.DataFrame) -> alt.FacetChart | None:
             y=alt.Y(
                 "gpu_util_mean_pct:Q", title="mean GPU utilisation (%)", scale=alt.Scale(zero=True)
             ),
-            color=alt.Color("mode:N", title="mode", sort=list(MODES)),
+            color=alt.Color("mode:N", title="mode", sort=mode_order(df["mode"].unique().to_list())),
             tooltip=[
                 "workload:N",
                 "mode:N",

@@ -60,7 +60,7 @@ CAPTIONS = {
     "power_cap_relative": "Change of J/workflow and makespan p50 against the default cap.",
     "output_length": "J/workflow against max_output_tokens with a least-squares line.",
     "utilization": "Mean GPU utilisation per client mode.",
-    "mode_power_cap": "Workflow-aware against naive, per power cap.",
+    "mode_power_cap": "Each client mode against naive, per power cap.",
     "pareto": "Every knob setting's J/workflow against makespan p90; the Pareto front.",
     "pareto_single": "Single-call loads: J/output token against TTFT and TPOT p90.",
     "goodput": "Workflows per minute meeting the SLOs, and energy per good workflow.",

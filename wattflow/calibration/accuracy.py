@@ -6,8 +6,14 @@ percentage error (MAPE) per metric on the held-out cells (those not in the profi
 set) and the batch-size effect (J/workflow at max_num_seqs 8 / at 256, per workload).
 
 Outputs in `out_dir`: `accuracy.parquet` (one row per cell and metric), `accuracy.md`
-(headline table, batch-size effect, per-cell errors), `accuracy.png`/`.svg` (error per cell
-and metric), and the simulated cells under `cells/`.
+(headline table, batch-size effect, per-cell errors, cells left out), `accuracy.png`/`.svg`
+(error per cell and metric), and the simulated cells under `cells/`.
+
+Cells of a client mode that runs through a driver of its own (`parrot`,
+`cells.not_simulable`) are left out, named in the log and in `accuracy.md`: their twin would
+be Parrot itself in front of the simulator served over HTTP, in wall-clock time on this
+host, so its makespans would carry this host's Parrot overhead rather than the simulator's
+error, and the fit (`wattflow calibrate`) cannot use such cells either.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import vl_convert as vlc
 
 from wattflow.analysis.summary import summarize
 from wattflow.calibration import profile as prof
-from wattflow.calibration.cells import MeasuredCell, find_cells
+from wattflow.calibration.cells import MeasuredCell, find_cells, simulable, skipped_line
 from wattflow.calibration.metrics import REPORT_METRICS
 from wattflow.cell import run as run_cell
 from wattflow.outputs import write_frame
@@ -91,6 +97,11 @@ def run(
     cells = [c for c in find_cells(paths) if c.valid]
     if not cells:
         raise ValueError("accuracy: no valid cells")
+    cells, left_out = simulable(cells, log)
+    if not cells:
+        lines = (skipped_line(why, cs) for why, cs in left_out.items())
+        raise ValueError("accuracy: no valid cell the simulator can rerun; " + "; ".join(lines))
+    skipped = {why: [f"{_group(c)}: {c.label()}" for c in cs] for why, cs in left_out.items()}
     spec, fitted = profile_spec(profile, cells)
     fitted = {str(Path(p).resolve()) for p in (fit_cells if fit_cells is not None else fitted)}
     sim_dirs = []
@@ -124,7 +135,8 @@ def run(
     df = pl.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_frame(out_dir / "accuracy.parquet", df)
-    (out_dir / "accuracy.md").write_text(markdown(df, profile_name=(spec or {}).get("name")))
+    name = (spec or {}).get("name")
+    (out_dir / "accuracy.md").write_text(markdown(df, profile_name=name, skipped=skipped))
     figure(df, out_dir)
     return df
 
@@ -180,7 +192,10 @@ def _fmt(x: float | None, digits: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:+.{digits}f}"
 
 
-def markdown(df: pl.DataFrame, profile_name: str | None = None) -> str:
+def markdown(
+    df: pl.DataFrame, profile_name: str | None = None, skipped: dict[str, list[str]] | None = None
+) -> str:
+    """The report; `skipped`: cells left out (labels), by why."""
     held, fit = mape(df, True), mape(df, False)
     n_held = df.filter(pl.col("held_out")).select("set", "cell").n_unique()
     n_fit = df.filter(~pl.col("held_out")).select("set", "cell").n_unique()
@@ -231,6 +246,9 @@ def markdown(df: pl.DataFrame, profile_name: str | None = None) -> str:
         star = "" if r["held_out"] else "*"
         vals = " | ".join(_fmt(r[m]) for m in REPORT_METRICS)
         lines.append(f"| {r['set']} | {r['cell']}{star} | {vals} |")
+    for why, labels in (skipped or {}).items():
+        lines += ["", f"Not simulated, {len(labels)} cell(s): {why}:", ""]
+        lines += [f"* {label}" for label in labels]
     return "\n".join(lines) + "\n"
 
 

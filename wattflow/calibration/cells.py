@@ -2,6 +2,12 @@
 cell.json), what was measured (`metrics.measured_metrics`), and how to rerun exactly that
 on the simulator (`simulate`): same workflows, same model, GPU and server options, the
 engine swapped for `sim`.
+
+`simulate` reruns a cell in the simulator's virtual time with the executor and the cell's
+release policy. A client mode that runs through a driver of its own (`parrot`: Parrot's
+serving core against an OpenAI-compatible endpoint, in wall-clock time) cannot be rerun
+that way: `not_simulable` says why, and `wattflow calibrate` and `wattflow accuracy` leave
+such cells out (`simulable`), naming each.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from wattflow.calibration.metrics import (
     trace_samples,
 )
 from wattflow.cell import client_rtt_s
-from wattflow.client.executor import execute
+from wattflow.client.executor import ReleasePolicy, execute
 from wattflow.client.registry import policy
 from wattflow.engines.sim.clock import run_virtual
 from wattflow.engines.sim.constants import SimConstants
@@ -66,6 +72,15 @@ class MeasuredCell:
     @property
     def workload(self) -> str:
         return self.knobs["workload"]
+
+    @property
+    def mode(self) -> str:
+        return self.knobs.get("mode", "naive")
+
+    @property
+    def not_simulable(self) -> str | None:
+        """Why `simulate` cannot rerun this cell (its client mode), or None."""
+        return not_simulable(self.mode)
 
     @property
     def pattern(self) -> str | None:
@@ -122,8 +137,54 @@ class MeasuredCell:
         return simulate(self.sim_spec(), self.sim_knobs(), self.workflows, constants)
 
 
+def not_simulable(mode: str) -> str | None:
+    """Why cells of client mode `mode` cannot be rerun in the simulator's virtual time by
+    the executor with the mode's release policy (what `simulate` does), or None. Asked of
+    the policy (its `driver` and `needs`), never of the mode's name."""
+    try:
+        cls = policy(mode)
+    except ValueError as err:  # a mode of a policy not installed here
+        return str(err)
+    own = cls.driver.__func__ is not ReleasePolicy.driver.__func__
+    if not (own or cls.needs.endpoint):
+        return None
+    why = f"client mode {mode} runs through its own driver, not the executor" if own else ""
+    if cls.needs.endpoint:
+        need = "needs an OpenAI-compatible endpoint in wall-clock time"
+        why = f"{why}, and {need}" if own else f"client mode {mode} {need}"
+    return f"{why}; the simulator reruns a cell with the executor in virtual time"
+
+
+def simulable(
+    cells: list[MeasuredCell],
+    log=None,  # noqa: ANN001
+) -> tuple[list[MeasuredCell], dict[str, list[MeasuredCell]]]:
+    """(the cells `simulate` can rerun, the others by why not); `log` gets one line per
+    reason, naming its cells (`skipped_line`)."""
+    out: list[MeasuredCell] = []
+    left: dict[str, list[MeasuredCell]] = {}
+    for c in cells:
+        why = c.not_simulable
+        if why is None:
+            out.append(c)
+        else:
+            left.setdefault(why, []).append(c)
+    if log:
+        for why, cs in left.items():
+            log(skipped_line(why, cs))
+    return out, left
+
+
+def skipped_line(why: str, cells: list[MeasuredCell]) -> str:
+    labels = ", ".join(c.label() for c in cells)
+    return f"skipping {len(cells)} cell(s) the simulator cannot rerun ({why}): {labels}"
+
+
 def simulate(spec: dict, knobs: dict, workflows: list, constants: SimConstants) -> dict:
     knobs = complete(knobs)
+    why = not_simulable(knobs["mode"])
+    if why is not None:
+        raise ValueError(f"cannot simulate a cell of client mode {knobs['mode']}: {why}")
     engine = build_engine(spec["engine"], knobs, constants)
     records = run_virtual(
         execute(

@@ -41,7 +41,7 @@ import numpy as np
 
 from wattflow.calibration import dvfs
 from wattflow.calibration import profile as prof
-from wattflow.calibration.cells import MeasuredCell, find_cells
+from wattflow.calibration.cells import MeasuredCell, find_cells, simulable, skipped_line
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.factory import gpu_and_constants, model_shape
 
@@ -300,6 +300,12 @@ def calibrate(
         log(f"skipping {len(all_cells) - len(cells)} invalid cell(s)")
     if not cells:
         raise ValueError("calibrate: no valid cells")
+    # The fit reruns every cell on the simulator many times, in virtual time: cells of a
+    # client mode with a driver of its own (parrot) cannot be, and are not fitted on.
+    cells, left_out = simulable(cells, log)
+    if not cells:
+        lines = (skipped_line(why, cs) for why, cs in left_out.items())
+        raise ValueError("calibrate: no valid cell the simulator can rerun; " + "; ".join(lines))
     keys = {c.key for c in cells}
     if len(keys) > 1:
         raise ValueError(
@@ -398,6 +404,11 @@ def calibrate(
                 "dvfs": dvfs_from,
             },
             **({"alpha_scan": scan} if scan else {}),
+            **(
+                {"not_simulable": {_rel(c.path): why for why, cs in left_out.items() for c in cs}}
+                if left_out
+                else {}
+            ),
             "fit": {
                 "seconds": round(result.seconds, 2),
                 "iterations": result.iterations,

@@ -30,7 +30,7 @@ import polars as pl
 
 from wattflow.analysis.findings import MODEST_SAVING_PCT, Finding, power_slice
 from wattflow.calibration import profile as prof
-from wattflow.calibration.cells import simulate
+from wattflow.calibration.cells import not_simulable, simulate
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.factory import gpu_and_constants
 from wattflow.workloads import build
@@ -99,7 +99,8 @@ def cap_savings(summary: pl.DataFrame, batch: int | None = None) -> pl.DataFrame
     """Per DVFS band edge and workload: J/workflow at the default and at the lowest cap of
     the grid's power-cap slice, and the saving (schema: `SCHEMA`). Empty where the slice
     has fewer than two caps or its cells are not simulated (a measured grid has no DVFS
-    constants to vary)."""
+    constants to vary); without the workloads whose cells' client mode cannot be rerun in
+    virtual time (`cells.not_simulable`)."""
     sl = power_slice(summary, batch)
     rows: list[dict] = []
     if sl.is_empty():
@@ -117,6 +118,8 @@ def cap_savings(summary: pl.DataFrame, batch: int | None = None) -> pl.DataFrame
         specs = [s for group in cells.values() for s, _ in group]
         if any(s["engine"].get("kind") != "sim" for s in specs):
             continue
+        if any(not_simulable(k.get("mode", "naive")) for g in cells.values() for _, k in g):
+            continue  # e.g. parrot: its own driver, in wall-clock time
         for edge in edges(_profile_of(specs[0])):
             j = {k: _mean_j(group, edge) for k, group in cells.items()}
             rows.append(

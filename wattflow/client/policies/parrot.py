@@ -34,6 +34,7 @@ class Parrot(ReleasePolicy):
         "OpenAI-compatible endpoint (the simulator is served over HTTP in wall-clock time)"
     )
     server_policy = "fcfs"
+    workflow_aware = True  # the seed study's workflow-aware system itself
     needs: ClassVar[ClientNeeds] = ClientNeeds(endpoint=True, own_processes=True)
 
     def start(self) -> None:

@@ -124,6 +124,7 @@ class WorkflowAware(ReleasePolicy):
         "critical path, with server priorities"
     )
     server_policy = "priority"
+    workflow_aware = True
 
     def start(self) -> None:
         ex = self.ex
