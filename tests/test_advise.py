@@ -11,9 +11,10 @@ import polars as pl
 import pytest
 import yaml
 
-from wattflow import cli
+from wattflow import cli, columns
 from wattflow import config as wf_config
 from wattflow.analysis import advise as adv
+from wattflow.objectives import ObjectiveError, parse_objective
 
 # (max_num_seqs, power_cap_w) -> (J/workflow, makespan p90 s) of repetition 0; repetition
 # r scales J by REP_SCALE[r] for every setting except the default, whose J is exact.
@@ -56,14 +57,17 @@ def summary(reps: int = 1, workload: str = "agentic", pattern: str = "agentic") 
 
 
 def test_parse_objectives() -> None:
-    o = adv.parse_objective(" makespan_p90_s <= 30 ")
+    o = parse_objective(" makespan_p90_s <= 30 ")
     assert (o.metric, o.op, o.value, str(o)) == ("makespan_p90_s", "<=", 30.0, "makespan_p90_s<=30")
-    assert adv.parse_objective("goodput_workflows_per_min>=1e1").value == 10.0
+    assert (o.met(30.0), o.met(30.1), o.met(None)) == (True, False, False)
+    assert parse_objective("goodput_workflows_per_min>=1e1").met(10.0)
     for bad in ("makespan_p90_s<30", "makespan_p90_s = 30", "<=30", "x<=fast"):
-        with pytest.raises(adv.AdviseError, match="objective"):
-            adv.parse_objective(bad)
-    with pytest.raises(adv.AdviseError, match="unknown metric 'latency'"):
-        adv.parse_objective("latency<=3", ["makespan_p90_s"])
+        with pytest.raises(ObjectiveError, match="objective"):
+            parse_objective(bad)
+    with pytest.raises(ObjectiveError, match="unknown metric 'latency'"):
+        parse_objective("latency<=3", ["makespan_p90_s"])
+    # every summary column can be named, and the declaration is the table's real column order
+    assert parse_objective("steady_j_per_output_token<=0.2", columns.summary()).value == 0.2
     assert adv.objectives_for(["a<=1"], "x") == ["a<=1"]
     spec = {"*": ["a<=1"], "agentic": ["b<=2"]}
     assert adv.objectives_for(spec, "agentic") == ["a<=1", "b<=2"]

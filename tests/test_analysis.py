@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 import vl_convert as vlc
 
+from wattflow import columns
 from wattflow.analysis import accuracy
 from wattflow.analysis import findings as fnd
 from wattflow.analysis.figures import charts, make_figures, save_chart
@@ -452,6 +453,7 @@ def test_extras_by_hand(tmp_path: Path) -> None:
     assert rb["engine_kind"] == "vllm" and rb["gpu_util_mean_pct"] == pytest.approx(70.0)
     # the existing columns come first, in their order; the new ones after them
     assert s.columns[: len(summary_columns())] == summary_columns()
+    assert s.columns == columns.summary()  # the declaration the config checks objectives on
 
 
 def test_figures_and_report(grid_summary: pl.DataFrame, tmp_path: Path) -> None:

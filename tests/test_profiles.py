@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 from functools import cache
@@ -17,11 +16,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.conftest import ROOT, small_config
+from tests.conftest import ROOT, copy_pipeline, small_config
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 PROFILES = ("default", "slurm", "kubernetes")
-COPY = ("Snakefile", "rules", "scripts", "wattflow", "config", "report", "profiles", "envs")
 
 
 def profile(name: str) -> dict:
@@ -57,10 +55,7 @@ def test_profiles_schedule_greedily():
 
 
 def test_slurm_profile_gpu_only_for_real_cells(tmp_path):
-    d = tmp_path / "p"
-    d.mkdir()
-    for n in COPY:
-        (shutil.copytree if (ROOT / n).is_dir() else shutil.copy)(ROOT / n, d / n)
+    d = copy_pipeline(tmp_path / "p")
     cfg = small_config("results")
     cfg["engines"]["ep"] = {
         "kind": "openai",

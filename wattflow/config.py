@@ -32,6 +32,7 @@ import yaml
 from wattflow import MODEL_VERSION, telemetry, yamltext
 from wattflow.calibration import profile
 from wattflow.client.registry import POLICIES
+from wattflow.columns import summary as summary_columns
 from wattflow.engines.registry import backend, backends
 from wattflow.knobs import (
     BY_NAME,
@@ -46,6 +47,7 @@ from wattflow.knobs import (
     complete,
 )
 from wattflow.knobs import parse_path as knobs_parse_path
+from wattflow.objectives import ObjectiveError, parse_objective
 from wattflow.workloads import spec as workload_spec
 from wattflow.workloads import trace as workload_trace
 
@@ -300,11 +302,7 @@ def _check_analysis(cfg: dict) -> None:
     objectives = (cfg.get("analysis") or {}).get("objectives") or []
     if not objectives:
         return
-    from wattflow.analysis.advise import AdviseError, parse_objective  # polars: only if needed
-    from wattflow.analysis.extras import EXTRA_COLUMNS
-    from wattflow.analysis.summary import summary_columns
-
-    columns = [*summary_columns(), *EXTRA_COLUMNS]
+    known = summary_columns()
     groups = objectives.items() if isinstance(objectives, dict) else [(None, objectives)]
     for name, texts in groups:
         key = "analysis.objectives" + (f".{name}" if name is not None else "")
@@ -312,8 +310,8 @@ def _check_analysis(cfg: dict) -> None:
             raise ConfigError(f"{key}: unknown workload")
         for i, text in enumerate(texts):
             try:
-                parse_objective(text, columns)
-            except AdviseError as err:
+                parse_objective(text, known)
+            except ObjectiveError as err:
                 raise ConfigError(f"{key}[{i}]: {err}") from None
 
 

@@ -27,7 +27,6 @@ savings; with one repetition there is no interval and the advice says so.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import polars as pl
 
 from wattflow.knobs import BY_NAME, SCENARIO_KNOBS, SETTING_KNOBS, KnobError
+from wattflow.objectives import Objective, ObjectiveError, parse_objective
 
 # The scenario is what the work is; the setting what the operator chooses. Both come from
 # the knob declarations, so a new knob is a new choice here with no edit.
@@ -50,40 +50,16 @@ _T975 = (
     2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 )  # fmt: skip
-_OBJECTIVE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
 class AdviseError(ValueError):
     """A bad objective or setting, naming it."""
 
 
-@dataclass(frozen=True, slots=True)
-class Objective:
-    metric: str
-    op: str  # "<=" or ">="
-    value: float
-
-    def __str__(self) -> str:
-        return f"{self.metric}{self.op}{self.value:g}"
-
-    def expr(self) -> pl.Expr:
-        c = pl.col(self.metric)
-        return (c <= self.value) if self.op == "<=" else (c >= self.value)
-
-
-def parse_objective(text: str, columns: Sequence[str] | None = None) -> Objective:
-    """`metric<=value` / `metric>=value`; with `columns`, the metric must be one of them."""
-    m = _OBJECTIVE.match(text)
-    if not m:
-        raise AdviseError(f"objective {text!r}: expected METRIC<=VALUE or METRIC>=VALUE")
-    metric, op, raw = m.groups()
-    try:
-        value = float(raw)
-    except ValueError:
-        raise AdviseError(f"objective {text!r}: {raw!r} is not a number") from None
-    if columns is not None and metric not in columns:
-        raise AdviseError(f"objective {text!r}: unknown metric {metric!r} (a summary column)")
-    return Objective(metric, op, value)
+def _expr(o: Objective) -> pl.Expr:
+    """The rows of a frame that meet an objective."""
+    c = pl.col(o.metric)
+    return (c <= o.value) if o.op == "<=" else (c >= o.value)
 
 
 def objectives_for(spec: Any, workload: str) -> list[str]:
@@ -261,7 +237,10 @@ def advise(
     out = []
     scenarios = summary.filter(pl.col("valid")).select(SCENARIO).unique().sort(SCENARIO)
     for sc in scenarios.iter_rows(named=True):
-        objs = [parse_objective(t, columns) for t in objectives_for(objectives, sc["workload"])]
+        try:
+            objs = [parse_objective(t, columns) for t in objectives_for(objectives, sc["workload"])]
+        except ObjectiveError as err:
+            raise AdviseError(str(err)) from None
         cells = summary.filter(*[pl.col(k) == sc[k] for k in SCENARIO])
         pattern = cells["pattern"][0] if "pattern" in cells.columns else None
         energy = energy_metric(pattern)
@@ -276,7 +255,7 @@ def advise(
         for o in objs:
             if pts[o.metric].is_null().all():
                 adv.notes.append(f"{o.metric} is null in every cell: objective {o} cannot be met")
-            ok = ok.filter(o.expr().fill_null(False))
+            ok = ok.filter(_expr(o).fill_null(False))
         if ok.is_empty():
             closest = [
                 f"{o.metric} {(pts[o.metric].min() if o.op == '<=' else pts[o.metric].max()):.3g}"
@@ -306,10 +285,7 @@ def advise(
 
 
 def _met_rep(row: Mapping[str, Any], o: Objective, rep: int) -> bool:
-    v = _rep_values(row, o.metric).get(rep)
-    if v is None:
-        return False
-    return v <= o.value if o.op == "<=" else v >= o.value
+    return o.met(_rep_values(row, o.metric).get(rep))
 
 
 def advice_table(advice: Sequence[Advice]) -> pl.DataFrame:

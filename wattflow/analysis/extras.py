@@ -32,6 +32,7 @@ from typing import Any
 
 import polars as pl
 
+from wattflow import columns
 from wattflow.analysis import slo as slo_mod
 from wattflow.analysis import steady
 
@@ -47,29 +48,9 @@ _META: dict[str, pl.DataType] = {
     "cpu_j": pl.Float64(),
     "dram_j": pl.Float64(),
 }
-ENERGY_COLUMNS = [
-    "engine_kind",
-    "pattern",
-    "concurrency",
-    "prompt_tokens",
-    "cached_prompt_tokens",
-    "cache_share",
-    "gpu_util_mean_pct",
-    "static_j",
-    "dynamic_j",
-    "mem_energy_j",
-    "cpu_j",
-    "dram_j",
-]
-SLO_COLUMNS = [
-    *(f"slo_{k}" for k in slo_mod.OBJECTIVES),
-    "good_requests",
-    "good_workflows",
-    "goodput_requests_per_s",
-    "goodput_workflows_per_min",
-    "j_per_good_workflow",
-]
-EXTRA_COLUMNS = [*ENERGY_COLUMNS, *SLO_COLUMNS, *steady.COLUMNS]
+ENERGY_COLUMNS = list(columns.ENERGY)
+SLO_COLUMNS = list(columns.SLO)
+EXTRA_COLUMNS = list(columns.EXTRA)
 
 
 def _rapl(value: Any, prefix: str) -> float | None:

@@ -29,7 +29,9 @@ from typing import Any
 
 import polars as pl
 
-OBJECTIVES = ("ttft_s", "tpot_s", "makespan_s")
+from wattflow.columns import SLO_OBJECTIVES
+
+OBJECTIVES = SLO_OBJECTIVES
 REQUEST_OBJECTIVES = ("ttft_s", "tpot_s")
 
 

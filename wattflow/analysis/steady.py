@@ -30,21 +30,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from wattflow import columns
+
 # At least ten updates of NVML's energy counter (100 ms on H100) inside the window.
 MIN_WINDOW_S = 1.0
 # The batch counts as full when its time-average reaches this share of B.
 STABLE_FILL = 0.9
 
-COLUMNS: dict[str, pl.DataType] = {
-    "steady_batch": pl.Int64(),
-    "steady_window_s": pl.Float64(),
-    "steady_output_tokens": pl.Float64(),
-    "steady_energy_j": pl.Float64(),
-    "steady_j_per_output_token": pl.Float64(),
-    "steady_mean_batch": pl.Float64(),
-    "steady_batch_fill": pl.Float64(),
-    "steady_stable": pl.Boolean(),
-}
+_DTYPES = {"int": pl.Int64(), "float": pl.Float64(), "bool": pl.Boolean()}
+COLUMNS: dict[str, pl.DataType] = {n: _DTYPES[t] for n, t in columns.STEADY.items()}
 
 
 def batch_bound(max_num_seqs: int, concurrency: int | None) -> int:

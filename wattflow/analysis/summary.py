@@ -32,12 +32,12 @@ from typing import Any
 
 import polars as pl
 
+from wattflow import columns
 from wattflow.analysis.extras import extra_columns
-from wattflow.knobs import BY_NAME, DEFAULT, KNOB_NAMES, KNOBS, KnobError, parse_path
+from wattflow.columns import LATENCIES, QUANTILES, pct_name
+from wattflow.knobs import BY_NAME, DEFAULT, KNOBS, KnobError, parse_path
 from wattflow.outputs import write_frame
 
-QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
-LATENCIES = ("ttft_s", "tpot_s", "e2e_s")
 _CELL = "_cell"  # row index of the cell in the input list, the join key
 FILE_COLUMN = "_file"  # the scanned file, to tag rows with their cell
 
@@ -50,14 +50,9 @@ def knob_schema() -> dict[str, pl.DataType]:
     return {k.name: _DTYPES[k.dtype] for k in KNOBS}
 
 
-def _pct_name(col: str, tag: str) -> str:
-    """`ttft_s`, `p50` -> `ttft_p50_s`."""
-    return f"{col.removesuffix('_s')}_{tag}_s"
-
-
 def _percentiles(col: str) -> list[pl.Expr]:
     return [
-        pl.col(col).quantile(q, interpolation="linear").alias(_pct_name(col, tag))
+        pl.col(col).quantile(q, interpolation="linear").alias(pct_name(col, tag))
         for tag, q in QUANTILES.items()
     ]
 
@@ -200,34 +195,8 @@ def _derived() -> list[pl.Expr]:
 
 
 def summary_columns() -> list[str]:
-    """Column order of the summary table."""
-    pct = [_pct_name(c, t) for c in (*LATENCIES, "makespan_s") for t in QUANTILES]
-    return [
-        *KNOB_NAMES,
-        "power_cap_w_effective",
-        "sm_clock_mhz_effective",
-        "requests",
-        "failed_requests",
-        "workflows",
-        "failed_workflows",
-        "output_tokens",
-        "duration_s",
-        *pct,
-        "requests_per_s",
-        "output_tokens_per_s",
-        "workflows_per_min",
-        "energy_j",
-        "j_per_workflow",
-        "j_per_output_token",
-        "avg_power_w",
-        "edp_js",
-        "energy_disagreement_pct",
-        "idle_power_w",
-        "valid",
-        "engine_version",
-        "gpu_name",
-        "cell_dir",
-    ]
+    """Column order of the summary table's own columns (declared in wattflow.columns)."""
+    return columns.core()
 
 
 def summarize(

@@ -29,7 +29,10 @@ from typing import Any
 
 import yaml
 
+from wattflow.calibration import profile as prof
 from wattflow.engines.sim.constants import ALPHA, MEMORY_KNEE
+from wattflow.engines.sim.perf import Roofline
+from wattflow.engines.sim.power import PowerModel
 
 SOURCES = Path(__file__).with_name("dvfs_sources.yaml")
 CONSTANTS = ("alpha", "memory_knee")
@@ -562,9 +565,6 @@ def predict_on_simulator(
     (`chunk_tokens`, compute-bound) under the point's cap vs the GPU's default limit, in
     steady state (the controller's average at the cap), with the profile's constants.
     model/gpu/constants: ModelShape, GpuSpec, SimConstants."""
-    from wattflow.engines.sim.perf import Roofline
-    from wattflow.engines.sim.power import PowerModel
-
     cost = Roofline.build(model, gpu, constants).prefill_times(chunk_tokens)
     steady = constants.with_values(power_window_s=0.0)
     t_base = PowerModel(gpu, None, None, steady).step(cost)[0]
@@ -823,8 +823,6 @@ def report(path: str | Path = SOURCES, caps: Iterable[float] = (250, 350, 450, 5
 def _shipped(name: str) -> dict[str, float]:
     """The DVFS values the simulator ships for a profile name: the bundled profile's,
     else the model's fallbacks."""
-    from wattflow.calibration import profile as prof
-
     try:
         return {k: float(v["value"]) for k, v in prof.load(name).dvfs.items()}
     except prof.ProfileError:
