@@ -1,6 +1,6 @@
 """Scale: a dry run of a 10,000-cell grid; target ≤ 30 s on a 2-core machine.
 
-    python bench/dry_run.py [--cells-only]
+    python bench/dry_run.py
 
 Times `snakemake -n --quiet rules` (the workflow profile profiles/default: greedy
 scheduler) on the default config with a grid of 4 workloads x 10 max_num_seqs x 5 power
@@ -10,6 +10,7 @@ cell is to be done). Writes bench/results/dry_run.json.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
@@ -95,6 +96,9 @@ def _planned(text: str) -> dict[str, int]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    ).parse_args()
     res = bench_dry_run()
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "dry_run.json").write_text(json.dumps(res, indent=1) + "\n")

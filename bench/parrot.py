@@ -24,6 +24,7 @@ wall-clock numbers are noisy; `machine.load_1min` says how busy it was).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import copy
 import json
@@ -84,6 +85,9 @@ def _ratio(ms: dict[str, float], ref: dict[str, float]) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    ).parse_args()
     cfg = _config()
     knobs = complete(
         {

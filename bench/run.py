@@ -1,4 +1,4 @@
-"""Benchmarks of the speed targets; results go to bench/results/*.json and RESULTS.md.
+"""Benchmarks of the speed targets; results go to bench/results/*.json (the README lists them).
 
     python bench/run.py [grid] [hour] [calibrate]     (default: all)
 
@@ -12,6 +12,7 @@ calibrate: `wattflow calibrate validation/h100 --pattern single` (the committed 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -120,9 +121,13 @@ def bench_calibrate() -> dict:
 
 
 def main() -> None:
-    which = sys.argv[1:] or ["grid", "hour", "calibrate"]
-    OUT.mkdir(parents=True, exist_ok=True)
     benches = {"grid": bench_grid, "hour": bench_hour, "calibrate": bench_calibrate}
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("which", nargs="*", metavar="BENCH", help=f"of {list(benches)}; default: all")
+    which = ap.parse_args().which or list(benches)
+    if unknown := [w for w in which if w not in benches]:
+        ap.error(f"unknown benchmark(s) {unknown}; known: {list(benches)}")
+    OUT.mkdir(parents=True, exist_ok=True)
     for name in which:
         res = {**benches[name](), "machine": machine()}
         (OUT / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
