@@ -20,7 +20,7 @@ from wattflow.analysis import accuracy
 from wattflow.analysis import findings as fnd
 from wattflow.analysis.figures import charts, make_figures, save_chart
 from wattflow.analysis.report import png_size, write_report
-from wattflow.analysis.summary import summarize, summary_columns, write_summary
+from wattflow.analysis.summary import summarize, write_summary
 from wattflow.knobs import cell_path, complete
 from wattflow.outputs import frame, write_json, write_table
 
@@ -337,31 +337,21 @@ def test_findings_hold_on_synthetic_physics(grid_summary: pl.DataFrame) -> None:
         assert f[key].holds is None and "grid lacks the mode axis" in f[key].evidence
 
 
+def swap_workloads(df: pl.DataFrame, a: str, b: str) -> pl.DataFrame:
+    """`df` with the workload labels `a` and `b` swapped."""
+    return df.with_columns(pl.col("workload").replace({a: b, b: a}))
+
+
 def test_findings_fail_when_order_is_wrong(grid_summary: pl.DataFrame) -> None:
     # Swap the workload labels: now "sequential" gains most and "interactive" barely.
-    swap = {"sequential": "interactive", "interactive": "sequential"}
-    swapped = grid_summary.with_columns(pl.col("workload").replace(swap)).drop("pattern")
+    swapped = swap_workloads(grid_summary, "sequential", "interactive").drop("pattern")
     assert fnd.check_sequential(swapped).holds is False
     # (b) compares cache share and gain: swap the gains alone, the largest share loses
-    red = grid_summary.with_columns(
-        pl.when(pl.col("workload") == "interactive")
-        .then(pl.lit("sequential"))
-        .when(pl.col("workload") == "sequential")
-        .then(pl.lit("interactive"))
-        .otherwise(pl.col("workload"))
-        .alias("workload")
-    ).drop("cache_share")
+    red = swap_workloads(grid_summary, "interactive", "sequential").drop("cache_share")
     shares = grid_summary.group_by("workload").agg(pl.col("cache_share").first())
     assert fnd.check_shared_prompts(red.join(shares, on="workload")).holds is False
     # (d) fails once agentic gains as much as the best workload
-    agentic_best = grid_summary.with_columns(
-        pl.when(pl.col("workload") == "interactive")
-        .then(pl.lit("agentic"))
-        .when(pl.col("workload") == "agentic")
-        .then(pl.lit("interactive"))
-        .otherwise(pl.col("workload"))
-        .alias("workload")
-    ).drop("pattern")
+    agentic_best = swap_workloads(grid_summary, "interactive", "agentic").drop("pattern")
     assert fnd.check_agentic(agentic_best).holds is False
 
 
@@ -452,7 +442,7 @@ def test_extras_by_hand(tmp_path: Path) -> None:
     assert rb["mem_energy_j"] is None and rb["cpu_j"] is None and rb["dram_j"] is None
     assert rb["engine_kind"] == "vllm" and rb["gpu_util_mean_pct"] == pytest.approx(70.0)
     # the existing columns come first, in their order; the new ones after them
-    assert s.columns[: len(summary_columns())] == summary_columns()
+    assert s.columns[: len(columns.core())] == columns.core()
     assert s.columns == columns.summary()  # the declaration the config checks objectives on
 
 

@@ -48,8 +48,6 @@ _META: dict[str, pl.DataType] = {
     "cpu_j": pl.Float64(),
     "dram_j": pl.Float64(),
 }
-ENERGY_COLUMNS = list(columns.ENERGY)
-SLO_COLUMNS = list(columns.SLO)
 EXTRA_COLUMNS = list(columns.EXTRA)
 
 
@@ -61,8 +59,8 @@ def _rapl(value: Any, prefix: str) -> float | None:
     return sum(parts) if parts else None
 
 
-def _meta(i: int, cell_dir: Path) -> dict[str, Any]:
-    meta = json.loads((cell_dir / "cell.json").read_text())
+def _meta(i: int, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns that come from one cell.json (`meta`)."""
     wl = (meta.get("spec") or {}).get("workload") or {}
     eng = (meta.get("spec") or {}).get("engine") or {}
     single_closed = wl.get("pattern") == "single" and wl.get("arrival_rate") is None
@@ -156,17 +154,23 @@ def _steady_rows(dirs: list[Path], table: pl.DataFrame) -> pl.DataFrame:
 
 
 def extra_columns(
-    cell_dirs: Sequence[str | Path], base: pl.DataFrame, slo: Mapping[str, Any] | None = None
+    cell_dirs: Sequence[str | Path],
+    base: pl.DataFrame,
+    slo: Mapping[str, Any] | None = None,
+    metas: Sequence[Mapping[str, Any]] | None = None,
 ) -> pl.DataFrame:
     """EXTRA_COLUMNS, one row per cell in the order of `cell_dirs`.
 
     `base` is the summary's core table for the same cells in the same order (its
     `workload`, `max_num_seqs`, `energy_j`, `duration_s` are used); `slo` is the config's
-    `slo:` section, or None."""
+    `slo:` section, or None; `metas` the cells' cell.json, already read (default: read
+    here)."""
     dirs = [Path(d) for d in cell_dirs]
+    if metas is None:
+        metas = [json.loads((d / "cell.json").read_text()) for d in dirs]
     core = base.select("workload", "max_num_seqs", "energy_j", "duration_s", "workflows")
     core = core.with_row_index(_CELL).with_columns(pl.col(_CELL).cast(pl.Int64))
-    meta = pl.DataFrame([_meta(i, d) for i, d in enumerate(dirs)], schema=_META)
+    meta = pl.DataFrame([_meta(i, m) for i, m in enumerate(metas)], schema=_META)
     tel, req = pl.collect_all([_telemetry_stats(dirs), _request_and_slo_stats(dirs, core, slo)])
     limits = slo_mod.thresholds(slo, core.select(_CELL, "workload"))
     df = (

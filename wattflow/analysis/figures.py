@@ -32,6 +32,7 @@ import vl_convert as vlc
 from wattflow.analysis import advise as adv
 from wattflow.analysis.findings import (
     BASELINE_MODE,
+    _means,
     batch_slice,
     length_fits,
     length_slice,
@@ -171,7 +172,7 @@ def batch_size_chart(summary: pl.DataFrame) -> alt.VConcatChart | None:
 
 def _relative(df: pl.DataFrame, x: str, col: str, base: str) -> pl.DataFrame:
     """Per workload: % change of mean `col` against its value at x == `base` (min/max)."""
-    means = df.group_by("workload", x).agg(pl.col(col).mean()).sort("workload", x)
+    means = _means(df, x, col)
     pick = pl.col(col).sort_by(x).first() if base == "min" else pl.col(col).sort_by(x).last()
     return means.with_columns(
         (100.0 * (pl.col(col) / pick.over("workload") - 1.0)).alias("change_pct")
@@ -551,7 +552,7 @@ def _front_points(
             "recommended"
             if tuple(r[k] for k in keys) in picks
             else "all-default"
-            if all(adv._text(r[k]) == adv._text(base[k]) for k in adv.CHOICES)
+            if adv._matches(r, base)
             else "on the front"
             if r["on_front"]
             else "other setting"

@@ -113,7 +113,7 @@ def _one_mode(df: pl.DataFrame) -> pl.DataFrame:
     if df.is_empty() or df["mode"].n_unique() < 2:
         return df
     present = df["mode"].unique().to_list()
-    keep = "naive" if "naive" in present else sorted(present)[0]
+    keep = BASELINE_MODE if BASELINE_MODE in present else sorted(present)[0]
     return df.filter(pl.col("mode") == keep)
 
 
@@ -183,16 +183,26 @@ def _pct(a: float, b: float) -> float:
     return 100.0 * (1.0 - b / a) if a > 0 else math.nan
 
 
+def _reductions(df: pl.DataFrame) -> dict[str, float]:
+    """`batch_reductions` of a batch slice already taken."""
+    ends = _ends(df, "max_num_seqs")
+    return {wl: _pct(lo, hi) for wl, (lo, hi, n) in ends.items() if n >= 2}
+
+
 def batch_reductions(summary: pl.DataFrame) -> dict[str, float]:
     """Per workload: % J/workflow reduction from the smallest to the largest max_num_seqs."""
-    ends = _ends(batch_slice(summary), "max_num_seqs")
-    return {wl: _pct(lo, hi) for wl, (lo, hi, n) in ends.items() if n >= 2}
+    return _reductions(batch_slice(summary))
+
+
+def _savings(df: pl.DataFrame) -> dict[str, float]:
+    """`power_savings` of a power slice already taken."""
+    ends = _ends(df, "power_cap_w_effective")
+    return {wl: _pct(hi, lo) for wl, (lo, hi, n) in ends.items() if n >= 2}
 
 
 def power_savings(summary: pl.DataFrame, batch: int | None = None) -> dict[str, float]:
     """Per workload: % J/workflow saved at the lowest cap relative to the highest (default)."""
-    ends = _ends(power_slice(summary, batch), "power_cap_w_effective")
-    return {wl: _pct(hi, lo) for wl, (lo, hi, n) in ends.items() if n >= 2}
+    return _savings(power_slice(summary, batch))
 
 
 def lever_range(df: pl.DataFrame, x: str) -> dict[str, float]:
@@ -279,6 +289,18 @@ def _batch_numbers(
     return rows
 
 
+def _batch_meta(key: str, df: pl.DataFrame, cache: bool = False) -> dict[str, Any]:
+    """The Finding fields of a batch-size claim, (a) to (d), on the batch slice `df` (with
+    `cache`: the prefix-cache share too)."""
+    return {
+        "key": key,
+        "figure": "batch_size_relative",
+        "metrics": ("j_per_workflow", "cache_share") if cache else ("j_per_workflow",),
+        "engines": _engines(df),
+        "numbers": tuple(_batch_numbers(df, cache=cache)),
+    }
+
+
 # -- the checks -----------------------------------------------------------------------------
 
 
@@ -290,13 +312,7 @@ def check_batch(summary: pl.DataFrame) -> Finding:
         "points."
     )
     df = batch_slice(summary)
-    meta = {
-        "key": "a",
-        "figure": "batch_size_relative",
-        "metrics": ("j_per_workflow",),
-        "engines": _engines(df),
-        "numbers": tuple(_batch_numbers(df)),
-    }
+    meta = _batch_meta("a", df)
     batch = lever_range(df, "max_num_seqs")
     if not batch:
         return Finding(claim, None, why_untestable(summary, df, "max_num_seqs"), **meta)
@@ -346,14 +362,8 @@ def check_shared_prompts(summary: pl.DataFrame) -> Finding:
         "smallest to the largest max_num_seqs."
     )
     df = batch_slice(summary)
-    meta = {
-        "key": "b",
-        "figure": "batch_size_relative",
-        "metrics": ("j_per_workflow", "cache_share"),
-        "engines": _engines(df),
-        "numbers": tuple(_batch_numbers(df, cache=True)),
-    }
-    red = batch_reductions(summary)
+    meta = _batch_meta("b", df, cache=True)
+    red = _reductions(df)
     if len(red) < 2:
         why = why_untestable(summary, df, "max_num_seqs")
         if len(red) == 1:
@@ -389,8 +399,8 @@ def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
             r[i] = float(pos)
         return r
 
-    rx, ry = ranks(xs), ranks(ys)
-    return linear_fit(rx, ry)[2] ** 0.5 * (1 if linear_fit(rx, ry)[0] >= 0 else -1)
+    slope, _, r2 = linear_fit(ranks(xs), ranks(ys))
+    return r2**0.5 * (1 if slope >= 0 else -1)
 
 
 def check_sequential(summary: pl.DataFrame) -> Finding:
@@ -400,14 +410,8 @@ def check_sequential(summary: pl.DataFrame) -> Finding:
         "of all workloads."
     )
     df = batch_slice(summary)
-    meta = {
-        "key": "c",
-        "figure": "batch_size_relative",
-        "metrics": ("j_per_workflow",),
-        "engines": _engines(df),
-        "numbers": tuple(_batch_numbers(df)),
-    }
-    red = batch_reductions(summary)
+    meta = _batch_meta("c", df)
+    red = _reductions(df)
     seq = _find(df, "sequential", list(red))
     if seq is None:
         have = (
@@ -432,14 +436,8 @@ def check_agentic(summary: pl.DataFrame) -> Finding:
         f"least {BARELY_PCT:g}% but below the largest workload's."
     )
     df = batch_slice(summary)
-    meta = {
-        "key": "d",
-        "figure": "batch_size_relative",
-        "metrics": ("j_per_workflow",),
-        "engines": _engines(df),
-        "numbers": tuple(_batch_numbers(df)),
-    }
-    red = batch_reductions(summary)
+    meta = _batch_meta("d", df)
+    red = _reductions(df)
     ag = _find(df, "agentic", list(red))
     if ag is None or len(red) < 2:
         what = "no agentic workload" if ag is None else "no other workload"
@@ -468,7 +466,7 @@ def check_power(summary: pl.DataFrame, batch: int | None = None) -> Finding:
     )
     df = power_slice(summary, batch)
     means = _means(df, "power_cap_w_effective")
-    savings = power_savings(summary, batch)
+    savings = _savings(df)
     numbers = []
     for (wl,), g in means.group_by("workload", maintain_order=True):
         if g.height >= 2:

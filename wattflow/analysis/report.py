@@ -396,6 +396,11 @@ def steady_html(summary: pl.DataFrame) -> str:
     )
 
 
+def _sum(s: pl.Series) -> float | None:
+    """The sum, None where every value is null (not measured, never 0)."""
+    return s.sum() if s.is_not_null().any() else None
+
+
 def energy_html(summary: pl.DataFrame) -> str:
     df = batch_slice(summary)
     if df.is_empty() or "static_j" not in df.columns:
@@ -403,10 +408,9 @@ def energy_html(summary: pl.DataFrame) -> str:
     rows = []
     for (wl,), g in df.group_by("workload", maintain_order=True):
         e = g["energy_j"].sum()
-        static = g["static_j"].sum() if g["static_j"].is_not_null().any() else None
-        mem = g["mem_energy_j"].sum() if g["mem_energy_j"].is_not_null().any() else None
-        cpu = g["cpu_j"].sum() if g["cpu_j"].is_not_null().any() else None
-        dram = g["dram_j"].sum() if g["dram_j"].is_not_null().any() else None
+        static, mem, cpu, dram = (
+            _sum(g[c]) for c in ("static_j", "mem_energy_j", "cpu_j", "dram_j")
+        )
         rows.append(
             (
                 wl,

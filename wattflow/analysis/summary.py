@@ -66,12 +66,20 @@ def scan_cells(files: list[str], cell_ids: pl.DataFrame) -> pl.LazyFrame:
     return lf.join(cell_ids.lazy(), on=FILE_COLUMN, how="inner")
 
 
-def cell_knobs(cell_dirs: Sequence[Path]) -> pl.DataFrame:
+def _read_cell_json(cell_dir: Path) -> dict[str, Any]:
+    return json.loads((cell_dir / "cell.json").read_text())
+
+
+def cell_knobs(
+    cell_dirs: Sequence[Path], metas: Sequence[Mapping[str, Any]] | None = None
+) -> pl.DataFrame:
     """One row per cell: its knobs from cell.json (the declared default for a knob the
-    cell predates), checked against its path."""
+    cell predates), checked against its path. `metas`: the cells' cell.json, already read
+    (default: read here)."""
+    if metas is None:
+        metas = [_read_cell_json(d) for d in cell_dirs]
     rows = []
-    for d in cell_dirs:
-        meta = json.loads((d / "cell.json").read_text())
+    for d, meta in zip(cell_dirs, metas, strict=True):
         knobs = {k.name: meta["knobs"].get(k.name, k.default) for k in KNOBS}
         _check_path(d, knobs)
         rows.append({k.name: k.column_value(knobs[k.name]) for k in KNOBS})
@@ -128,9 +136,8 @@ def _workflow_stats(files: list[str]) -> pl.LazyFrame:
     )
 
 
-def _cell_meta(i: int, cell_dir: Path) -> dict[str, Any]:
-    """The columns that come from one cell.json."""
-    meta = json.loads((cell_dir / "cell.json").read_text())
+def _cell_meta(i: int, cell_dir: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns that come from one cell.json (`meta`)."""
     energy, gpu = meta.get("energy", {}), meta.get("gpu", {})
     return {
         _CELL: i,
@@ -194,11 +201,6 @@ def _derived() -> list[pl.Expr]:
     ]
 
 
-def summary_columns() -> list[str]:
-    """Column order of the summary table's own columns (declared in wattflow.columns)."""
-    return columns.core()
-
-
 def summarize(
     cell_dirs: Sequence[str | Path], slo: Mapping[str, Any] | None = None
 ) -> pl.DataFrame:
@@ -208,8 +210,12 @@ def summarize(
     dirs = [Path(d) for d in cell_dirs]
     if not dirs:
         raise ValueError("summarize: no cell directories given")
-    meta = pl.DataFrame([_cell_meta(i, d) for i, d in enumerate(dirs)], schema=_META_SCHEMA)
-    meta = pl.concat([meta, cell_knobs(dirs)], how="horizontal")
+    metas = [_read_cell_json(d) for d in dirs]  # each cell.json read once, used thrice
+    meta = pl.DataFrame(
+        [_cell_meta(i, d, m) for i, (d, m) in enumerate(zip(dirs, metas, strict=True))],
+        schema=_META_SCHEMA,
+    )
+    meta = pl.concat([meta, cell_knobs(dirs, metas)], how="horizontal")
     req = _request_stats([str(d / "requests.parquet") for d in dirs])
     wf = _workflow_stats([str(d / "workflows.parquet") for d in dirs])
     req_df, wf_df = pl.collect_all([req, wf])
@@ -224,8 +230,8 @@ def summarize(
         .with_columns((pl.col("j_per_workflow") * pl.col("makespan_p50_s")).alias("edp_js"))
         .sort(_CELL)
     )
-    core = df.select(summary_columns())
-    return pl.concat([core, extra_columns(dirs, core, slo)], how="horizontal")
+    core = df.select(columns.core())
+    return pl.concat([core, extra_columns(dirs, core, slo, metas)], how="horizontal")
 
 
 def write_summary(
