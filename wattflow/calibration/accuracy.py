@@ -27,7 +27,7 @@ import vl_convert as vlc
 
 from wattflow.analysis.summary import summarize
 from wattflow.calibration import profile as prof
-from wattflow.calibration.cells import MeasuredCell, find_cells, simulable, skipped_line
+from wattflow.calibration.cells import MeasuredCell, find_cells, simulable
 from wattflow.calibration.metrics import REPORT_METRICS
 from wattflow.cell import run as run_cell
 from wattflow.outputs import write_frame
@@ -97,10 +97,7 @@ def run(
     cells = [c for c in find_cells(paths) if c.valid]
     if not cells:
         raise ValueError("accuracy: no valid cells")
-    cells, left_out = simulable(cells, log)
-    if not cells:
-        lines = (skipped_line(why, cs) for why, cs in left_out.items())
-        raise ValueError("accuracy: no valid cell the simulator can rerun; " + "; ".join(lines))
+    cells, left_out = simulable(cells, log, what="accuracy")
     skipped = {why: [f"{_group(c)}: {c.label()}" for c in cs] for why, cs in left_out.items()}
     spec, fitted = profile_spec(profile, cells)
     fitted = {str(Path(p).resolve()) for p in (fit_cells if fit_cells is not None else fitted)}
@@ -123,7 +120,7 @@ def run(
                     "set": _group(cell),
                     "cell": cell.label(),
                     "workload": cell.workload,
-                    "mode": cell.knobs.get("mode", "naive"),
+                    "mode": cell.mode,
                     "max_num_seqs": int(cell.knobs["max_num_seqs"]),
                     "held_out": str(cell.path.resolve()) not in fitted,
                     "metric": m,

@@ -99,10 +99,10 @@ class MeasuredCell:
         return (self.manifest.get("model"), self.manifest["gpu"]["name"], e.get("name"),
                 e.get("version"))  # fmt: skip
 
-    def label(self, root: Path | None = None) -> str:
+    def label(self) -> str:
         """Short id: workload/mode/max_num_seqs (+ non-default GPU knobs)."""
         k = self.knobs
-        parts = [k["workload"], k.get("mode", "naive"), f"mns={k['max_num_seqs']}"]
+        parts = [self.workload, self.mode, f"mns={k['max_num_seqs']}"]
         for name in ("power_cap_w", "sm_clock_mhz"):
             if k.get(name, "default") != "default":
                 parts.append(f"{name}={k[name]}")
@@ -158,9 +158,12 @@ def not_simulable(mode: str) -> str | None:
 def simulable(
     cells: list[MeasuredCell],
     log=None,  # noqa: ANN001
+    *,
+    what: str,
 ) -> tuple[list[MeasuredCell], dict[str, list[MeasuredCell]]]:
     """(the cells `simulate` can rerun, the others by why not); `log` gets one line per
-    reason, naming its cells (`skipped_line`)."""
+    reason, naming its cells (`skipped_line`). ValueError, prefixed with `what` (the
+    command), if no cell is left."""
     out: list[MeasuredCell] = []
     left: dict[str, list[MeasuredCell]] = {}
     for c in cells:
@@ -172,6 +175,9 @@ def simulable(
     if log:
         for why, cs in left.items():
             log(skipped_line(why, cs))
+    if not out:
+        lines = (skipped_line(why, cs) for why, cs in left.items())
+        raise ValueError(f"{what}: no valid cell the simulator can rerun; " + "; ".join(lines))
     return out, left
 
 

@@ -32,11 +32,10 @@ import yaml
 from wattflow.calibration import profile as prof
 from wattflow.engines.sim.constants import ALPHA, MEMORY_KNEE
 from wattflow.engines.sim.perf import Roofline
-from wattflow.engines.sim.power import PowerModel
+from wattflow.engines.sim.power import PowerModel, clock_grid
 
 SOURCES = Path(__file__).with_name("dvfs_sources.yaml")
-CONSTANTS = ("alpha", "memory_knee")
-CLOCK_STEP_MHZ = 15.0  # the clock grid of power.py (nvidia-smi SUPPORTED_CLOCKS granularity)
+CONSTANTS = prof.DVFS_REQUIRED  # alpha, memory_knee: the profile's dvfs: keys
 SEARCH = {"alpha": (0.5, 4.5), "memory_knee": (0.01, 1.0)}  # where the fit looks
 NUISANCE_SEARCH_W = (50.0, 5000.0)  # dynamic power at max clock, W
 HARD_SIGMA = 0.005  # a bound point without a stated looseness is (nearly) hard
@@ -320,16 +319,6 @@ COMPUTE_BOUND: Cost = (1.0, 0.0, 0.0, 0.0, 0.0)  # the idealised prefill step of
 MEMORY_BOUND: Cost = (0.0, 1.0, 0.0, 0.0, 0.0)
 
 
-def clock_grid(req_mhz: float, fmin_mhz: float) -> list[float]:
-    """Descending clocks from the requested one in 15 MHz steps, ending at the floor."""
-    grid = [float(req_mhz)]
-    while grid[-1] - CLOCK_STEP_MHZ >= fmin_mhz:
-        grid.append(grid[-1] - CLOCK_STEP_MHZ)
-    if grid[-1] > fmin_mhz:
-        grid.append(float(fmin_mhz))
-    return grid
-
-
 # ---------------------------------------------------------------------------- predictions
 def predict(p: Point, d: Dvfs, nuisance: float | None = None, *, grid: bool = False) -> float:
     """What the DVFS part says the point's metric is, for constants `d`.
@@ -366,9 +355,8 @@ def predict(p: Point, d: Dvfs, nuisance: float | None = None, *, grid: bool = Fa
     if p.kind == "power_floor":
         return q["idle_w"] + _need(nuisance, p)
     if p.kind == "clock_slowdown":
-        one = Dvfs(d.alpha, d.memory_knee)
-        t_l = one.at(q["locked_clock"], MEMORY_BOUND, idle_w=0.0, cdyn_w=0.0)[0]
-        t_b = one.at(q["base_clock"], MEMORY_BOUND, idle_w=0.0, cdyn_w=0.0)[0]
+        t_l = d.at(q["locked_clock"], MEMORY_BOUND, idle_w=0.0, cdyn_w=0.0)[0]
+        t_b = d.at(q["base_clock"], MEMORY_BOUND, idle_w=0.0, cdyn_w=0.0)[0]
         return 1.0 + q["memory_share"] * (t_l / t_b - 1.0)
     if p.kind in ("clock_floor", "knee_ceiling", "prior"):
         return d.memory_knee
@@ -824,7 +812,7 @@ def _shipped(name: str) -> dict[str, float]:
     """The DVFS values the simulator ships for a profile name: the bundled profile's,
     else the model's fallbacks."""
     try:
-        return {k: float(v["value"]) for k, v in prof.load(name).dvfs.items()}
+        return prof.load(name).dvfs_values()
     except prof.ProfileError:
         return {"alpha": ALPHA, "memory_knee": MEMORY_KNEE}
 

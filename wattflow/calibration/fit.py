@@ -36,12 +36,13 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from wattflow.calibration import dvfs
 from wattflow.calibration import profile as prof
-from wattflow.calibration.cells import MeasuredCell, find_cells, simulable, skipped_line
+from wattflow.calibration.cells import MeasuredCell, find_cells, simulable
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.factory import gpu_and_constants, model_shape
 
@@ -121,10 +122,9 @@ class Evidence:
 
     def errors(self, c: SimConstants) -> dict[str, float]:
         """Relative error of each point's prediction."""
-        gpu = self.gpu
         out = {}
         for p in self.points:
-            pred = dvfs.predict_on_simulator(p, self.model, gpu, c, self.chunk_tokens)
+            pred = dvfs.predict_on_simulator(p, self.model, self.gpu, c, self.chunk_tokens)
             out[p.id] = (pred - float(p.value)) / float(p.value)
         return out
 
@@ -266,7 +266,6 @@ def infer_async_scheduling(engine: str | None, version: str | None) -> bool:
 
 
 def _driver(cells: list[MeasuredCell]) -> str | None:
-
     seen: set = set()
     for cell in cells:
         for d in cell.path.resolve().parents:
@@ -302,10 +301,7 @@ def calibrate(
         raise ValueError("calibrate: no valid cells")
     # The fit reruns every cell on the simulator many times, in virtual time: cells of a
     # client mode with a driver of its own (parrot) cannot be, and are not fitted on.
-    cells, left_out = simulable(cells, log)
-    if not cells:
-        lines = (skipped_line(why, cs) for why, cs in left_out.items())
-        raise ValueError("calibrate: no valid cell the simulator can rerun; " + "; ".join(lines))
+    cells, left_out = simulable(cells, log, what="calibrate")
     keys = {c.key for c in cells}
     if len(keys) > 1:
         raise ValueError(
@@ -493,8 +489,6 @@ def _round(x: float) -> float:
 
 
 def _rel(p) -> str:  # noqa: ANN001
-    from pathlib import Path
-
     try:
         return str(Path(p).resolve().relative_to(Path.cwd()))
     except ValueError:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from wattflow.telemetry.sim import PERIOD_S  # the simulator's telemetry period, NVML's
+
 # The accuracy report's metrics, in its order (summary.parquet column names).
 REPORT_METRICS = (
     "j_per_workflow",
@@ -31,9 +33,6 @@ REPORT_METRICS = (
     "tpot_p50_s",
     "tpot_p90_s",
 )
-# Extra series-shape metrics a fit uses (not in the report).
-SERIES_METRICS = ("power_p10_w", "power_p50_w", "power_p90_w", "clock_p10_mhz", "clock_p50_mhz")
-PERIOD_S = 0.1  # NVML sampling period of the real sampler and of the simulator's telemetry
 
 
 @dataclass

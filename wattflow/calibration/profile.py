@@ -53,16 +53,16 @@ class Profile:
     residuals: dict = field(default_factory=dict)
     notes: str = ""
 
+    def dvfs_values(self) -> dict[str, float]:
+        """The DVFS constants' values, without their bands and sources."""
+        return {k: float(v["value"]) for k, v in self.dvfs.items()}
+
     def to_spec(self) -> dict:
         """What a cell's params carry: the constants and DVFS values, nothing else."""
-        return {
-            "name": self.name,
-            "constants": dict(self.constants),
-            "dvfs": {k: float(v["value"]) for k, v in self.dvfs.items()},
-        }
+        return {"name": self.name, "constants": dict(self.constants), "dvfs": self.dvfs_values()}
 
     def sim_constants(self, base: SimConstants | None = None) -> SimConstants:
-        values = {**self.constants, **{k: float(v["value"]) for k, v in self.dvfs.items()}}
+        values = {**self.constants, **self.dvfs_values()}
         return (base or SimConstants()).with_values(**values)
 
     def as_dict(self) -> dict:

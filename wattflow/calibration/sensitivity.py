@@ -35,7 +35,7 @@ from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.factory import gpu_and_constants
 from wattflow.workloads import build
 
-CONSTANTS = ("alpha", "memory_knee")
+CONSTANTS = prof.DVFS_REQUIRED  # alpha, memory_knee: the profile's dvfs: keys
 SIDES = ("low", "high")
 SCHEMA = {
     "constant": pl.String,  # alpha | memory_knee | none (the profile's values)
@@ -120,8 +120,9 @@ def cap_savings(summary: pl.DataFrame, batch: int | None = None) -> pl.DataFrame
             continue
         if any(not_simulable(k.get("mode", "naive")) for g in cells.values() for _, k in g):
             continue  # e.g. parrot: its own driver, in wall-clock time
+        runs = {k: [_run(spec, knobs) for spec, knobs in group] for k, group in cells.items()}
         for edge in edges(_profile_of(specs[0])):
-            j = {k: _mean_j(group, edge) for k, group in cells.items()}
+            j = {k: _mean_j(group, edge) for k, group in runs.items()}
             rows.append(
                 {
                     "constant": edge.constant,
@@ -139,14 +140,19 @@ def cap_savings(summary: pl.DataFrame, batch: int | None = None) -> pl.DataFrame
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
-def _mean_j(group: list[tuple[dict, dict]], edge: Edge) -> float:
+def _run(spec: dict, knobs: dict) -> tuple[dict, dict, list, SimConstants]:
+    """What rerunning one cell needs, prepared once for every edge: its spec and knobs,
+    its workflows and its own constants."""
+    _, constants = gpu_and_constants(spec["engine"])
+    workflows = build(spec["workload"], spec["seed"], int(knobs.get("rep", 0)))
+    return spec, knobs, workflows, constants
+
+
+def _mean_j(group: list[tuple[dict, dict, list, SimConstants]], edge: Edge) -> float:
     """Mean J/workflow over the repetitions of one (workload, cap), rerun with `edge`."""
     js = []
-    for spec, knobs in group:
-        _, constants = gpu_and_constants(spec["engine"])
-        c: SimConstants = constants.with_values(**edge.overrides)
-        workflows = build(spec["workload"], spec["seed"], int(knobs.get("rep", 0)))
-        m = simulate(spec, knobs, workflows, c)
+    for spec, knobs, workflows, constants in group:
+        m = simulate(spec, knobs, workflows, constants.with_values(**edge.overrides))
         # the cell's own energy convention (the counter at its last sample), so the
         # profile's row reproduces the grid's cells
         js.append(m["j_per_workflow"] * m["energy_sampled_j"] / m["energy_j"])

@@ -21,6 +21,7 @@ from wattflow.engines.sim.power import (
 from wattflow.hardware import GpuSpec
 from wattflow.telemetry.base import SourceContext, SourceUnavailable
 
+PERIOD_S = 0.1  # sampling period: NVML's power and energy readings update every 100 ms
 # HBM3 memory clock NVML reports on H100 SXM (nvidia-smi: 2619 MHz); not varied here.
 MEM_CLOCK_MHZ = 2619.0
 # First-order thermal model (assumption, not fed back into clocks): steady state
@@ -52,7 +53,7 @@ def _arrays(trace: Iterable, gpu: GpuSpec) -> tuple[list, ...]:
 
 
 def sample(
-    trace: Iterable, gpu: GpuSpec, power_limit_w: float, t_end: float, period: float = 0.1
+    trace: Iterable, gpu: GpuSpec, power_limit_w: float, t_end: float, period: float = PERIOD_S
 ) -> list[dict]:
     """Rows at t = 0, period, 2*period, ... <= t_end; past the trace the GPU idles."""
     t1s, ps, fs, us, ms, rs = _arrays(trace, gpu)
@@ -141,7 +142,7 @@ class SimTrace:
         return sample(self.engine.power_trace, self.engine.gpu, self.engine.power_limit_w, t_end)
 
     def info(self) -> dict:
-        return {"period_s": 0.1}
+        return {"period_s": PERIOD_S}
 
     def close(self) -> None:
         pass

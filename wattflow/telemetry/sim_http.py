@@ -19,8 +19,7 @@ from typing import ClassVar
 
 from wattflow.engines.sim.served import get_json, telemetry_rows
 from wattflow.telemetry.base import SourceContext, SourceUnavailable
-
-PERIOD_S = 0.1  # the server's sampling period (wattflow.telemetry.sim.sample's default)
+from wattflow.telemetry.sim import PERIOD_S  # the server's sampling period
 
 
 def until_done(rows: list[dict], t_end: float) -> list[dict]:

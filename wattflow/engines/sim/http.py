@@ -61,10 +61,9 @@ from wattflow.engines.base import Request, RequestRecord
 from wattflow.engines.bundle import SPECIALS, token
 from wattflow.engines.sim.blocks import block_segments
 from wattflow.engines.sim.engine import SimKnobs
-from wattflow.engines.sim.factory import gpu_and_constants
+from wattflow.engines.sim.factory import gpu_and_constants, model_shape
 from wattflow.engines.sim.realtime import RealtimeSimEngine
 from wattflow.engines.words import text_to_ids
-from wattflow.hardware import ModelShape
 from wattflow.telemetry import sim as sim_telemetry
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's default for /v1/completions
@@ -106,7 +105,7 @@ def engine_from_slice(
     kind = engine.get("kind", "sim")
     if kind != "sim":
         raise ValueError(f"engine kind {kind!r} is not the simulator (kind: sim)")
-    model = ModelShape(**engine["model"])
+    model = model_shape(engine)
     gpu, constants = gpu_and_constants(engine)
     if power_cap_w is not None and not (
         gpu.min_power_limit_w <= power_cap_w <= gpu.max_power_limit_w
@@ -215,8 +214,10 @@ class SimServer:
         # While a step is in flight its energy is not in the trace yet: stop at the trace.
         t_end = eng.power_trace.end if eng.busy else eng.now()
         limit = eng.power_limit_w
-        rows = sim_telemetry.sample(eng.power_trace, eng.gpu, limit, t_end)
-        rows = [r for r in rows if r["t_s"] >= since]
+        rows = []
+        if since <= t_end + sim_telemetry.PERIOD_S:  # else no row is due (a metadata poll)
+            rows = sim_telemetry.sample(eng.power_trace, eng.gpu, limit, t_end)
+            rows = [r for r in rows if r["t_s"] >= since]
         return web.json_response(
             {
                 "clock": self.clock(),

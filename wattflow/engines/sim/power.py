@@ -15,11 +15,10 @@ import math
 from array import array
 from collections.abc import Iterator, Sequence
 
-from wattflow.engines.sim.constants import ALPHA, MEMORY_KNEE, SimConstants
+from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.perf import StepCost
 from wattflow.hardware import GpuSpec
 
-__all__ = ["ALPHA", "MEMORY_KNEE", "PowerModel", "PowerTrace"]
 # NVIDIA data-centre GPUs expose SM clocks on a ~15 MHz grid (nvidia-smi -q -d SUPPORTED_CLOCKS).
 CLOCK_STEP_MHZ = 15.0
 
@@ -28,6 +27,16 @@ REASON_NONE = 0x0
 REASON_GPU_IDLE = 0x1
 REASON_APPLICATIONS_CLOCKS = 0x2  # a.k.a. UserDefinedClocks: clocks set/locked by the user
 REASON_SW_POWER_CAP = 0x4
+
+
+def clock_grid(req_mhz: float, fmin_mhz: float) -> list[float]:
+    """Descending clocks from the requested one in 15 MHz steps, ending at the floor."""
+    grid = [float(req_mhz)]
+    while grid[-1] - CLOCK_STEP_MHZ >= fmin_mhz:
+        grid.append(grid[-1] - CLOCK_STEP_MHZ)
+    if grid[-1] > fmin_mhz:
+        grid.append(float(fmin_mhz))
+    return grid
 
 
 class PowerModel:
@@ -55,11 +64,7 @@ class PowerModel:
             raise ValueError(
                 f"SM clock {req} MHz outside [{gpu.min_sm_clock_mhz}, {fmax}] MHz of {gpu.name}"
             )
-        grid = [req]
-        while grid[-1] - CLOCK_STEP_MHZ >= gpu.min_sm_clock_mhz:
-            grid.append(grid[-1] - CLOCK_STEP_MHZ)
-        if grid[-1] > gpu.min_sm_clock_mhz:
-            grid.append(float(gpu.min_sm_clock_mhz))
+        grid = clock_grid(req, gpu.min_sm_clock_mhz)
         self.grid_mhz = grid  # descending; index 0 is the requested clock
         self._f = [m / fmax for m in grid]
         self._fa = [f**c.alpha for f in self._f]

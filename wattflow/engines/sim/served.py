@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -133,18 +132,6 @@ def telemetry_rows(url: str, t0_monotonic: float, since_s: float = 0.0) -> tuple
     for r in rows:
         r["t_s"] += shift
     return rows, answer
-
-
-def wait_until_idle(url: str, timeout_s: float = 30.0) -> None:
-    """Until no request the server saw is still running (its power trace is then complete)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        reqs = get_json(url, "/wattflow/requests")["requests"]
-        if all(r["status"] != "running" for r in reqs):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"requests still running at {url} after {timeout_s} s")
-        time.sleep(0.05)
 
 
 # Server-side knobs and the flag of `python -m wattflow.engines.sim.http` each becomes; a
