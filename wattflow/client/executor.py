@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
-from wattflow.engines.base import Engine, Request, RequestRecord, Session
+from wattflow.engines.base import Engine, Request, RequestRecord, Session, describe
 from wattflow.workloads.core import Call, Segment, Workflow
 
 OUT_PREFIX = "out:"
@@ -127,15 +127,20 @@ class ReleasePolicy:
         """`call` will never run (a parent failed): drop any state kept for it."""
 
 
+def parent_ref(seg: Segment) -> str | None:
+    """The node whose output `seg` is (an `out:` segment, wattflow.workloads.core.
+    output_segment), else None."""
+    return seg.key.rsplit(":", 1)[1] if seg.key.startswith(OUT_PREFIX) else None
+
+
 def resolve_prompt(call: Call, produced: dict[str, int]) -> tuple[Segment, ...]:
     """The call's prompt with each parent-output segment at the length the parent actually
     produced (empty segments dropped)."""
     prompt = []
     for s in call.prompt:
-        if s.key.startswith(OUT_PREFIX):
-            node = s.key.rsplit(":", 1)[1]
-            if node in produced:
-                s = Segment(s.key, produced[node])
+        node = parent_ref(s)
+        if node is not None and node in produced:
+            s = Segment(s.key, produced[node])
         if s.length:
             prompt.append(s)
     return tuple(prompt)
@@ -329,7 +334,7 @@ async def generate_record(engine: Engine, req: Request, arrival: float, t0: floa
             arrival,
             prompt_tokens=req.prompt_tokens,
             status="error",
-            error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+            error=describe(exc),
         )
     rec = _shift(rec, t0)
     rec.arrival = arrival

@@ -57,6 +57,13 @@ class RequestRecord:
     error: str | None = None
 
 
+def describe(exc: BaseException) -> str:
+    """`Type: message`, never empty (many aiohttp and timeout errors have no message): how
+    an engine's exception reads in a record's `error`."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class Engine(Protocol):
     """An inference server as the driver sees it."""
 
@@ -101,6 +108,19 @@ class Session:
 
     async def aclose(self) -> None:
         """Release what `prepare` and the requests opened (HTTP sessions)."""
+
+
+# Engine keys of a vLLM-style batching server (vLLM itself, and the simulator that models
+# it), for a backend's `schema`.
+BATCHING_SCHEMA: dict[str, dict] = {
+    "max_num_batched_tokens": {"type": "integer", "minimum": 16, "default": 8192},
+    "gpu_memory_utilization": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "maximum": 1,
+        "default": 0.9,
+    },
+}
 
 
 class Backend:

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from wattflow.engines.base import Request, RequestRecord
+from wattflow.engines.base import Request, RequestRecord, describe
 from wattflow.workloads.core import Segment
 
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
@@ -35,12 +35,6 @@ DEFAULT_CONNECT_TIMEOUT_S = 30.0
 
 class EngineUnhealthy(RuntimeError):
     """The endpoint did not become healthy in time."""
-
-
-def describe(exc: BaseException) -> str:
-    """`Type: message`, never empty (many aiohttp and timeout errors have no message)."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class OpenAIEngine:

@@ -8,7 +8,6 @@ container SDK is imported only when a container runtime is selected.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shlex
@@ -34,9 +33,23 @@ class RuntimeUnavailable(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now (for a server that needs a fixed port, not 0)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+    """SIGTERM a child process, SIGKILL it after `grace_s`, and reap it (a helper process
+    of ours, e.g. Parrot's or the simulator's server; not a pooled server: Server.stop)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def serve_command(engine: dict) -> list[str] | None:
@@ -320,15 +333,6 @@ class Server:
         if self.container is not None:
             with contextlib.suppress(Exception):  # already gone
                 self.container.stop(timeout=int(grace_s))
-
-    def run_until_ready(self, timeout_s: float, vocab_size: int) -> None:
-        """start() and ready(); stop() if that fails."""
-        self.start()
-        try:
-            asyncio.run(self.ready(timeout_s, vocab_size))
-        except BaseException:
-            self.stop()
-            raise
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -58,7 +58,7 @@ from typing import Any
 
 import aiohttp
 
-from wattflow.client.executor import OUT_PREFIX, generate_record, resolve_prompt
+from wattflow.client.executor import generate_record, parent_ref, resolve_prompt
 from wattflow.engines.base import Request, RequestRecord
 from wattflow.engines.openai_client import OpenAIEngine
 from wattflow.engines.words import ids_to_text, text_to_ids
@@ -316,7 +316,7 @@ class _Run:
                 for p in c.parents:
                     anc |= table[p].ancestors
                 node = _Node(len(self.by_no), w, wf, c, frozenset(anc))
-                reads = {s.key.rsplit(":", 1)[1] for s in c.prompt if s.key.startswith(OUT_PREFIX)}
+                reads = {parent_ref(s) for s in c.prompt} - {None}
                 node.by_client = c.think_time > 0 or not set(c.parents) <= reads
                 table[c.node_id] = node
                 self.by_no.append(node)
@@ -453,7 +453,7 @@ class _Run:
         params: list[dict] = []
         names: dict[str, str] = {}
         for seg in node.call.prompt:
-            ref = seg.key.rsplit(":", 1)[1] if seg.key.startswith(OUT_PREFIX) else None
+            ref = parent_ref(seg)
             if ref is not None and ref in node.ancestors:
                 if ref not in names:
                     names[ref] = f"in{len(names)}"

@@ -179,14 +179,6 @@ def find_tarball() -> Path | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _checkout_src(src: Path) -> Path:
     if not (src / "parrot" / "serve" / "http_server.py").exists():
         raise ParrotUnavailable(f"WATTFLOW_PARROT_SRC={src} holds no parrot/serve/http_server.py")
@@ -205,7 +197,8 @@ def _checkout_src(src: Path) -> Path:
 def _unpack(tarball: Path, cache: Path) -> Path:
     if not tarball.exists():
         raise ParrotUnavailable(f"Parrot tarball {tarball} does not exist")
-    digest = _sha256(tarball)
+    with open(tarball, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
     if digest != TARBALL_SHA256:
         raise ParrotUnavailable(
             f"{tarball} has SHA-256 {digest}, not the vendored {TARBALL}'s {TARBALL_SHA256}; "

@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wattflow.engines.server import free_port, stop_process
 from wattflow.parrot.env import ParrotEnv
 
 BOOT = Path(__file__).with_name("boot.py")
@@ -117,6 +118,7 @@ class ParrotServer:
             self._tmp = tempfile.TemporaryDirectory(prefix="wattflow-parrot-")
             self.log_dir = Path(self._tmp.name)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        # Parrot's configs need fixed ports, not 0
         core_port, engine_port = free_port(self.host), free_port(self.host)
         cfg = self.config
         core_cfg = self.log_dir / "core.json"
@@ -144,15 +146,7 @@ class ParrotServer:
 
     def stop(self) -> None:
         for name in ("engine", "core"):
-            proc = self._procs.pop(name, None)
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(self._procs.pop(name, None))
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp, self.log_dir = None, None
@@ -226,10 +220,3 @@ class ParrotServer:
                     f"{self.startup_timeout_s:.0f} s: {self.log_tail(name)}"
                 )
             time.sleep(0.1)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now (Parrot's configs need a fixed port, not 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]

@@ -151,27 +151,25 @@ class WorkflowAware(ReleasePolicy):
     def skipped(self, w: int, call: Call) -> None:
         """The rest of a skipped call's map stage no longer waits for it."""
         plan = self.plans[w][call.node_id]
+        if plan.group is not None:
+            self._member_settled(w, (w, plan.group))
+
+    def _enqueue(self, w: int, node: str) -> None:
+        plan = self.plans[w][node]
         if plan.group is None:
+            self._push(_Unit(w, [plan]))
             return
-        gk = (w, plan.group)
+        gk = (w, plan.group)  # a map stage is queued once all its members are ready
+        self._group_ready.setdefault(gk, []).append(plan)
+        self._member_settled(w, gk)
+
+    def _member_settled(self, w: int, gk: tuple[int, tuple]) -> None:
+        """A member of map stage `gk` became ready or was skipped: once none is pending,
+        queue the ready ones as one unit, in declared order."""
         self._group_wait[gk] -= 1
         if self._group_wait[gk] == 0 and self._group_ready.get(gk):
             members = sorted(self._group_ready.pop(gk), key=lambda p: p.index)
             self._push(_Unit(w, members))
-
-    def _enqueue(self, w: int, node: str) -> None:
-        plan = self.plans[w][node]
-        if plan.group is not None:  # a map stage is queued once all its members are ready
-            gk = (w, plan.group)
-            self._group_ready.setdefault(gk, []).append(plan)
-            self._group_wait[gk] -= 1
-            if self._group_wait[gk]:
-                return
-            members = sorted(self._group_ready.pop(gk), key=lambda p: p.index)
-            unit = _Unit(w, members)
-        else:
-            unit = _Unit(w, [plan])
-        self._push(unit)
 
     def _push(self, unit: _Unit) -> None:
         heapq.heappush(self._ready, (unit.key(self._arrivals), self._seq, unit))

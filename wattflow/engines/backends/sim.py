@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import ClassVar
 
-from wattflow.engines.base import Backend, Needs, Session
+from wattflow.engines.base import BATCHING_SCHEMA, Backend, Needs, Session
 from wattflow.engines.sim.factory import build_engine
 
 
@@ -23,13 +23,7 @@ class SimBackend(Backend):
     modelled_gpu: ClassVar[bool] = True
     default_telemetry: ClassVar[tuple[str, ...]] = ("sim",)
     schema: ClassVar[dict[str, dict]] = {
-        "max_num_batched_tokens": {"type": "integer", "minimum": 16, "default": 8192},
-        "gpu_memory_utilization": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "maximum": 1,
-            "default": 0.9,
-        },
+        **BATCHING_SCHEMA,
         # no default: a key enters a cell's params only where set (no finished cell reruns)
         "request_timeout_s": {
             "type": "number",

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from wattflow import container
 from wattflow.engines import bundle, http
-from wattflow.engines.base import Backend, Needs
+from wattflow.engines.base import BATCHING_SCHEMA, Backend, Needs
 from wattflow.engines.launcher import LaunchSpec
 from wattflow.engines.pool import ServerPool
 from wattflow.engines.server import process_env
@@ -117,13 +117,7 @@ class VllmBackend(Backend):
     launcher: ClassVar[VllmLauncher] = VllmLauncher()
     schema: ClassVar[dict[str, dict]] = {
         **http.SCHEMA,
-        "max_num_batched_tokens": {"type": "integer", "minimum": 16, "default": 8192},
-        "gpu_memory_utilization": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "maximum": 1,
-            "default": 0.9,
-        },
+        **BATCHING_SCHEMA,
         "runtime": {"enum": ["docker", "podman", "apptainer", "native"], "default": "docker"},
         "image": {
             "type": "string",
