@@ -18,7 +18,6 @@ except wf_config.ConfigError as err:
 
 RESULTS = config["results"]
 CELLS = wf_config.cells(config)
-CELL_BY_PATH = {c.path: c for c in CELLS}
 # Jobs run this interpreter through the environment, not a param: moving the venv must
 # not change any job's params (which would rerun every finished cell).
 os.environ.update(WATTFLOW_PYTHON=sys.executable)

@@ -63,8 +63,18 @@ def test_eta_by_hand() -> None:
     state = {"started": now - 30, "done": 3, "total": 12}
     line = progress.grid_line(state, now)
     assert line == "[wattflow] cells 3/12 (25%), 30 s elapsed, ETA 1 min 30 s"
-    # more cells than planned (a rerun Snakemake decided on): total follows done
     assert "cells 5/12" in progress.grid_line(state | {"done": 5}, now)
+
+
+def test_total_follows_done_past_the_plan(grid: Path) -> None:
+    """More cells finish than were planned (a rerun Snakemake decided on): the total
+    follows the count, never below it."""
+    progress.start_grid(grid, ["a", "b"], fake_workflow(["cell"]))
+    out = io.StringIO()
+    for name in ("a", "b"):
+        progress.cell_finished(grid / "cells" / name, True, out)
+    assert out.getvalue().splitlines()[1].startswith("[wattflow] cells 2/2 (100%), ")
+    assert json.loads((grid / progress.STATE_NAME).read_text())["total"] == 2
 
 
 def test_no_line_outside_a_grid_run(grid: Path) -> None:

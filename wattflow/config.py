@@ -134,6 +134,7 @@ def schema() -> dict:
     return s
 
 
+@functools.cache
 def _with_defaults() -> type:
     """A validator that fills in `default`s, as it validates, where a value is missing."""
     base = jsonschema.Draft202012Validator
@@ -208,6 +209,7 @@ class _Context:
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg
+        self._longest: dict[str, int] = {}
 
     def engine(self, engine: str) -> dict:
         return self.cfg["engines"][engine]
@@ -219,8 +221,11 @@ class _Context:
         return self.cfg["models"][self.engine(engine)["model"]]
 
     def longest_prompt(self, workload: str) -> int:
-        w = self.cfg["workloads"]
-        return max_prompt_tokens(w[workload], w)
+        """Once per workload, not per engine and output length (a trace is read to tell)."""
+        if workload not in self._longest:
+            w = self.cfg["workloads"]
+            self._longest[workload] = max_prompt_tokens(w[workload], w)
+        return self._longest[workload]
 
     def telemetry_measures_power(self, engine: str) -> bool:
         return self.engine(engine).get("telemetry") != "none"
@@ -461,11 +466,20 @@ def _group_order(group: tuple) -> tuple:
     )
 
 
+def _cells_by_group(cfg: dict, all_cells: list[Cell]) -> dict[tuple, list[str]]:
+    """The paths of the cells that need a server, per server group, in `server_ranks` order."""
+    by_group: dict[tuple, list[str]] = {}
+    for c in all_cells:
+        g = server_group(cfg, c.knobs)
+        if g is not None:
+            by_group.setdefault(g, []).append(c.path)
+    return {g: by_group[g] for g in sorted(by_group, key=_group_order)}
+
+
 def server_ranks(cfg: dict, all_cells: list[Cell]) -> dict[tuple, int]:
     """A job priority per server group (higher runs first, in a fixed order), so the cells
     that share a server run back to back and each server starts once."""
-    groups = {g for c in all_cells if (g := server_group(cfg, c.knobs)) is not None}
-    ordered = sorted(groups, key=_group_order)
+    ordered = list(_cells_by_group(cfg, all_cells))
     return {g: len(ordered) - i for i, g in enumerate(ordered)}
 
 
@@ -479,17 +493,9 @@ def cell_priorities(cfg: dict, all_cells: list[Cell], lanes: int = 1) -> dict[st
     that serves it (the cell's slot prefers that GPU: wattflow.devices.slots.Affinity),
     instead of N GPUs starting the same group's server."""
     lanes = max(1, int(lanes))
-    ranks = server_ranks(cfg, all_cells)
-    order = sorted(ranks, key=lambda g: -ranks[g])
-    lane_of = {g: i % lanes for i, g in enumerate(order)}
     queues: list[list[str]] = [[] for _ in range(lanes)]
-    by_group: dict[tuple, list[str]] = {g: [] for g in order}
-    for c in all_cells:
-        g = server_group(cfg, c.knobs)
-        if g is not None:
-            by_group[g].append(c.path)
-    for g in order:
-        queues[lane_of[g]].extend(by_group[g])
+    for i, paths in enumerate(_cells_by_group(cfg, all_cells).values()):
+        queues[i % lanes].extend(paths)
     total = sum(len(q) for q in queues)
     return {
         path: total - (pos * lanes + lane)

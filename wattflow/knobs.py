@@ -109,9 +109,7 @@ class Knob:
     def parse(self, text: str, where: str = "") -> Any:
         """The value written in a cell path or on the command line (`--set K=V`)."""
         at = where or self.name
-        if self.kind == "switch":
-            return self.coerce(text, at)
-        if self.kind in ("name", "choice"):
+        if self.kind in ("switch", "name", "choice"):
             return self.coerce(text, at)
         if self.kind == "number_or_default" and text == DEFAULT:
             return DEFAULT
@@ -365,7 +363,7 @@ def server_identity(knobs: Mapping[str, Any]) -> dict[str, Any]:
     """What a server is for these knobs: every server-scope knob but the engine (the
     backend adds the engine's config), and the scheduling policy the client mode needs."""
     out = {k.name: knobs[k.name] for k in KNOBS if k.scope == "server" and k.name != "engine"}
-    out["scheduling_policy"] = POLICIES[knobs["mode"]].server_policy
+    out["scheduling_policy"] = scheduling_policy(knobs["mode"])
     return out
 
 
