@@ -32,24 +32,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
+# the tests' fake-server helpers and tiny model (bench runs from a checkout with the dev
+# extras, as `make bench` installs them)
+from tests.conftest import TINY_MODEL  # noqa: E402
+from tests.real_fakes import openai_cell, start_fake_server  # noqa: E402
+
 KEY = "sk-bench"
-TINY = {  # the tests' tiny Llama-shaped model: vocabulary for prompt ids, a tokenizer
-    "layers": 2,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "heads": 4,
-    "kv_heads": 2,
-    "vocab_size": 500,
-    "max_context": 4096,
-    "dtype": "bf16",
-}
 PROMPT_TOKENS, OUTPUT_TOKENS = 8, 4
 
 
@@ -58,64 +52,24 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def start_server() -> tuple[subprocess.Popen, str]:
-    from wattflow.engines.server import free_port
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wattflow.engines.fake_server", "--port", str(port)]
-        + ["--api-key", KEY, "--token-delay-s", "0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1):
-                return proc, url
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("fake server did not start")
-
-
 def run_wattflow(url: str, n: int, concurrency: int) -> dict:
-    import copy
-
     import polars as pl
-    import yaml
 
     from wattflow import cell
-    from wattflow import config as wf_config
 
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg["engines"] = {
-        "fake": {
-            "kind": "openai",
-            "url": url,
-            "model": "tiny",
-            "gpu": "h100-sxm",
-            "telemetry": "none",
-            "request_timeout_s": 60,
-        }
+    workload = {
+        "pattern": "single",
+        "prompt_tokens": PROMPT_TOKENS,
+        "output_tokens": OUTPUT_TOKENS,
+        "workflows": n,
+        "concurrency": concurrency,
     }
-    cfg["models"] = {"tiny": TINY}
-    cfg["workloads"] = {
-        "load": {
-            "pattern": "single",
-            "prompt_tokens": PROMPT_TOKENS,
-            "output_tokens": OUTPUT_TOKENS,
-            "workflows": n,
-            "concurrency": concurrency,
-        }
-    }
-    cfg["grid"] = {"engine": ["fake"], "workload": ["load"], "max_output_tokens": [OUTPUT_TOKENS]}
-    cfg = wf_config.validate(copy.deepcopy(cfg))
-    knobs = wf_config.cells(cfg)[0].knobs
+    # the served model is asked of the endpoint (GET /v1/models), as a user's config would
+    spec, knobs = openai_cell(url, workload, timeout_s=60, served_model=None)
     os.environ.update(OPENAI_API_KEY=KEY)
     out = Path(tempfile.mkdtemp(prefix="wattflow-load-"))
     t = time.perf_counter()
-    manifest = cell.run(wf_config.cell_spec(cfg, knobs), knobs, out, quiet=True)
+    manifest = cell.run(spec, knobs, out, quiet=True)
     wall = time.perf_counter() - t
     req = pl.read_parquet(out / "requests.parquet")
     shutil.rmtree(out)
@@ -161,7 +115,7 @@ def run_aiperf(exe: str, url: str, n: int, concurrency: int, turns: int) -> dict
     from wattflow.hardware import ModelShape
 
     tmp = Path(tempfile.mkdtemp(prefix="wattflow-aiperf-"))
-    tok = write_dummy_model(ModelShape(name="tiny", **TINY), tmp / "tokenizer")
+    tok = write_dummy_model(ModelShape(**TINY_MODEL), tmp / "tokenizer")
     try:
         thr = tmp / "throughput"
         cmd1 = _aiperf(
@@ -231,7 +185,7 @@ def main() -> None:
     from bench.run import machine
 
     load_before = round(os.getloadavg()[0], 2)  # a shared machine's other work shows here
-    proc, url = start_server()
+    proc, url = start_fake_server(KEY, "--token-delay-s", "0")
     runs: list[dict] = []
     try:
         for _ in range(a.repeat):

@@ -29,7 +29,6 @@ import asyncio
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.run import machine  # noqa: E402
 from wattflow import cell  # noqa: E402
 from wattflow.client.executor import execute  # noqa: E402
 from wattflow.client.policies.naive import Naive  # noqa: E402
@@ -181,12 +181,7 @@ def main() -> None:
         "energy_j": round(m["energy"]["counter_j"], 1),
         "sim_stalls": m["sim_http"]["stalls"],
     }
-    out["machine"] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_1min": round(os.getloadavg()[0], 2),
-        "date": time.strftime("%Y-%m-%d"),
-    }
+    out["machine"] = {**machine(), "load_1min": round(os.getloadavg()[0], 2)}
     out["command"] = "python bench/parrot.py"
     path = ROOT / "bench" / "results" / "parrot.json"
     path.write_text(json.dumps(out, indent=1) + "\n")

@@ -4,7 +4,6 @@ OpenAI server. Not a test module itself (no test_ prefix)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from types import SimpleNamespace
 
 from wattflow import devices
 from wattflow.devices.nvml import NvmlLibrary
+from wattflow.engines.server import free_port
 
 
 class NVMLError(Exception):
@@ -144,12 +144,6 @@ def use_fake_nvml(fake: FakeNvml) -> None:
     """Make `wattflow.devices.library("nvml")` (what the cell's slot, sampler and settings
     use) answer from `fake`, in this process. Undo with `devices._OVERRIDES.clear()`."""
     devices._OVERRIDES["nvml"] = lambda: NvmlLibrary(fake)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_fake_server(api_key: str = "k", *extra: str) -> tuple[subprocess.Popen, str]:

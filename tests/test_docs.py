@@ -22,3 +22,9 @@ def test_readme_lists_every_knob_and_the_quick_start():
 
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_lists_every_benchmark_script_and_result():
+    bench = ROOT / "bench"
+    for p in [*bench.glob("*.py"), *(bench / "results").glob("*.json")]:
+        assert f"bench/{p.relative_to(bench).as_posix()}" in README, p

@@ -99,7 +99,6 @@ def test_server_args(tmp_path):
 
 def test_api_key_is_not_on_any_command_line_and_still_authenticates(tmp_path, fake_vllm):
     import asyncio
-    from pathlib import Path
 
     from wattflow.engines.base import Request
     from wattflow.engines.openai_client import OpenAIEngine
@@ -239,7 +238,6 @@ def test_container_runtime_request(tmp_path, monkeypatch, runtime):
     assert run["environment"]["VLLM_API_KEY"] == SECRET and SECRET not in run["command"]
     assert "--api-key" not in run["command"]
     assert run["labels"] == {"wattflow": "1", "wattflow.key": "x"}
-    assert run["environment"]["VLLM_API_KEY"] == SECRET and SECRET not in run["command"]
     assert run["volumes"] == {
         str(tmp_path.resolve()): {"bind": str(tmp_path.resolve()), "mode": "ro"}
     }

@@ -4,6 +4,7 @@ GPU host, checked against the package's schemas and against what the README clai
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 
 import polars as pl
@@ -70,14 +71,6 @@ def _cells(run: str) -> list[dict]:
     return sorted(rows, key=lambda r: r["began"])
 
 
-def _starts(run: str) -> dict[str, int]:
-    out = {}
-    for log in (RESULTS / run / ".servers").glob("*.log"):
-        text = log.read_text(errors="replace")
-        out[log.stem] = text.count("\n$ ") + text.startswith("$ ")
-    return out
-
-
 def test_one_gpu_one_start_per_server_group_and_groups_back_to_back():
     """gpu=1 (CUDA_VISIBLE_DEVICES=0 on the two-GPU host): 4 server groups, 4 vLLM starts,
     each group's 4 cells in one run, all on GPU 0; summary, figures and report built there."""
@@ -119,6 +112,24 @@ def test_two_gpus_run_two_cells_at_once_each_with_its_own_server():
     assert sorted(c["server_starts"].values()) == [1, 1, 1, 1]
     after = c["after_after"]
     assert not _left(after) and after["nvidia_smi"]["compute_apps"] == []
+
+
+def test_recorded_server_starts_are_the_committed_server_logs():
+    """checks.json's server starts are e2e.py's count of the committed server logs: each
+    results folder's logs as its last step left them (gpu-ser: after incr). Of the edit's two
+    new groups one was started twice (the Ctrl-C and the `kill -TERM` run), one once (README)."""
+    path = ROOT / "validation" / "gpu" / "e2e.py"
+    spec = importlib.util.spec_from_file_location("_e2e", path)
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    assert e2e.server_starts(RESULTS / "gpu-par") == checks("par")["server_starts"]
+    incr = checks("incr")["server_starts"]
+    assert e2e.server_starts(RESULTS / "gpu-ser") == incr
+    new = {k: v for k, v in incr.items() if k not in checks("ser")["server_starts"]}
+    assert sorted(new.values()) == [1, 2]
+    readme = (HOST / "README.md").read_text()
+    for key, n in new.items():
+        assert f"`{key[:8]}…` {'twice' if n == 2 else 'once'}" in readme, key
 
 
 def test_wall_time_ratio_is_recorded_as_measured():

@@ -1,6 +1,7 @@
-"""The evidence scripts under validation/ keep working against the current package: each
-imports and parses its arguments (`--help` runs nothing), and measure.py measures a cell
-through the server pool with a fake vLLM and a fake NVML."""
+"""The evidence scripts under validation/ and the benchmarks under bench/ keep working
+against the current package: each imports and parses its arguments (`--help` runs nothing,
+writes nothing), and measure.py measures a cell through the server pool with a fake vLLM
+and a fake NVML."""
 
 from __future__ import annotations
 
@@ -27,7 +28,17 @@ SCRIPTS = [
     "validation/h100/probe.py",
     "validation/h100/analyze.py",
     "validation/gpu/e2e.py",
+    "bench/run.py",
+    "bench/dry_run.py",
+    "bench/load.py",
+    "bench/parrot.py",
+    "bench/compare_grids.py",
 ]
+BENCH_RESULTS = ROOT / "bench" / "results"
+
+
+def _results_stamp() -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in BENCH_RESULTS.iterdir()}
 
 
 def _load(rel: str):  # noqa: ANN202
@@ -42,6 +53,7 @@ def _load(rel: str):  # noqa: ANN202
 def test_script_imports_and_parses_its_arguments(script, tmp_path):
     _load(script)  # every name it imports from wattflow exists
     env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")}
+    before = _results_stamp()
     out = subprocess.run(
         [sys.executable, str(ROOT / script), "--help"],
         cwd=tmp_path,
@@ -53,6 +65,20 @@ def test_script_imports_and_parses_its_arguments(script, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("usage:")
     assert not (tmp_path / "out").exists()  # --help measured nothing, wrote nothing
+    assert _results_stamp() == before  # nor any benchmark result
+
+
+def test_bench_run_rejects_an_unknown_benchmark_before_running_any(tmp_path):
+    before = _results_stamp()
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "hour", "no-such-bench"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "unknown benchmark(s) ['no-such-bench']" in out.stderr
+    assert _results_stamp() == before
 
 
 def test_measure_groups_the_h100_grid_by_server():

@@ -35,6 +35,11 @@ SNAKEMAKE = os.environ.get("E2E_SNAKEMAKE", "snakemake")
 ENV: dict[str, str] = {}  # --env K=V: set for every command (e.g. CUDA_VISIBLE_DEVICES=0)
 
 
+def env_prefix() -> str:
+    """The --env settings as a shell would prefix a command with them (for the log)."""
+    return "".join(f"{k}={shlex.quote(v)} " for k, v in ENV.items())
+
+
 class Step:
     """One evidence folder and its command log."""
 
@@ -52,8 +57,7 @@ class Step:
     def sh(self, cmd: list[str], out: str | None = None, timeout: float = 580) -> int:
         """Run `cmd` to completion; its output to `out` (in the step folder)."""
         t0 = time.time()
-        prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in ENV.items())
-        self.note(f"$ {prefix}{shlex.join(cmd)}    # {time.strftime('%H:%M:%S')}")
+        self.note(f"$ {env_prefix()}{shlex.join(cmd)}    # {time.strftime('%H:%M:%S')}")
         target = open(self.dir / out, "w") if out else subprocess.DEVNULL  # noqa: SIM115
         try:
             rc = subprocess.run(
@@ -255,9 +259,8 @@ def _running_cells(results: Path) -> list[str]:
 def signal_run(step: Step, config: str, results: Path, sig: signal.Signals, tag: str) -> None:
     """Start the grid, wait for a cell in flight, send `sig` to Snakemake, wait for it."""
     cmd = snakemake_cmd(config, str(results), 1)
-    prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in ENV.items())
     how = "kill -INT -<pgid> (Ctrl-C)" if sig == signal.SIGINT else "kill -TERM <pid>"
-    step.note(f"$ {prefix}{shlex.join(cmd)} &   # then, mid-cell, {how}")
+    step.note(f"$ {env_prefix()}{shlex.join(cmd)} &   # then, mid-cell, {how}")
     log = open(step.dir / f"snakemake-{tag}.log", "w")  # noqa: SIM115
     t0 = time.time()
     proc = subprocess.Popen(  # its own process group, as a shell's foreground job has

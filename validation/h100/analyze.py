@@ -158,10 +158,14 @@ def results_md(summary: pl.DataFrame, single: pl.DataFrame, bench: list[dict]) -
         for r in wf.iter_rows(named=True)
     ]
     out += ["", "The seed study's claims on these cells (report.html has the numbers):", ""]
-    for f in check_findings(summary)[:6]:  # (g) needs the mode axis: section (c)
-        verdict = {True: "holds", False: "fails", None: "not tested"}[f.holds]
-        out.append(f"* **{verdict}**: {f.claim} Measured: {f.evidence}.")
+    out += finding_lines(check_findings(summary)[:6])  # (g) needs the mode axis: section (c)
     return "\n".join(out) + "\n"
+
+
+def finding_lines(findings: list) -> list[str]:
+    """One bullet per finding: its verdict, claim and evidence."""
+    verdict = {True: "holds", False: "fails", None: "not tested"}
+    return [f"* **{verdict[f.holds]}**: {f.claim} Measured: {f.evidence}." for f in findings]
 
 
 def steady_md(single: pl.DataFrame) -> list[str]:
@@ -265,9 +269,7 @@ def scheduling() -> str:
         for x in r.iter_rows(named=True)
     ]
     out += ["", "The seed study's claim (g) on these cells (`wattflow/analysis/findings.py`):", ""]
-    for f in (check_utilization(summary), check_modes(summary)):
-        verdict = {True: "holds", False: "fails", None: "not tested"}[f.holds]
-        out.append(f"* **{verdict}**: {f.claim} Measured: {f.evidence}.")
+    out += finding_lines([check_utilization(summary), check_modes(summary)])
     return "\n".join(out) + "\n"
 
 
