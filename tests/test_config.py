@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import ROOT
 from wattflow import config as C
 
 
@@ -42,6 +43,20 @@ def test_max_num_seqs_below_one(raw_config):
 def test_output_length_beyond_context(raw_config):
     raw_config["models"]["llama-3.1-8b"]["max_context"] = 4096
     expect_error(raw_config, "grid.max_output_tokens", "context of 4096")
+
+
+def test_context_check_uses_the_compiled_longest_prompt(raw_config):
+    """An interactive session's later turns carry every earlier turn and its passages: the
+    bound is the bundled spec's own longest prompt, not a hand-written formula (which said
+    5,650 tokens for the shipped interactive workload; its longest prompt has 8,350)."""
+    w = raw_config["workloads"]
+    raw_config["workloads"] = {"interactive": w["interactive"]}
+    raw_config["grid"]["workload"] = ["interactive"]
+    raw_config["grid"]["max_output_tokens"] = [64]
+    raw_config["models"]["llama-3.1-8b"]["max_context"] = 8350 + 63
+    expect_error(raw_config, "grid.max_output_tokens", "(workload interactive)", "context of 8413")
+    raw_config["models"]["llama-3.1-8b"]["max_context"] = 8350 + 64
+    C.validate(raw_config)
 
 
 def test_sm_clock_outside_range(raw_config):
@@ -163,3 +178,18 @@ def test_cell_priorities_one_lane_per_gpu(raw_config):
     two = run_order(2)
     assert two == [256, 64, 256, 64, 8, 8]
     assert all(a != b for a, b in zip(two[0::2], two[1::2], strict=False) if b != 8)
+
+
+SHIPPED_CONFIGS = sorted(
+    str(p.relative_to(ROOT))
+    for pattern in ("config/*.yaml", "config/studies/*.yaml", "validation/*/*.yaml")
+    for p in ROOT.glob(pattern)
+)
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS)
+def test_shipped_config_validates(path: str) -> None:
+    """Every config the README, a study or an evidence folder tells users to run is valid
+    (validation/h100/calibration.yaml once set a knob in its engine block)."""
+    cfg = C.load(ROOT / path)
+    assert C.cells(cfg), path

@@ -99,3 +99,44 @@ def test_config_loads_no_analysis_code() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# The layers of the README's layout table, in the order data flows through them.
+LAYERS = (
+    ("declarations", ("knobs", "columns", "objectives", "outputs", "files", "yamltext",
+                      "hardware", "plugins", "provenance")),
+    ("config", ("config",)),
+    ("workloads", ("workloads",)),
+    ("engines and devices", ("engines", "devices", "telemetry", "client", "parrot", "container")),
+    ("cell", ("cell", "attribution", "progress", "snakemake_signals")),
+    ("analysis", ("analysis", "calibration", "cli", "__main__")),
+)  # fmt: skip
+# Edges against the flow, each for one reason: validating a config before any cell runs
+# reads the extension points' declarations (the registries that give each engine, client
+# mode and telemetry source its schema), a GPU's calibration profile, and the workload files.
+UPWARD_ALLOWED = {
+    ("wattflow.config", "wattflow.engines.registry"),
+    ("wattflow.config", "wattflow.client.registry"),
+    ("wattflow.config", "wattflow.telemetry"),
+    ("wattflow.config", "wattflow.calibration.profile"),
+    ("wattflow.config", "wattflow.workloads.spec"),
+    ("wattflow.config", "wattflow.workloads.trace"),
+    ("wattflow.knobs", "wattflow.client.registry"),  # the `mode` knob's choices
+}
+
+
+def layer(module: str) -> int:
+    head = module.removeprefix("wattflow").removeprefix(".").split(".")[0]
+    if not head:
+        return 0  # the package itself: MODEL_VERSION
+    for rank, (_, heads) in enumerate(LAYERS):
+        if head in heads:
+            return rank
+    raise AssertionError(f"{module}: in no layer of LAYERS (add it, and to the README's table)")
+
+
+def test_imports_follow_the_layers() -> None:
+    """No module imports one of a later layer, except the config's reads listed above."""
+    top, _ = graph()
+    upward = {(a, b) for a in top for b in top[a] if layer(b) > layer(a)}
+    assert upward <= UPWARD_ALLOWED, sorted(upward - UPWARD_ALLOWED)

@@ -374,23 +374,8 @@ def _check_file_workload(name: str, w: dict) -> None:
 def max_prompt_tokens(w: dict, workloads: dict) -> int:
     """Upper bound on any call's prompt length, for the context-length check."""
     p = w["pattern"]
-    if p == "sequential":
-        return w["instruction_tokens"] + w["summary_tokens"] + w["chunk_tokens"]
-    if p == "interactive":
-        turns = _bounds(w["turns"])[1]
-        user = _bounds(w["user_tokens"])[1]
-        return int(
-            w["system_tokens"]
-            + w["passages"] * w["passage_tokens"]
-            + turns * (user + w["answer_tokens"])
-        )
-    if p == "agentic":
-        return (
-            w["spec_tokens"]
-            + w["plan_tokens"]
-            + w["coders"] * w["code_tokens"]
-            + w["review_tokens"]
-        )
+    if p in workload_spec.SEEDS:  # a bundled spec: its own longest prompt, turns included
+        return workload_spec.max_prompt_tokens(workload_spec.seed_slice(w))
     if p == "single":
         return w["prompt_tokens"]
     if p == "composite":

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from wattflow.engines import http
+from wattflow.engines.server import stop_process
 from wattflow.knobs import DEFAULT, server_identity
 
 DEFAULT_REQUEST_TIMEOUT_S = 600.0  # the HTTP engines' schema default
@@ -86,13 +87,7 @@ class SimServerProcess:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc)
         if proc is not None and proc.stdout is not None:
             proc.stdout.close()
         if self._tmp is not None:
