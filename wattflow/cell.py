@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from wattflow import outputs, telemetry
+from wattflow import energy_check, outputs, telemetry
 from wattflow.attribution import attribute
 from wattflow.client import registry as client_registry
 from wattflow.devices import names as device_libraries
@@ -304,10 +304,7 @@ def write(
 
     # No telemetry: no energy was measured, which is null, never 0 J.
     counter = float(energy[-1] - energy[0]) if len(energy) else None
-    integral = _power_integral(tel) if tel.height else None
-    disagreement = (
-        abs(counter - integral) / counter * 100 if counter and integral is not None else None
-    )
+    agreement = energy_check.check(counter, tel)
     ok = [r for r in m.records if r.status == "ok"]
     bad = [r for r in m.records if r.status != "ok"]
     duration = max((r.finish for r in ok), default=0.0)
@@ -315,7 +312,7 @@ def write(
         "all_requests_ok": len(ok) == len(m.records),
         "telemetry_present": tel.height > 0,
         "energy_counter_monotonic": bool(np.all(np.diff(energy) >= 0)) if len(energy) else False,
-        "counter_integral_within_2pct": disagreement is not None and disagreement <= 2.0,
+        energy_check.FLAG: agreement.ok,
         "attribution_sums_to_measured": _attribution_closes(shares, counter),
     }
     return {
@@ -339,8 +336,10 @@ def write(
         "workflows": len(workflows),
         "energy": {
             "counter_j": counter,
-            "integral_j": integral,
-            "disagreement_pct": disagreement,
+            "integral_j": agreement.integral_j,
+            "integral_se_j": agreement.integral_se_j,
+            "disagreement_pct": agreement.disagreement_pct,
+            "tolerance_pct": agreement.tolerance_pct,
             "idle_power_w": m.idle_power_w,
             "static_j": (m.idle_power_w or 0.0) * _span(tel) if m.idle_power_w else None,
         },
@@ -367,17 +366,6 @@ def _cell_energy_series(tel) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
         e = part["energy_j"].to_numpy()
         total += np.interp(t, part["t_s"].to_numpy(), e - e[0])
     return t, total
-
-
-def _power_integral(tel) -> float:  # noqa: ANN001
-    """Trapezoid integral of reported power, the cross-check of the counter."""
-    total = 0.0
-    for g in tel["gpu"].unique().to_list():
-        part = tel.filter(tel["gpu"] == g)
-        t, p = part["t_s"].to_numpy(), part["power_w"].to_numpy()
-        if len(t) > 1:
-            total += float(np.sum((p[1:] + p[:-1]) / 2 * np.diff(t)))
-    return total
 
 
 def _attribution_closes(shares: list[float | None], counter: float | None) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from wattflow import config as wf_config
+from wattflow import energy_check
 from wattflow.analysis import advise as adv
 from wattflow.calibration import accuracy, fit
 from wattflow.calibration import profile as prof
@@ -146,6 +147,32 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_revalidate(args: argparse.Namespace) -> int:
+    """Re-judge measured cells' counter/integral flag by the current rule (energy_check)."""
+    cells = []
+    for p in map(Path, args.cells):
+        found = sorted({c.parent for c in p.rglob("cell.json")} | ({p} if p.is_dir() else set()))
+        found = [c for c in found if (c / "cell.json").is_file()]
+        if not found:
+            raise UserError(f"revalidate: {p}: no cell.json at or below it")
+        cells += found
+    changed = 0
+    for c in cells:
+        before = json.loads((c / "cell.json").read_text())["valid"]
+        try:
+            m = energy_check.revalidate(c)
+        except (OSError, KeyError, ValueError, pl.exceptions.PolarsError) as err:
+            raise UserError(f"revalidate: {c}: {type(err).__name__}: {err}") from None
+        e = m["energy"]
+        if m["valid"] != before:
+            changed += 1
+            dis, tol = e["disagreement_pct"], e["tolerance_pct"]
+            detail = "no telemetry" if dis is None else f"{dis:.2f} % (tolerance {tol:.2f} %)"
+            print(f"{c}: valid {before} -> {m['valid']}: {detail}")
+    print(f"{len(cells)} cell(s) re-judged, {changed} changed")
+    return 0
+
+
 def cmd_advise(args: argparse.Namespace) -> int:
     """Pareto fronts and the cheapest setting meeting the objectives (wattflow.analysis.advise)."""
     cfg = _load(args.config)
@@ -220,6 +247,12 @@ def parser() -> argparse.ArgumentParser:
         "uncalibrated)",
     )
     a.set_defaults(fn=cmd_accuracy)
+    r = sub.add_parser(
+        "revalidate",
+        help="re-judge measured cells' counter/integral agreement by the current rule",
+    )
+    r.add_argument("cells", nargs="+", metavar="CELL_DIR", help="cells, or folders above them")
+    r.set_defaults(fn=cmd_revalidate)
     v = sub.add_parser(
         "advise",
         help="per workload: Pareto fronts and the cheapest setting meeting latency objectives",
