@@ -158,3 +158,68 @@ def test_measure_runs_cells_through_the_pool(tmp_path, monkeypatch):
         assert sum(n.endswith("cell.json") for n in tar.getnames()) == 6
     assert (out / "bench.tar.gz").exists() and (out / "logs.tar.gz").exists()
     assert not list(state.glob("*.lease"))  # the server was stopped
+
+
+def test_measure_plans_two_configs_on_shared_servers():
+    """parrot.yaml and calibration.yaml in one run (measure_both.sh): a server both grids
+    need starts once, every cell of both grids is planned except the closed-loop ones whose
+    concurrency cannot reach a smaller max_num_seqs, and open-loop cells are never dropped."""
+    measure = _load("validation/h100/measure.py")
+    from wattflow import config
+
+    names = ["parrot", "calibration"]
+    cfgs = {n: config.load(ROOT / "validation" / "h100" / f"{n}.yaml") for n in names}
+    todo = measure.plan(cfgs, [256, 64, 8, 128, 32], single=False, skip_unbound=True)
+    servers = [measure.server_of(k) for _, _, k in todo]
+    starts = [s for i, s in enumerate(servers) if i == 0 or s != servers[i - 1]]
+    assert len(starts) == len(set(servers)) == 8  # 6 for parrot.yaml, 128 and 32 for calibration
+    assert {n for n, _, k in todo if measure.server_of(k) == servers[0]} == set(names)
+    assert sum(n == "parrot" for n, _, _ in todo) == len(config.cells(cfgs["parrot"]))
+    cal = {(k["workload"], k["max_num_seqs"]) for n, _, k in todo if n == "calibration"}
+    assert ("poisson-r20", 32) in cal and ("sweep-c192", 128) in cal and ("sweep-c64", 32) in cal
+    assert ("sweep-c64", 128) not in cal and ("shape-128x2048", 32) not in cal
+    assert {w for w, m in cal if m == 256} == set(cfgs["calibration"]["grid"]["workload"])
+
+
+def test_measure_runs_two_configs_on_one_server(tmp_path, monkeypatch):
+    """Two configs in one run: cells of both on the server they share (one start), each
+    config's cells under its own results folder."""
+    measure = _load("validation/h100/measure.py")
+    cfg = yaml.safe_load((ROOT / "validation" / "h100" / "config.yaml").read_text())
+    cfg["engines"]["vllm"].update(
+        model="tiny", idle_baseline_s=0.1, telemetry_period_s=0.02, request_timeout_s=30
+    )
+    cfg["models"] = {"tiny": {k: v for k, v in TINY_MODEL.items() if k != "name"}}
+    tiny = {"pattern": "single", "workflows": 2, "concurrency": 2, "prompt_tokens": 16,
+            "output_tokens": 4}  # fmt: skip
+    paths = []
+    for name in ("a", "b"):
+        cfg["workloads"] = {name: tiny}
+        cfg["grid"] = {"engine": ["vllm"], "workload": [name], "max_num_seqs": [256],
+                       "max_output_tokens": [4]}  # fmt: skip
+        paths += ["--config", str(tmp_path / f"{name}.yaml")]
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    state, results = tmp_path / "state", tmp_path / "results"
+    monkeypatch.setenv(COMMAND_ENV, f"{sys.executable} -m wattflow.engines.fake_server")
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    for k in (STATE_ENV, OWNER_ENV):
+        monkeypatch.setenv(k, "")
+    for k in ("CUDA_VISIBLE_DEVICES", "WATTFLOW_GPUS", "SLURM_JOB_ID"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(measure, "subprocess", types.SimpleNamespace(run=lambda *a, **k: None))
+    use_fake_nvml(FakeNvml(1))
+    slots._reset_cell_slot()
+    try:
+        measure.main([*paths, "--mns", "256", "--state", str(state), "--results", str(results)])
+    finally:
+        slots._reset_cell_slot()
+        devices._OVERRIDES.clear()
+    manifests = {
+        p.parent.relative_to(results).as_posix(): json.loads(p.read_text())
+        for p in results.rglob("cell.json")
+    }
+    assert sorted(manifests) == [
+        f"{n}/engine=vllm/workload={n}/max_output_tokens=4" for n in ("a", "b")
+    ]
+    assert len({m["engine"]["server_key"] for m in manifests.values()}) == 1
+    assert all(m["requests"] == 2 and m["failed_requests"] == 0 for m in manifests.values())

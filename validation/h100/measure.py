@@ -1,6 +1,7 @@
 """Measure the H100 proof cells with wattflow's own cell runner, one server per batch size.
 
     python validation/h100/measure.py --mns 256 --deadline 540
+    python validation/h100/measure.py --config A.yaml --config B.yaml --mns 256,64 --skip-unbound
 
 Runs on the GPU host, where vLLM is installed natively (no Snakemake there): every cell goes
 through `wattflow.cell.run`, the function the pipeline's `cell` rule calls, and the server
@@ -8,7 +9,9 @@ pool (`wattflow.engines.pool`, through the `vllm` backend's launcher) starts one
 per server identity (`wattflow.knobs.server_identity`: max_num_seqs, prefix caching and the
 scheduling policy the client mode needs) and reuses it for that group's cells. Results land
 under $OUT as one tarball (rewritten after each cell, so a cut-off run still returns what it
-measured) plus the logs.
+measured) plus the logs. With several `--config`s (same engine block), their cells are
+grouped by server together, so a server both grids need starts once; each config's cells go
+under `--results`/<config file stem>.
 """
 
 from __future__ import annotations
@@ -35,17 +38,45 @@ from wattflow.knobs import cell_path, server_identity  # noqa: E402
 SINGLE = ["single-c1", "single-c8", "single-c32", "single-c128", "single-c256"]
 
 
-def cells(cfg: dict, mns: list[int], single: bool) -> list[dict]:
+def cells(cfg: dict, mns: list[int], single: bool, skip_unbound: bool = False) -> list[dict]:
     """The grid's cells (plus (a) at max_num_seqs=256 when `single`), grouped by server:
     batch size in the given order, then the rest of the server's identity (the scheduling
-    policy the client mode implies, prefix caching)."""
+    policy the client mode implies, prefix caching). `skip_unbound` drops a cell whose
+    closed-loop workload never has more requests in flight than its max_num_seqs when the
+    same workload also runs at a larger max_num_seqs: the bound cannot bind, so the cell
+    would repeat that one."""
     grid = [c.knobs for c in C.cells(cfg)]
+    if skip_unbound:
+        grid = [k for k in grid if not _unbound(cfg, k, grid)]
     out = []
     for m in mns:
         if single and m == 256:
             out += [dict(grid[0], workload=w, max_num_seqs=256, mode="naive") for w in SINGLE]
         group = [k for k in grid if k["max_num_seqs"] == m]
         out += sorted(group, key=server_of)  # stable: grid order
+    return out
+
+
+def _unbound(cfg: dict, knobs: dict, grid: list[dict]) -> bool:
+    w = cfg["workloads"][knobs["workload"]]
+    concurrency = None if w.get("arrival_rate") else w.get("concurrency")  # open loop: unbounded
+    larger = any(
+        k["workload"] == knobs["workload"] and k["max_num_seqs"] > knobs["max_num_seqs"]
+        for k in grid
+    )
+    return concurrency is not None and concurrency <= knobs["max_num_seqs"] and larger
+
+
+def plan(
+    configs: dict[str, dict], mns: list[int], single: bool, skip_unbound: bool
+) -> list[tuple[str, dict, dict]]:
+    """(config name, config, knobs) for every cell of every config, grouped by server
+    across configs: batch size in the given order, then server identity (stable)."""
+    per = {n: cells(c, mns, single, skip_unbound) for n, c in configs.items()}
+    out = []
+    for m in mns:
+        group = [(n, configs[n], k) for n in per for k in per[n] if k["max_num_seqs"] == m]
+        out += sorted(group, key=lambda t: server_of(t[2]))
     return out
 
 
@@ -129,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mns", default="256,64,8", help="max_num_seqs groups to run, in order")
     p.add_argument("--deadline", type=float, default=540, help="seconds; stop before this")
-    p.add_argument("--config", default=str(ROOT / "validation" / "h100" / "config.yaml"))
+    p.add_argument("--config", action="append", help="repeatable; default: config.yaml here")
+    p.add_argument("--skip-unbound", action="store_true", help="see cells()")
     p.add_argument("--single", action="store_true", help="add the (a) concurrency sweep")
     p.add_argument("--state", default="/tmp/wattflow-state", help="the server pool's state")
     p.add_argument("--results", default="/tmp/wattflow-results", help="where cells go")
@@ -139,14 +171,15 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     state = Path(a.state)
     os.environ.update({pool.OWNER_ENV: str(os.getpid()), pool.STATE_ENV: str(state)})
-    cfg = C.load(a.config)
+    paths = a.config or [str(ROOT / "validation" / "h100" / "config.yaml")]
+    configs = {Path(f).stem: C.load(f) for f in paths}
     results = Path(a.results)
     mns = [int(x) for x in a.mns.split(",")]
-    todo = cells(cfg, mns, a.single)
+    todo = plan(configs, mns, a.single, a.skip_unbound)
     print(f"[measure] {len(todo)} cells, groups {mns}", flush=True)
     current = None
     try:
-        for i, knobs in enumerate(todo):
+        for i, (name, cfg, knobs) in enumerate(todo):
             left = a.deadline - (time.monotonic() - t0)
             starting = server_of(knobs) != current
             need = 45 if not starting else (300 if current is None else 150)  # cold / warm start
@@ -159,11 +192,12 @@ def main(argv: list[str] | None = None) -> None:
             path = cell_path(knobs)
             spec = C.cell_spec(cfg, knobs)
             t = time.monotonic()
+            dest = results / name / path if len(configs) > 1 else results / path
             try:
-                m = run(copy.deepcopy(spec), knobs, results / path)
+                m = run(copy.deepcopy(spec), knobs, dest)
                 e = m["energy"]
                 print(
-                    f"[measure] {i + 1}/{len(todo)} {knobs['workload']} {knobs['mode']} "
+                    f"[measure] {i + 1}/{len(todo)} {name} {knobs['workload']} {knobs['mode']} "
                     f"mns={knobs['max_num_seqs']}: "
                     f"{m['requests']} req, {m['duration_s']:.1f} s, {_num(e['counter_j'])} J, "
                     f"disagreement {_num(e['disagreement_pct'], '.3f')} %, valid={m['valid']}, "
