@@ -1,6 +1,6 @@
 """Summary, figures, report and RESULTS.md of the H100 proof, from the committed cells.
 
-    python validation/h100/analyze.py
+    python validation/h100/analyze.py [--text-only]
 
 Uses the pipeline's own analysis (summary, figures, findings, report) plus one figure of
 its own for the single-call concurrency sweep, compared with `vllm bench serve`.
@@ -273,11 +273,117 @@ def scheduling() -> str:
     return "\n".join(out) + "\n"
 
 
+MODES = ("naive", "workflow-aware", "parrot")
+
+
+def three_mode_table(summary: pl.DataFrame) -> pl.DataFrame:
+    """Per workload and batch size: each mode's J/workflow, makespan p50 and cell duration
+    (the last workflow's end), and each one's ratio to naive."""
+    cols = ["j_per_workflow", "makespan_p50_s", "duration_s"]
+    wide = summary.select("workload", "max_num_seqs", "mode", *cols).pivot(
+        on="mode", index=["workload", "max_num_seqs"], values=cols
+    )
+    ratios = [
+        (pl.col(f"{c}_{m}") / pl.col(f"{c}_naive")).alias(f"{c}_ratio_{m}")
+        for c in cols
+        for m in MODES[1:]
+    ]
+    return wide.with_columns(ratios).sort("workload", "max_num_seqs")
+
+
+def parrot() -> str:
+    """(d) naive vs workflow-aware vs Parrot's own serving core (parrot.yaml)."""
+    root = HERE / "parrot"
+    dirs = cell_dirs(root)
+    summary = write_summary(dirs, root / "summary.parquet")
+    (root / "figures").mkdir(exist_ok=True)
+    chart = mode_chart(summary).properties(
+        title="H100, vLLM 0.26.0: naive and parrot (fcfs server) vs workflow-aware (priority)"
+    )
+    save_chart(chart, root / "figures", "modes", html=False)
+    write_report(  # the pipeline's report: its scheduling finding (g2) over all three modes
+        summary,
+        [root / "figures" / "modes.png"],
+        check_findings(summary),
+        root / "report.html",
+        {**wattflow_info(), "cells": len(dirs)},
+    )
+    t = three_mode_table(summary)
+    out = [
+        "",
+        "## (d) Naive vs workflow-aware vs Parrot (parrot.yaml)",
+        "",
+        f"{len(dirs)} cells, {summary['valid'].sum()} valid; naive and parrot cells on one fcfs "
+        "server per max_num_seqs, workflow-aware cells on a `--scheduling-policy priority` "
+        "server; outputs capped at 128 tokens. Ratio = mode / naive; duration = the cell's "
+        "last finish (its energy spans it).",
+        "",
+        "| workload | max_num_seqs | J/workflow naive | J ratio aware | J ratio parrot "
+        "| makespan p50 naive s | makespan ratio aware | makespan ratio parrot "
+        "| duration naive s | duration ratio aware | duration ratio parrot |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {x['workload']} | {x['max_num_seqs']} | {x['j_per_workflow_naive']:.0f} | "
+        f"{x['j_per_workflow_ratio_workflow-aware']:.3f} | {x['j_per_workflow_ratio_parrot']:.3f} "
+        f"| {x['makespan_p50_s_naive']:.2f} | {x['makespan_p50_s_ratio_workflow-aware']:.3f} | "
+        f"{x['makespan_p50_s_ratio_parrot']:.3f} | {x['duration_s_naive']:.2f} | "
+        f"{x['duration_s_ratio_workflow-aware']:.3f} | {x['duration_s_ratio_parrot']:.3f} |"
+        for x in t.iter_rows(named=True)
+    ]
+    out += ["", "The seed study's claim (g) on these cells (`wattflow/analysis/findings.py`):", ""]
+    out += finding_lines([check_utilization(summary), check_modes(summary)])
+    return "\n".join(out) + "\n"
+
+
+def calibration() -> str:
+    """(e) The single-call shapes, batch sizes and arrivals of calibration.yaml."""
+    root = HERE / "calibration"
+    dirs = cell_dirs(root)
+    summary = write_summary(dirs, root / "summary.parquet").sort("workload", "max_num_seqs")
+    out = [
+        "",
+        "## (e) More single-call ground truth (calibration.yaml)",
+        "",
+        f"{len(dirs)} cells, {summary['valid'].sum()} valid, one fcfs server per max_num_seqs "
+        "with prefix caching on. Not in the shipped profile's fit (the concurrency sweep (a) "
+        "is): `accuracy/` scores the simulator on them as held-out cells.",
+        "",
+        "| workload | max_num_seqs | requests | duration s | output tok/s | J/output token "
+        "| avg power W | TTFT p50 s | TPOT p50 ms | cached prompt tokens | valid |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    cached = {
+        str(d): pl.read_parquet(ROOT / d / "requests.parquet")["cached_prompt_tokens"].sum()
+        for d in dirs
+    }
+    out += [
+        f"| {r['workload']} | {r['max_num_seqs']} | {r['requests']} | {r['duration_s']:.1f} | "
+        f"{r['output_tokens_per_s']:.0f} | {r['j_per_output_token']:.3f} | "
+        f"{r['avg_power_w']:.0f} | {r['ttft_p50_s']:.3f} | {r['tpot_p50_s'] * 1000:.2f} | "
+        f"{cached[r['cell_dir']]} | {r['valid']} |"
+        for r in summary.iter_rows(named=True)
+    ]
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--text-only",
+        action="store_true",
+        help="summaries and RESULTS.md only: keep the committed figures and report.html",
+    )
+    a = p.parse_args(argv)
     os.chdir(ROOT)
     dirs = cell_dirs()
     summary = write_summary(dirs, HERE / "summary.parquet")
+    single, bench = single_table(summary), bench_rows()
+    text = results_md(summary, single, bench) + scheduling() + parrot() + calibration()
+    if a.text_only:
+        (HERE / "RESULTS.md").write_text(text)
+        print(f"{len(dirs)} cells -> summary.parquet, RESULTS.md (figures and report kept)")
+        return
     stages = write_stages(dirs, HERE / "stages.parquet")
     fig_dir = HERE / "figures"
     fig_dir.mkdir(exist_ok=True)
@@ -285,7 +391,6 @@ def main(argv: list[str] | None = None) -> None:
         f.unlink()
     workflows = ~pl.col("workload").str.starts_with("single-c")
     figs = make_figures(summary.filter(workflows), fig_dir, stages=stages, html=False)
-    single, bench = single_table(summary), bench_rows()
     figs += save_chart(steady_state_chart(summary), fig_dir, "steady_state", html=False)
     figs += save_chart(concurrency_chart(single, bench), fig_dir, "concurrency", html=False)
     pngs = sorted(fig_dir.glob("*.png"))  # no interactive HTML copies: ~1 MB of JS each
@@ -296,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         HERE / "report.html",
         {**wattflow_info(), "cells": len(dirs)},
     )
-    (HERE / "RESULTS.md").write_text(results_md(summary, single, bench) + scheduling())
+    (HERE / "RESULTS.md").write_text(text)
     print(f"{len(dirs)} cells -> summary.parquet, {len(pngs)} figures, report.html, RESULTS.md")
 
 
