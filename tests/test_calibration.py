@@ -75,6 +75,21 @@ def test_fit_recovers_known_constants(tmp_path):
     assert fit._residuals(cells, start)[0] @ fit._residuals(cells, start)[0] > 100 * result.cost
 
 
+def test_jacobian_in_worker_processes_gives_the_serial_fit(tmp_path, monkeypatch):
+    """The Jacobian's columns run in forked workers (two here) or serially: the same
+    simulations, so the same fit to the last bit."""
+    cells = _synthetic_cells(tmp_path, TRUTH)
+    start = TRUTH.with_values(compute_efficiency=0.55, compute_dynamic_w=250.0)
+    results = {}
+    for n in ("1", "2"):
+        monkeypatch.setenv(fit.WORKERS_ENV, n)
+        results[n] = fit.fit(cells, start, names=FITTED, max_iterations=3)
+    if fit.workers() > 1:  # Linux: the second fit really used two processes
+        assert results["2"].constants == results["1"].constants
+        assert results["2"].history == results["1"].history
+    assert results["1"].evaluations == results["2"].evaluations > 3 * len(FITTED)
+
+
 def test_alpha_scan_refits_compute_power_along_the_band(tmp_path):
     """At the default limit the cells only say where power meets the cap (a clock for a
     given alpha and compute power): the scan refits compute power at each alpha, so the

@@ -30,11 +30,17 @@ profile).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
+import multiprocessing
+import os
 import statistics
+import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,6 +195,44 @@ def _residuals(
     return np.where(np.isfinite(r), r, 10.0), per_cell
 
 
+WORKERS_ENV = "WATTFLOW_FIT_WORKERS"  # processes for the Jacobian's columns (default: CPUs)
+_SHARED: tuple | None = None  # (cells, evidence, names, base) for forked workers
+
+
+def workers() -> int:
+    """How many processes evaluate a Jacobian: $WATTFLOW_FIT_WORKERS, else the CPUs this
+    process may use; 1 (serial) off Linux, where fork-started workers are not safe."""
+    if not sys.platform.startswith("linux"):
+        return 1
+    if os.environ.get(WORKERS_ENV):
+        return max(1, int(os.environ[WORKERS_ENV]))
+    return len(os.sched_getaffinity(0))
+
+
+def _column(x: np.ndarray) -> np.ndarray:
+    cells, evidence, names, base = _SHARED
+    return _residuals(cells, _from_x(x, names, base), evidence)[0]
+
+
+@contextlib.contextmanager
+def _evaluator(cells, evidence, names, base) -> Iterator:  # noqa: ANN001
+    """map(xs) -> residual vectors: in forked workers that share the loaded cells (the
+    columns of a Jacobian are independent simulations), or serially. Same numbers either
+    way: each simulation is deterministic."""
+    global _SHARED
+    previous, _SHARED = _SHARED, (cells, evidence, names, base)
+    try:
+        n = workers()
+        if n < 2:
+            yield lambda xs: [_column(x) for x in xs]
+        else:
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as ex:
+                yield lambda xs: list(ex.map(_column, xs))
+    finally:
+        _SHARED = previous
+
+
 def fit(
     cells: list[MeasuredCell],
     base: SimConstants,
@@ -208,33 +252,31 @@ def fit(
     r, per_cell = _residuals(cells, _from_x(x, names, base), evidence)
     cost, evals, lam, history = float(r @ r), 1, 1e-2, []
     it = 0
-    for it in range(1, max_iterations + 1):
-        jac = np.empty((len(r), len(x)))
-        for j in range(len(x)):
-            xj = x.copy()
-            xj[j] += FD_STEP
-            jac[:, j] = (_residuals(cells, _from_x(xj, names, base), evidence)[0] - r) / FD_STEP
-            evals += 1
-        g, h = jac.T @ r, jac.T @ jac
-        improved = False
-        for _ in range(8):
-            step = np.linalg.solve(h + lam * np.diag(np.diag(h) + 1e-9), -g)
-            x_new = x + np.clip(step, -3.0, 3.0)
-            r_new, pc_new = _residuals(cells, _from_x(x_new, names, base), evidence)
-            evals += 1
-            c_new = float(r_new @ r_new)
-            if c_new < cost:
-                improved = True
-                drop = (cost - c_new) / cost
-                x, r, per_cell, cost = x_new, r_new, pc_new, c_new
-                lam = max(lam / 3.0, 1e-6)
+    with _evaluator(cells, evidence, names, base) as evaluate:
+        for it in range(1, max_iterations + 1):
+            steps = [x + FD_STEP * e for e in np.eye(len(x))]  # one column each
+            jac = np.column_stack([(rj - r) / FD_STEP for rj in evaluate(steps)])
+            evals += len(steps)
+            g, h = jac.T @ r, jac.T @ jac
+            improved = False
+            for _ in range(8):
+                step = np.linalg.solve(h + lam * np.diag(np.diag(h) + 1e-9), -g)
+                x_new = x + np.clip(step, -3.0, 3.0)
+                r_new, pc_new = _residuals(cells, _from_x(x_new, names, base), evidence)
+                evals += 1
+                c_new = float(r_new @ r_new)
+                if c_new < cost:
+                    improved = True
+                    drop = (cost - c_new) / cost
+                    x, r, per_cell, cost = x_new, r_new, pc_new, c_new
+                    lam = max(lam / 3.0, 1e-6)
+                    break
+                lam *= 4.0
+            history.append(cost)
+            if log:
+                log(f"iteration {it}: cost {cost:.5f} (lambda {lam:.1e}, {evals} simulations)")
+            if not improved or drop < tolerance:
                 break
-            lam *= 4.0
-        history.append(cost)
-        if log:
-            log(f"iteration {it}: cost {cost:.5f} (lambda {lam:.1e}, {evals} simulations)")
-        if not improved or drop < tolerance:
-            break
     return FitResult(
         constants=_from_x(x, names, base),
         cost=cost,
