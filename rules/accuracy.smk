@@ -1,11 +1,9 @@
 # The simulator's accuracy on measured cells (not part of `all`): `snakemake accuracy`.
-# It reruns every measured cell below the folders `accuracy.cells` names (default: the
-# committed H100 cells) on the simulator with the bundled profile of the cells' GPU and
-# writes the table and figure (wattflow.calibration.accuracy). The committed report for
-# the H100 data is validation/h100/accuracy/.
-ACCURACY_CELLS = (config.get("accuracy") or {}).get(
-    "cells", ["validation/h100/cells", "validation/h100/scheduling/cells"]
-)
+# It reruns every measured cell below the folders `accuracy.cells` names (default: every
+# committed H100 set, validation/h100) on the simulator with the bundled profile of the
+# cells' GPU and writes the table and figure (wattflow.calibration.accuracy). The committed
+# report for the H100 data is validation/h100/accuracy/.
+ACCURACY_CELLS = (config.get("accuracy") or {}).get("cells", ["validation/h100"])
 
 
 rule accuracy:

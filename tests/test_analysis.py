@@ -653,6 +653,6 @@ def test_accuracy_table_from_wattflow_accuracy_per_cell_rows():
     for metric in ("j_per_workflow", "ttft_p50_s"):
         want = cells.filter(pl.col("metric") == metric)["error_pct"].abs().mean()
         row = overall.filter(pl.col("metric") == metric)
-        assert row["mape_pct"][0] == pytest.approx(want) and row["n"][0] == 23
+        assert row["mape_pct"][0] == pytest.approx(want) and row["n"][0] == 35
     assert set(t["workload"]) - {"all"} == set(cells["workload"])
     assert acc.describe(t, ["j_per_workflow"]).startswith("j_per_workflow ")

@@ -18,6 +18,7 @@ error, and the fit (`wattflow calibrate`) cannot use such cells either.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import altair as alt
@@ -101,15 +102,18 @@ def run(
     skipped = {why: [f"{_group(c)}: {c.label()}" for c in cs] for why, cs in left_out.items()}
     spec, fitted = profile_spec(profile, cells)
     fitted = {str(Path(p).resolve()) for p in (fit_cells if fit_cells is not None else fitted)}
-    sim_dirs = []
-    for i, cell in enumerate(cells, 1):
-        d = out_dir / _cell_key(cell)
-        run_cell(cell.sim_spec(spec), cell.sim_knobs(), d, quiet=True)
-        sim_dirs.append(d)
-        if log:
-            log(f"[{i}/{len(cells)}] {cell.label()}")
-    meas = summarize([c.path for c in cells])
-    sim = summarize(sim_dirs)
+    # The twins are scratch: written under the output folder they would be cells of
+    # engine `sim` below a folder that `calibrate` may be pointed at (validation/h100).
+    with tempfile.TemporaryDirectory(prefix="wattflow-twins-") as scratch:
+        sim_dirs = []
+        for i, cell in enumerate(cells, 1):
+            d = Path(scratch) / _cell_key(cell)
+            run_cell(cell.sim_spec(spec), cell.sim_knobs(), d, quiet=True)
+            sim_dirs.append(d)
+            if log:
+                log(f"[{i}/{len(cells)}] {cell.label()}")
+        meas = summarize([c.path for c in cells])
+        sim = summarize(sim_dirs)
     rows = []
     for i, cell in enumerate(cells):
         for m in REPORT_METRICS:

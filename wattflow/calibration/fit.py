@@ -218,7 +218,10 @@ def _column(x: np.ndarray) -> np.ndarray:
 def _evaluator(cells, evidence, names, base) -> Iterator:  # noqa: ANN001
     """map(xs) -> residual vectors: in forked workers that share the loaded cells (the
     columns of a Jacobian are independent simulations), or serially. Same numbers either
-    way: each simulation is deterministic."""
+    way: each simulation is deterministic. Fork, not spawn: the cells' workflows and
+    measured metrics (read with polars) are loaded by `fit`'s first evaluation, before the
+    fork, so a worker runs only the simulator and numpy and never touches polars' thread
+    pool, which does not survive a fork."""
     global _SHARED
     previous, _SHARED = _SHARED, (cells, evidence, names, base)
     try:
