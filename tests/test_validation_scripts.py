@@ -101,24 +101,9 @@ def test_measure_runs_cells_through_the_pool(tmp_path, monkeypatch):
     one server from the pool (a fake vLLM here), the cells run on it, `vllm bench serve` is
     pointed at that server, and the cells are packed under $OUT."""
     measure = _load("validation/h100/measure.py")
-    cfg = yaml.safe_load((ROOT / "validation" / "h100" / "config.yaml").read_text())
-    cfg["engines"]["vllm"].update(
-        model="tiny", idle_baseline_s=0.1, telemetry_period_s=0.02, request_timeout_s=30
-    )
-    cfg["models"] = {"tiny": {k: v for k, v in TINY_MODEL.items() if k != "name"}}
-    tiny = {"pattern": "single", "workflows": 2, "concurrency": 2, "prompt_tokens": 16,
-            "output_tokens": 4}  # fmt: skip
-    cfg["workloads"] = dict.fromkeys([*measure.SINGLE, "w"], tiny)
-    cfg["grid"] = {"engine": ["vllm"], "workload": ["w"], "max_num_seqs": [256],
-                   "max_output_tokens": [4]}  # fmt: skip
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(_tiny_config([*measure.SINGLE], "w")))
     state, results, out = tmp_path / "state", tmp_path / "results", tmp_path / "out"
-    monkeypatch.setenv(COMMAND_ENV, f"{sys.executable} -m wattflow.engines.fake_server")
-    monkeypatch.setenv("OUT", str(out))
-    for k in (STATE_ENV, OWNER_ENV):  # main sets both; restored after the test
-        monkeypatch.setenv(k, "")
-    for k in ("CUDA_VISIBLE_DEVICES", "WATTFLOW_GPUS", "SLURM_JOB_ID"):
-        monkeypatch.delenv(k, raising=False)
+    _fake_gpu_host(monkeypatch, out)
     ran: list[tuple[list[str], dict]] = []  # vllm bench and nvidia-smi: recorded, not run
     stub = types.SimpleNamespace(
         run=lambda cmd, env=None, **kw: ran.append((cmd, env or {})),
@@ -185,27 +170,12 @@ def test_measure_runs_two_configs_on_one_server(tmp_path, monkeypatch):
     """Two configs in one run: cells of both on the server they share (one start), each
     config's cells under its own results folder."""
     measure = _load("validation/h100/measure.py")
-    cfg = yaml.safe_load((ROOT / "validation" / "h100" / "config.yaml").read_text())
-    cfg["engines"]["vllm"].update(
-        model="tiny", idle_baseline_s=0.1, telemetry_period_s=0.02, request_timeout_s=30
-    )
-    cfg["models"] = {"tiny": {k: v for k, v in TINY_MODEL.items() if k != "name"}}
-    tiny = {"pattern": "single", "workflows": 2, "concurrency": 2, "prompt_tokens": 16,
-            "output_tokens": 4}  # fmt: skip
     paths = []
     for name in ("a", "b"):
-        cfg["workloads"] = {name: tiny}
-        cfg["grid"] = {"engine": ["vllm"], "workload": [name], "max_num_seqs": [256],
-                       "max_output_tokens": [4]}  # fmt: skip
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(_tiny_config([], name)))
         paths += ["--config", str(tmp_path / f"{name}.yaml")]
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     state, results = tmp_path / "state", tmp_path / "results"
-    monkeypatch.setenv(COMMAND_ENV, f"{sys.executable} -m wattflow.engines.fake_server")
-    monkeypatch.setenv("OUT", str(tmp_path / "out"))
-    for k in (STATE_ENV, OWNER_ENV):
-        monkeypatch.setenv(k, "")
-    for k in ("CUDA_VISIBLE_DEVICES", "WATTFLOW_GPUS", "SLURM_JOB_ID"):
-        monkeypatch.delenv(k, raising=False)
+    _fake_gpu_host(monkeypatch, tmp_path / "out")
     monkeypatch.setattr(measure, "subprocess", types.SimpleNamespace(run=lambda *a, **k: None))
     use_fake_nvml(FakeNvml(1))
     slots._reset_cell_slot()
@@ -223,3 +193,29 @@ def test_measure_runs_two_configs_on_one_server(tmp_path, monkeypatch):
     ]
     assert len({m["engine"]["server_key"] for m in manifests.values()}) == 1
     assert all(m["requests"] == 2 and m["failed_requests"] == 0 for m in manifests.values())
+
+
+def _tiny_config(extra_workloads: list[str], workload: str) -> dict:
+    """validation/h100/config.yaml with a tiny model and a two-request grid of `workload`
+    (plus `extra_workloads`, defined the same, outside the grid)."""
+    cfg = yaml.safe_load((ROOT / "validation" / "h100" / "config.yaml").read_text())
+    cfg["engines"]["vllm"].update(
+        model="tiny", idle_baseline_s=0.1, telemetry_period_s=0.02, request_timeout_s=30
+    )
+    cfg["models"] = {"tiny": {k: v for k, v in TINY_MODEL.items() if k != "name"}}
+    tiny = {"pattern": "single", "workflows": 2, "concurrency": 2, "prompt_tokens": 16,
+            "output_tokens": 4}  # fmt: skip
+    cfg["workloads"] = dict.fromkeys([*extra_workloads, workload], tiny)
+    cfg["grid"] = {"engine": ["vllm"], "workload": [workload], "max_num_seqs": [256],
+                   "max_output_tokens": [4]}  # fmt: skip
+    return cfg
+
+
+def _fake_gpu_host(monkeypatch, out: Path) -> None:  # noqa: ANN001
+    """measure.py's environment on the GPU host, with a fake vLLM and no GPU variables."""
+    monkeypatch.setenv(COMMAND_ENV, f"{sys.executable} -m wattflow.engines.fake_server")
+    monkeypatch.setenv("OUT", str(out))
+    for k in (STATE_ENV, OWNER_ENV):  # main sets both; restored after the test
+        monkeypatch.setenv(k, "")
+    for k in ("CUDA_VISIBLE_DEVICES", "WATTFLOW_GPUS", "SLURM_JOB_ID"):
+        monkeypatch.delenv(k, raising=False)

@@ -162,6 +162,12 @@ def results_md(summary: pl.DataFrame, single: pl.DataFrame, bench: list[dict]) -
     return "\n".join(out) + "\n"
 
 
+def claim_g(summary: pl.DataFrame) -> list[str]:
+    """The seed's client-mode claims (g1, g2) on a set of cells, one bullet each."""
+    intro = ["", "The seed study's claim (g) on these cells (`wattflow/analysis/findings.py`):", ""]
+    return intro + finding_lines([check_utilization(summary), check_modes(summary)])
+
+
 def finding_lines(findings: list) -> list[str]:
     """One bullet per finding: its verdict, claim and evidence."""
     verdict = {True: "holds", False: "fails", None: "not tested"}
@@ -268,9 +274,7 @@ def scheduling() -> str:
         f"{x['makespan_ratio']:.3f} |"
         for x in r.iter_rows(named=True)
     ]
-    out += ["", "The seed study's claim (g) on these cells (`wattflow/analysis/findings.py`):", ""]
-    out += finding_lines([check_utilization(summary), check_modes(summary)])
-    return "\n".join(out) + "\n"
+    return "\n".join(out + claim_g(summary)) + "\n"
 
 
 MODES = ("naive", "workflow-aware", "parrot")
@@ -331,9 +335,7 @@ def parrot() -> str:
         f"{x['duration_s_ratio_workflow-aware']:.3f} | {x['duration_s_ratio_parrot']:.3f} |"
         for x in t.iter_rows(named=True)
     ]
-    out += ["", "The seed study's claim (g) on these cells (`wattflow/analysis/findings.py`):", ""]
-    out += finding_lines([check_utilization(summary), check_modes(summary)])
-    return "\n".join(out) + "\n"
+    return "\n".join(out + claim_g(summary)) + "\n"
 
 
 def calibration() -> str:
