@@ -656,3 +656,23 @@ def test_accuracy_table_from_wattflow_accuracy_per_cell_rows():
         assert row["mape_pct"][0] == pytest.approx(want) and row["n"][0] == 35
     assert set(t["workload"]) - {"all"} == set(cells["workload"])
     assert acc.describe(t, ["j_per_workflow"]).startswith("j_per_workflow ")
+
+
+def test_cells_of_two_wattflow_versions_summarize_in_any_order():
+    """A cell written before telemetry's source/zone columns beside one written after: the
+    scan reads both with the declared schema whichever comes first (polars alone takes the
+    first file's schema and failed on the newer file's extra column)."""
+    from tests.conftest import ROOT
+    from wattflow.analysis.stages import stage_table
+    from wattflow.analysis.summary import summarize
+
+    h100 = ROOT / "validation" / "h100"
+    old = h100 / "scheduling/cells/engine=vllm/workload=agentic/max_num_seqs=64"
+    new = h100 / "parrot/cells/engine=vllm/workload=agentic/max_num_seqs=64+max_output_tokens=128"
+    assert "source" not in pl.read_parquet_schema(old / "telemetry.parquet")
+    assert "source" in pl.read_parquet_schema(new / "telemetry.parquet")
+    a, b = summarize([old, new]), summarize([new, old])
+    assert a.height == b.height == 2
+    assert a.sort("cell_dir").equals(b.sort("cell_dir"))
+    assert (a["gpu_util_mean_pct"] > 0).all()  # telemetry of both was read
+    assert stage_table([old, new]).height > 0

@@ -35,9 +35,10 @@ import polars as pl
 from wattflow import columns
 from wattflow.analysis import slo as slo_mod
 from wattflow.analysis import steady
+from wattflow.analysis.scan import FILE_COLUMN, scan_cells
 
 _CELL = "_cell"
-_FILE = "_file"
+_FILE = FILE_COLUMN
 
 _META: dict[str, pl.DataType] = {
     _CELL: pl.Int64(),
@@ -85,14 +86,7 @@ def _meta(i: int, meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _scan(files: list[str], ids: pl.DataFrame, columns: list[str]) -> pl.LazyFrame:
-    lf = pl.scan_parquet(
-        files,
-        hive_partitioning=False,
-        glob=False,
-        include_file_paths=_FILE,
-        missing_columns="insert",  # cells written before a column was added
-    )
-    return lf.select(_FILE, *columns).join(ids.lazy(), on=_FILE, how="inner")
+    return scan_cells(files, ids).select(_FILE, *columns, *ids.drop(_FILE).columns)
 
 
 def _telemetry_stats(dirs: list[Path]) -> pl.LazyFrame:

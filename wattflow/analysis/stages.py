@@ -24,7 +24,8 @@ from pathlib import Path
 
 import polars as pl
 
-from wattflow.analysis.summary import FILE_COLUMN, cell_knobs, scan_cells
+from wattflow.analysis.scan import FILE_COLUMN, scan_cells
+from wattflow.analysis.summary import cell_knobs
 from wattflow.knobs import KNOB_NAMES
 from wattflow.outputs import write_frame
 

@@ -34,12 +34,12 @@ import polars as pl
 
 from wattflow import columns
 from wattflow.analysis.extras import extra_columns
+from wattflow.analysis.scan import FILE_COLUMN, scan_cells
 from wattflow.columns import LATENCIES, QUANTILES, pct_name
 from wattflow.knobs import BY_NAME, DEFAULT, KNOBS, KnobError, parse_path
 from wattflow.outputs import write_frame
 
 _CELL = "_cell"  # row index of the cell in the input list, the join key
-FILE_COLUMN = "_file"  # the scanned file, to tag rows with their cell
 
 
 _DTYPES = {"str": pl.String(), "int": pl.Int64(), "bool": pl.Boolean()}
@@ -55,15 +55,6 @@ def _percentiles(col: str) -> list[pl.Expr]:
         pl.col(col).quantile(q, interpolation="linear").alias(pct_name(col, tag))
         for tag, q in QUANTILES.items()
     ]
-
-
-def scan_cells(files: list[str], cell_ids: pl.DataFrame) -> pl.LazyFrame:
-    """All cells' copies of one table in one scan, joined with `cell_ids`, which maps
-    FILE_COLUMN to whatever identifies the cell (its knobs, its row)."""
-    lf = pl.scan_parquet(
-        files, glob=False, include_file_paths=FILE_COLUMN, missing_columns="insert"
-    )
-    return lf.join(cell_ids.lazy(), on=FILE_COLUMN, how="inner")
 
 
 def _read_cell_json(cell_dir: Path) -> dict[str, Any]:
