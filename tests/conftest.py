@@ -65,3 +65,13 @@ def copy_pipeline(dest: Path) -> Path:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
     return dest
+
+
+@pytest.fixture
+def parrot_source_optional(monkeypatch):
+    """Validate configs whose grid names `mode: parrot` on a checkout without Parrot's
+    source (a clone without ../shared/vendor): their other keys are still checked; that a
+    missing source is an error is tested in test_parrot_env."""
+    from wattflow.parrot import env as parrot_env
+
+    monkeypatch.setattr(parrot_env, "unavailable", lambda: None)

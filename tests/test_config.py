@@ -188,7 +188,7 @@ SHIPPED_CONFIGS = sorted(
 
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS)
-def test_shipped_config_validates(path: str) -> None:
+def test_shipped_config_validates(path: str, parrot_source_optional) -> None:
     """Every config the README, a study or an evidence folder tells users to run is valid
     (validation/h100/calibration.yaml once set a knob in its engine block)."""
     cfg = C.load(ROOT / path)

@@ -145,7 +145,7 @@ def test_measure_runs_cells_through_the_pool(tmp_path, monkeypatch):
     assert not list(state.glob("*.lease"))  # the server was stopped
 
 
-def test_measure_plans_two_configs_on_shared_servers():
+def test_measure_plans_two_configs_on_shared_servers(parrot_source_optional):
     """parrot.yaml and calibration.yaml in one run (measure_both.sh): a server both grids
     need starts once, every cell of both grids is planned except the closed-loop ones whose
     concurrency cannot reach a smaller max_num_seqs, and open-loop cells are never dropped."""
