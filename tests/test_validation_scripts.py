@@ -111,18 +111,8 @@ def test_measure_runs_cells_through_the_pool(tmp_path, monkeypatch):
         TimeoutExpired=subprocess.TimeoutExpired,
     )
     monkeypatch.setattr(measure, "subprocess", stub)
-    use_fake_nvml(FakeNvml(1))
-    slots._reset_cell_slot()
     args = ["--config", str(tmp_path / "config.yaml"), "--single", "--mns", "256"]
-    try:
-        measure.main([*args, "--deadline", "600", "--state", str(state), "--results", str(results)])
-    finally:
-        slots._reset_cell_slot()
-        devices._OVERRIDES.clear()
-    manifests = {
-        p.parent.relative_to(results).as_posix(): json.loads(p.read_text())
-        for p in results.rglob("cell.json")
-    }
+    manifests = _measure(measure, [*args, "--deadline", "600"], state, results)
     assert sorted(manifests) == sorted(
         f"engine=vllm/workload={w}/max_output_tokens=4"  # 256: the default
         for w in [*measure.SINGLE, "w"]
@@ -177,17 +167,7 @@ def test_measure_runs_two_configs_on_one_server(tmp_path, monkeypatch):
     state, results = tmp_path / "state", tmp_path / "results"
     _fake_gpu_host(monkeypatch, tmp_path / "out")
     monkeypatch.setattr(measure, "subprocess", types.SimpleNamespace(run=lambda *a, **k: None))
-    use_fake_nvml(FakeNvml(1))
-    slots._reset_cell_slot()
-    try:
-        measure.main([*paths, "--mns", "256", "--state", str(state), "--results", str(results)])
-    finally:
-        slots._reset_cell_slot()
-        devices._OVERRIDES.clear()
-    manifests = {
-        p.parent.relative_to(results).as_posix(): json.loads(p.read_text())
-        for p in results.rglob("cell.json")
-    }
+    manifests = _measure(measure, [*paths, "--mns", "256"], state, results)
     assert sorted(manifests) == [
         f"{n}/engine=vllm/workload={n}/max_output_tokens=4" for n in ("a", "b")
     ]
@@ -219,3 +199,18 @@ def _fake_gpu_host(monkeypatch, out: Path) -> None:  # noqa: ANN001
         monkeypatch.setenv(k, "")
     for k in ("CUDA_VISIBLE_DEVICES", "WATTFLOW_GPUS", "SLURM_JOB_ID"):
         monkeypatch.delenv(k, raising=False)
+
+
+def _measure(measure, argv: list[str], state: Path, results: Path) -> dict[str, dict]:  # noqa: ANN001
+    """measure.main on one fake NVML GPU; every cell.json it wrote, by path under results."""
+    use_fake_nvml(FakeNvml(1))
+    slots._reset_cell_slot()
+    try:
+        measure.main([*argv, "--state", str(state), "--results", str(results)])
+    finally:
+        slots._reset_cell_slot()
+        devices._OVERRIDES.clear()
+    return {
+        p.parent.relative_to(results).as_posix(): json.loads(p.read_text())
+        for p in results.rglob("cell.json")
+    }

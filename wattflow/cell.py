@@ -336,10 +336,7 @@ def write(
         "workflows": len(workflows),
         "energy": {
             "counter_j": counter,
-            "integral_j": agreement.integral_j,
-            "integral_se_j": agreement.integral_se_j,
-            "disagreement_pct": agreement.disagreement_pct,
-            "tolerance_pct": agreement.tolerance_pct,
+            **agreement.fields(),
             "idle_power_w": m.idle_power_w,
             "static_j": (m.idle_power_w or 0.0) * _span(tel) if m.idle_power_w else None,
         },

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from wattflow import config as wf_config
-from wattflow import energy_check
+from wattflow import energy_check, outputs
 from wattflow.analysis import advise as adv
 from wattflow.calibration import accuracy, fit
 from wattflow.calibration import profile as prof
@@ -151,16 +151,14 @@ def cmd_revalidate(args: argparse.Namespace) -> int:
     """Re-judge measured cells' counter/integral flag by the current rule (energy_check)."""
     cells = []
     for p in map(Path, args.cells):
-        found = sorted({c.parent for c in p.rglob("cell.json")} | ({p} if p.is_dir() else set()))
-        found = [c for c in found if (c / "cell.json").is_file()]
+        found = outputs.cell_dirs(p)
         if not found:
             raise UserError(f"revalidate: {p}: no cell.json at or below it")
         cells += found
     changed = 0
     for c in cells:
-        before = json.loads((c / "cell.json").read_text())["valid"]
         try:
-            m = energy_check.revalidate(c)
+            before, m = energy_check.revalidate(c)
         except (OSError, KeyError, ValueError, pl.exceptions.PolarsError) as err:
             raise UserError(f"revalidate: {c}: {type(err).__name__}: {err}") from None
         e = m["energy"]

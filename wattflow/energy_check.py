@@ -41,6 +41,15 @@ class Agreement:
     def ok(self) -> bool:
         return self.disagreement_pct is not None and self.disagreement_pct <= self.tolerance_pct
 
+    def fields(self) -> dict[str, float | None]:
+        """The cell.json `energy` keys this check writes."""
+        return {
+            "integral_j": self.integral_j,
+            "integral_se_j": self.integral_se_j,
+            "disagreement_pct": self.disagreement_pct,
+            "tolerance_pct": self.tolerance_pct,
+        }
+
 
 def power_integral(tel: pl.DataFrame) -> tuple[float, float]:
     """Trapezoid integral of reported power over every GPU, and its sampling standard error."""
@@ -68,13 +77,14 @@ def check(counter_j: float | None, tel: pl.DataFrame) -> Agreement:
     return Agreement(integral, se, abs(counter_j - integral) / counter_j * 100, tolerance)
 
 
-def revalidate(cell_dir: Path) -> dict:
+def revalidate(cell_dir: Path) -> tuple[bool, dict]:
     """Re-judge a measured cell's counter/integral flag by this rule, from its own
     telemetry.parquet, and rewrite its cell.json: the flag, `valid`, the integral's standard
     error and tolerance. The measurement is untouched; the flags it was written with stay
-    under `validity_measured`. Returns the new manifest."""
+    under `validity_measured`. Returns (`valid` before, the new manifest)."""
     path = cell_dir / "cell.json"
     m = json.loads(path.read_text())
+    before = bool(m["valid"])
     tel = pl.read_parquet(cell_dir / "telemetry.parquet").filter(pl.col("gpu").is_not_null())
     energy = m["energy"]
     a = check(energy.get("counter_j"), tel)
@@ -82,12 +92,7 @@ def revalidate(cell_dir: Path) -> dict:
     validity = {k: v for k, v in m["validity"].items() if k not in (OLD_FLAG, FLAG)}
     m["validity"] = {**validity, FLAG: a.ok}
     m["valid"] = all(m["validity"].values())
-    energy.update(
-        integral_j=a.integral_j,
-        integral_se_j=a.integral_se_j,
-        disagreement_pct=a.disagreement_pct,
-        tolerance_pct=a.tolerance_pct,
-    )
+    energy.update(a.fields())
     m["revalidated"] = {"wattflow": provenance.wattflow_info(), "rule": FLAG}
     outputs.write_json(path, m)
-    return m
+    return before, m

@@ -79,6 +79,13 @@ SCHEMAS = {"requests": REQUESTS, "workflows": WORKFLOWS, "telemetry": TELEMETRY}
 CELL_FILES = ("requests.parquet", "workflows.parquet", "telemetry.parquet", "cell.json")
 
 
+def cell_dirs(path: Path) -> list[Path]:
+    """The cell folders at or below `path` (a cell is a folder holding cell.json), sorted."""
+    if (path / "cell.json").is_file():
+        return [path]
+    return sorted(c.parent for c in path.rglob("cell.json"))
+
+
 def polars_schema(table: str) -> dict[str, pl.DataType]:
     return {name: dtype for name, (dtype, _) in SCHEMAS[table].items()}
 

@@ -34,6 +34,7 @@ from wattflow.engines.sim.clock import run_virtual
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.factory import build_engine
 from wattflow.knobs import complete
+from wattflow.outputs import cell_dirs
 from wattflow.workloads import build
 
 
@@ -233,9 +234,7 @@ def find_cells(paths: list[str | Path]) -> list[MeasuredCell]:
         p = Path(p)
         if not p.exists():
             raise CellError(f"{p}: does not exist")
-        found = [p] if (p / "cell.json").is_file() else sorted(
-            c.parent for c in p.rglob("cell.json")
-        )  # fmt: skip
+        found = cell_dirs(p)
         if not found:
             raise CellError(f"{p}: no cell.json below it")
         out += [MeasuredCell.load(c) for c in found]
