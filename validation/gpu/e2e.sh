@@ -4,7 +4,12 @@
 # `bash .wheels/install.sh .wheels` (validation/gpu/wheels.md); it works on a copy in /tmp/wf
 # and leaves /tmp/e2e/out/STEP.tar.gz and STEP.done as each step ends. Started detached
 # (setsid) so that it outlives the call that starts it; later calls collect the tarballs.
+#   bash validation/gpu/e2e.sh [STEP...]   # steps: par ser incr (default: all three, in order)
+# par needs two GPUs; on a host with more than one, ser and incr use GPU 0 only, as a user of
+# a bigger host would pick it (CUDA_VISIBLE_DEVICES=0); on a one-GPU host they use it as is.
 set -u
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(par ser incr)
 rm -rf /tmp/wf /tmp/e2e && mkdir -p /tmp/wf /tmp/e2e/out
 tar -cf - --exclude=./.wheels --exclude=./.venv --exclude=./results --exclude=./.snakemake . \
   | tar -xf - -C /tmp/wf
@@ -21,11 +26,16 @@ step() {  # NAME RESULTS e2e.py-ARGS...
 {
   nvidia-smi
   python3 -c 'import vllm, snakemake, polars, torch; print("vllm", vllm.__version__, "torch", torch.__version__)'
-  step par results/gpu-par run par --gpus 2 --results results/gpu-par --timeout 1200
-  # one GPU of the two, as a user of a bigger host would pick it
-  one=(--env CUDA_VISIBLE_DEVICES=0)
-  step ser results/gpu-ser run ser --gpus 1 --results results/gpu-ser --timeout 1200 "${one[@]}"
-  step incr results/gpu-ser interrupt incr --results results/gpu-ser --timeout 1200 "${one[@]}"
+  one=()
+  [ "$(nvidia-smi -L | wc -l)" -gt 1 ] && one=(--env CUDA_VISIBLE_DEVICES=0)
+  for s in "${steps[@]}"; do
+    case $s in
+      par) step par results/gpu-par run par --gpus 2 --results results/gpu-par --timeout 1200 ;;
+      ser) step ser results/gpu-ser run ser --gpus 1 --results results/gpu-ser --timeout 1200 "${one[@]}" ;;
+      incr) step incr results/gpu-ser interrupt incr --results results/gpu-ser --timeout 1200 "${one[@]}" ;;
+      *) echo "unknown step: $s (par, ser or incr)" ;;
+    esac
+  done
   echo "== end $(date -u +%FT%TZ)"
 } > /tmp/e2e/out/driver.log 2>&1
 touch /tmp/e2e/out/all.done
