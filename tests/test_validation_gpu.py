@@ -1,11 +1,14 @@
-"""The committed two-GPU evidence (validation/h200x2/, issue 11): Snakemake driving vLLM on a
-GPU host, checked against the package's schemas and against what the README claims."""
+"""The committed GPU-host evidence of issue 11 (validation/h200x2/: two H200s; validation/h100x1/:
+one H100): Snakemake driving vLLM, checked against the package's schemas and against what each
+host's README claims."""
 
 from __future__ import annotations
 
 import datetime as dt
 import importlib.util
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -14,29 +17,68 @@ from tests.conftest import ROOT
 from wattflow import outputs
 from wattflow.knobs import complete, parse_path
 
-HOST = ROOT / "validation" / "h200x2"
-RESULTS = HOST / "results"
-CELLS = sorted(p.parent for p in RESULTS.glob("*/cells/*/*/*/cell.json"))
 HARNESS = ("/tmp/e2e/out", "device-run.sh")  # the calls that polled the run, not the run
 
 
-def checks(step: str) -> dict:
-    return json.loads((HOST / "evidence" / step / "checks.json").read_text())
+@dataclass(frozen=True)
+class Host:
+    """One host's committed run and what its README says happened."""
+
+    name: str
+    gpus: int
+    runs: dict[str, int]  # results folder -> cells
+    new_group_starts: list[int]  # the edit's two new server groups: starts of each, sorted
+    ctrl_c_stops_snakemake: bool  # False on h200x2: Snakemake inherited SIGINT ignored
+
+    @property
+    def dir(self) -> Path:
+        return ROOT / "validation" / self.name
+
+    @property
+    def results(self) -> Path:
+        return self.dir / "results"
+
+    def cells(self, run: str | None = None) -> list[Path]:
+        pattern = f"{run or '*'}/cells/*/*/*/cell.json"
+        return sorted(p.parent for p in self.results.glob(pattern))
+
+    def checks(self, step: str) -> dict:
+        return json.loads((self.dir / "evidence" / step / "checks.json").read_text())
+
+    def readme(self) -> str:
+        return (self.dir / "README.md").read_text()
+
+
+HOSTS = [
+    Host("h200x2", 2, {"gpu-par": 16, "gpu-ser": 24}, [1, 2], ctrl_c_stops_snakemake=False),
+    Host("h100x1", 1, {"gpu-ser": 24}, [1, 3], ctrl_c_stops_snakemake=True),
+]
+H200X2 = HOSTS[0]
+CELLS = [(h, c) for h in HOSTS for c in h.cells()]
+by_host = pytest.mark.parametrize("host", HOSTS, ids=lambda h: h.name)
 
 
 def _left(after: dict) -> list[str]:
     return [p for p in after["processes_left"] if not any(h in p for h in HARNESS)]
 
 
-def test_all_runs_are_there():
-    runs = {p.relative_to(RESULTS).parts[0] for p in CELLS}
-    assert runs == {"gpu-par", "gpu-ser"}
-    assert sum(1 for c in CELLS if c.is_relative_to(RESULTS / "gpu-par")) == 16
-    assert sum(1 for c in CELLS if c.is_relative_to(RESULTS / "gpu-ser")) == 24  # + the edit
+def _no_gpu_memory_in_use(after: dict, host: Host) -> None:
+    smi = after["nvidia_smi"]
+    assert smi["compute_apps"] == []
+    assert [g[2] for g in smi["gpus"]] == ["0"] * host.gpus  # MiB in use, per GPU
 
 
-@pytest.mark.parametrize("cell", CELLS, ids=lambda c: "/".join(c.parts[-4:]))
-def test_cell_files_match_schemas(cell):
+@by_host
+def test_all_runs_are_there(host):
+    runs = {p.relative_to(host.results).parts[0] for p in host.cells()}
+    assert runs == set(host.runs)
+    assert {r: len(host.cells(r)) for r in runs} == host.runs  # gpu-ser: 16 + the edit's 8
+
+
+@pytest.mark.parametrize(
+    ("host", "cell"), CELLS, ids=lambda x: x.name if isinstance(x, Host) else "/".join(x.parts[-4:])
+)
+def test_cell_files_match_schemas(host, cell):
     for table in ("requests", "workflows", "telemetry"):
         outputs.check_schema(table, pl.read_parquet(cell / f"{table}.parquet"))
     m = json.loads((cell / "cell.json").read_text())
@@ -57,26 +99,26 @@ def test_cell_files_match_schemas(cell):
     assert m["engine"]["server_gpus"] == [gpu]
 
 
-def _cells(run: str) -> list[dict]:
+def _cells(host: Host, run: str) -> list[dict]:
     rows = []
-    for c in CELLS:
-        if c.is_relative_to(RESULTS / run):
-            m = json.loads((c / "cell.json").read_text())
-            end = dt.datetime.fromisoformat(m["ended_at"])
-            # requests in flight: the last duration_s before the end (started_at is earlier:
-            # it counts the wait for a GPU slot and the server start)
-            rows.append({"cell": c, "gpu": m["gpu_indices"][0], "key": m["engine"]["server_key"],
-                         "start": end - dt.timedelta(seconds=m["duration_s"]), "end": end,
-                         "began": m["started_at"]})  # fmt: skip
+    for c in host.cells(run):
+        m = json.loads((c / "cell.json").read_text())
+        end = dt.datetime.fromisoformat(m["ended_at"])
+        # requests in flight: the last duration_s before the end (started_at is earlier:
+        # it counts the wait for a GPU slot and the server start)
+        rows.append({"cell": c, "gpu": m["gpu_indices"][0], "key": m["engine"]["server_key"],
+                     "start": end - dt.timedelta(seconds=m["duration_s"]), "end": end,
+                     "began": m["started_at"]})  # fmt: skip
     return sorted(rows, key=lambda r: r["began"])
 
 
-def test_one_gpu_one_start_per_server_group_and_groups_back_to_back():
+@by_host
+def test_one_gpu_one_start_per_server_group_and_groups_back_to_back(host):
     """gpu=1 (CUDA_VISIBLE_DEVICES=0 on the two-GPU host): 4 server groups, 4 vLLM starts,
     each group's 4 cells in one run, all on GPU 0; summary, figures and report built there."""
-    c = checks("ser")
+    c = host.checks("ser")
     assert c["exit_code"] == 0 and c["plan_before"]["cell"] == 16 and c["plan_after"] == {}
-    first16 = _cells("gpu-ser")[:16]
+    first16 = _cells(host, "gpu-ser")[:16]
     assert {r["gpu"] for r in first16} == {0}
     keys = [r["key"] for r in first16]
     runs = [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
@@ -84,17 +126,16 @@ def test_one_gpu_one_start_per_server_group_and_groups_back_to_back():
     assert sorted(c["server_starts"].values()) == [1, 1, 1, 1]
     after = c["after_after"]
     assert not _left(after) and not after["partial_cell_dirs"]
-    assert after["nvidia_smi"]["compute_apps"] == []
-    assert [g[2] for g in after["nvidia_smi"]["gpus"]] == ["0", "0"]  # MiB in use, per GPU
+    _no_gpu_memory_in_use(after, host)
     for name in ("summary.parquet", "stages.parquet", "report.html"):
-        assert (RESULTS / "gpu-ser" / name).exists()
-    assert len(list((RESULTS / "gpu-ser" / "figures").glob("*.png"))) >= 6
+        assert (host.results / "gpu-ser" / name).exists()
+    assert len(list((host.results / "gpu-ser" / "figures").glob("*.png"))) >= 6
 
 
 def test_two_gpus_run_two_cells_at_once_each_with_its_own_server():
-    c = checks("par")
+    c = H200X2.checks("par")
     assert c["exit_code"] == 0 and c["plan_after"] == {}
-    cells = _cells("gpu-par")
+    cells = _cells(H200X2, "gpu-par")
     assert {r["gpu"] for r in cells} == {0, 1}
     overlaps = [
         (a, b)
@@ -114,35 +155,38 @@ def test_two_gpus_run_two_cells_at_once_each_with_its_own_server():
     assert not _left(after) and after["nvidia_smi"]["compute_apps"] == []
 
 
-def test_recorded_server_starts_are_the_committed_server_logs():
+@by_host
+def test_recorded_server_starts_are_the_committed_server_logs(host):
     """checks.json's server starts are e2e.py's count of the committed server logs: each
-    results folder's logs as its last step left them (gpu-ser: after incr). Of the edit's two
-    new groups one was started twice (the Ctrl-C and the `kill -TERM` run), one once (README)."""
+    results folder's logs as its last step left them (gpu-ser: after incr). The edit's two new
+    groups: on h200x2 one was started twice (the Ctrl-C and the `kill -TERM` run) and one once;
+    on h100x1 one three times (those two runs and the rerun) and one once (README)."""
     path = ROOT / "validation" / "gpu" / "e2e.py"
     spec = importlib.util.spec_from_file_location("_e2e", path)
     e2e = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(e2e)
-    assert e2e.server_starts(RESULTS / "gpu-par") == checks("par")["server_starts"]
-    incr = checks("incr")["server_starts"]
-    assert e2e.server_starts(RESULTS / "gpu-ser") == incr
-    new = {k: v for k, v in incr.items() if k not in checks("ser")["server_starts"]}
-    assert sorted(new.values()) == [1, 2]
-    readme = (HOST / "README.md").read_text()
+    for run in set(host.runs) - {"gpu-ser"}:
+        assert e2e.server_starts(host.results / run) == host.checks(run[4:])["server_starts"]
+    incr = host.checks("incr")["server_starts"]
+    assert e2e.server_starts(host.results / "gpu-ser") == incr
+    new = {k: v for k, v in incr.items() if k not in host.checks("ser")["server_starts"]}
+    assert sorted(new.values()) == host.new_group_starts
+    words = {1: "once", 2: "twice", 3: "three times"}
     for key, n in new.items():
-        assert f"`{key[:8]}…` {'twice' if n == 2 else 'once'}" in readme, key
+        assert f"`{key[:8]}…` {words[n]}" in host.readme(), key
 
 
 def test_wall_time_ratio_is_recorded_as_measured():
     """gpu=2 against gpu=1 on the same grid: the gpu=2 run paid the host's first (cold)
     vLLM starts, so its wall time is not the parallel speed-up (README says so)."""
-    par, ser = checks("par")["wall_s"], checks("ser")["wall_s"]
+    par, ser = H200X2.checks("par")["wall_s"], H200X2.checks("ser")["wall_s"]
     assert par == pytest.approx(541.9) and ser == pytest.approx(487.1)
-    readme = (HOST / "README.md").read_text()
-    assert f"{par / ser:.2f}" in readme
+    assert f"{par / ser:.2f}" in H200X2.readme()
 
 
-def test_added_knob_value_interruptions_and_rerun():
-    c = checks("incr")
+@by_host
+def test_added_knob_value_interruptions_and_rerun(host):
+    c = host.checks("incr")
     # the edit (max_num_seqs 64 added) plans exactly its 8 new cells
     assert c["plan_edited"]["cell"] == 8 and c["plan_edited"]["total"] == 12
     for tag in ("sigint", "sigterm"):
@@ -150,22 +194,33 @@ def test_added_knob_value_interruptions_and_rerun():
         assert s["cell_in_flight"] and s["running_cells"]
         assert s["exit_code"] == 1  # an interrupted run is not a finished one
         assert not after["partial_cell_dirs"] and not _left(after)
-        assert after["nvidia_smi"]["compute_apps"] == []
-        assert [g[2] for g in after["nvidia_smi"]["gpus"]] == ["0", "0"]
+        _no_gpu_memory_in_use(after, host)
     # the cell Ctrl-C interrupted left no files and was measured again, by the next run
     interrupted = c["signal_sigint"]["running_cells"][0]
     assert c["signal_sigterm"]["running_cells"] == [interrupted]
-    assert (RESULTS / "gpu-ser" / "cells" / interrupted / "cell.json").exists()
-    # then nothing was missing but the analysis, and afterwards nothing at all
-    assert c["plan_rerun"] == {"summary": 1, "figures": 1, "report": 1, "all": 1, "total": 4}
+    assert (host.results / "gpu-ser" / "cells" / interrupted / "cell.json").exists()
+    # `kill -TERM`: Snakemake let the running cell finish, started no other, and stopped
+    assert c["after_sigterm"]["cells_done"] == c["after_sigint"]["cells_done"] + 1
+    if host.ctrl_c_stops_snakemake:
+        # Ctrl-C stopped Snakemake within seconds, with no new cell done; the rerun's plan
+        # is the 7 new cells still missing and the analysis
+        assert c["signal_sigint"]["exit_after_signal_s"] < 10
+        assert c["after_sigint"]["cells_done"] == 16
+        assert c["plan_rerun"] == {"cell": 7, "summary": 1, "figures": 1, "report": 1,
+                                   "all": 1, "total": 11}  # fmt: skip
+    else:
+        # SIGINT reached the cell only: Snakemake went on with the other 7 new cells
+        assert c["after_sigint"]["cells_done"] == 23
+        assert c["plan_rerun"] == {"summary": 1, "figures": 1, "report": 1, "all": 1, "total": 4}
     assert c["rerun"]["exit_code"] == 0 and c["plan_final"] == {}
-    summary = pl.read_parquet(RESULTS / "gpu-ser" / "summary.parquet")
+    summary = pl.read_parquet(host.results / "gpu-ser" / "summary.parquet")
     assert summary.height == 24 and (summary["failed_requests"] == 0).all()
 
 
-def test_no_api_key_in_the_evidence():
+@by_host
+def test_no_api_key_in_the_evidence(host):
     """The server registry (which holds each server's key) is not committed."""
-    assert not list(HOST.rglob(".servers/*.json"))
-    for p in HOST.rglob("*"):
+    assert not list(host.dir.rglob(".servers/*.json"))
+    for p in host.dir.rglob("*"):
         if p.is_file() and p.suffix in (".log", ".txt", ".json", ".yaml"):
             assert "api_key" not in p.read_text(errors="replace").lower(), p

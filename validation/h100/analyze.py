@@ -30,6 +30,7 @@ from wattflow.analysis.report import write_report  # noqa: E402
 from wattflow.analysis.stages import write_stages  # noqa: E402
 from wattflow.analysis.steady import MIN_WINDOW_S, STABLE_FILL  # noqa: E402
 from wattflow.analysis.summary import write_summary  # noqa: E402
+from wattflow.calibration import profile  # noqa: E402
 from wattflow.provenance import wattflow_info  # noqa: E402
 
 ROOT = HERE.parents[1]
@@ -343,13 +344,16 @@ def calibration() -> str:
     root = HERE / "calibration"
     dirs = cell_dirs(root)
     summary = write_summary(dirs, root / "summary.parquet").sort("workload", "max_num_seqs")
+    fitted = set(profile.load("h100-sxm").source.get("cells", []))
+    in_fit = sum(str(d) in fitted for d in dirs)
     out = [
         "",
         "## (e) More single-call ground truth (calibration.yaml)",
         "",
         f"{len(dirs)} cells, {summary['valid'].sum()} valid, one fcfs server per max_num_seqs "
-        "with prefix caching on. Not in the shipped profile's fit (the concurrency sweep (a) "
-        "is): `accuracy/` scores the simulator on them as held-out cells.",
+        f"with prefix caching on. {in_fit} of them are among the {len(fitted)} cells the "
+        "shipped `h100-sxm` profile is fitted to (its `source.cells`); `accuracy/` scores the "
+        "simulator on the workflow, scheduling and Parrot sets, held out.",
         "",
         "| workload | max_num_seqs | requests | duration s | output tok/s | J/output token "
         "| avg power W | TTFT p50 s | TPOT p50 ms | cached prompt tokens | valid |",

@@ -1,0 +1,112 @@
+"""What single steps cost on a configured GPU: the table in MODEL.md §5.
+
+One saturated prefill chunk and decode steps of a few batch sizes, at the default power limit
+and under caps, in steady state (the cap controller's average at the cap, so no burst
+allowance), with the constants of the GPU's profile. The table is printed from the model, not
+copied by hand, so a refit cannot leave it stale (tests/test_sim_steps.py compares it with
+MODEL.md):
+
+    python -m wattflow.engines.sim.steps [--config config/config.yaml] [--engine sim]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from wattflow import config as C
+from wattflow.engines.sim import factory
+from wattflow.engines.sim.perf import Roofline
+from wattflow.engines.sim.power import PowerModel
+
+CAPS_W = (450.0, 250.0)
+BATCHES = (1, 32, 128, 256)
+CHUNK = 8192  # max_num_batched_tokens: one full prefill chunk
+CONTEXT = 1152  # tokens per decoding sequence (a 1024-token prompt, 128 generated)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step at one power limit: seconds, watts, SM clock as a share of max."""
+
+    seconds: float
+    watts: float
+    f: float
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    default: Step
+    uncapped_w: float  # what the step would draw at max clock
+    capped: dict[float, Step]
+
+
+def rows(
+    engine: dict,
+    caps: Sequence[float] = CAPS_W,
+    batches: Sequence[int] = BATCHES,
+    chunk: int = CHUNK,
+    context: int = CONTEXT,
+) -> list[Row]:
+    """The steps of `engine` (an engine slice, `config.engine_slice`) under each cap."""
+    model = factory.model_shape(engine)
+    gpu, constants = factory.gpu_and_constants(engine)
+    steady = constants.with_values(power_window_s=0.0)
+    roof = Roofline.build(model, gpu, constants)
+    costs = [(f"prefill, one {chunk}-token chunk", roof.prefill_times(chunk))]
+    costs += [(f"decode, batch {b}", roof.decode_times(b, b * context)) for b in batches]
+    fmax = gpu.max_sm_clock_mhz
+
+    def run(cap: float | None, cost) -> Step:
+        t, p, mhz, *_ = PowerModel(gpu, cap, None, steady).step(cost)
+        return Step(t, p, mhz / fmax)
+
+    return [
+        Row(
+            label,
+            run(None, cost),
+            PowerModel(gpu, None, None, steady).at(0, cost)[1],
+            {cap: run(cap, cost) for cap in caps},
+        )
+        for label, cost in costs
+    ]
+
+
+def _cell(s: Step) -> str:
+    return f"{s.seconds * 1000:.3g} ms, {s.watts:.0f} W, f {s.f:.3f}"
+
+
+def markdown(table: list[Row], default_w: float) -> str:
+    caps = list(table[0].capped)
+    head = f"| step | default limit ({default_w:.0f} W) | " + " | ".join(
+        f"{c:.0f} W cap" for c in caps
+    )
+    lines = [head + " |", "|---" * (2 + len(caps)) + "|"]
+    for r in table:
+        uncapped = f" ({r.uncapped_w:.0f} W at f 1)" if r.default.f < 1.0 else ""
+        cells = [_cell(r.default) + uncapped] + [_cell(r.capped[c]) for c in caps]
+        lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m wattflow.engines.sim.steps", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument("--config", default="config/config.yaml")
+    ap.add_argument("--engine", default="sim", help="a sim engine of the config")
+    a = ap.parse_args(argv)
+    cfg = C.load(a.config)
+    if a.engine not in cfg["engines"]:
+        print(f"error: no engine {a.engine!r} in {a.config}", file=sys.stderr)
+        return 2
+    engine = C.engine_slice(cfg, a.engine)
+    print(markdown(rows(engine), engine["gpu"]["max_power_limit_w"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
