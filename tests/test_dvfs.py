@@ -241,7 +241,7 @@ def test_h100_points_match_the_committed_telemetry():
     q25, med, q75 = got["prefill"]["clock_q25_median_q75"]
     at700 = raw["h100-prefill-at-700w"]
     assert (at700["low"], at700["value"], at700["high"]) == pytest.approx((q25, med, q75), abs=1e-3)
-    assert got["prefill"]["samples"] == 416 and got["prefill"]["cells"] == 23
+    assert got["prefill"]["samples"] == 418 and got["prefill"]["cells"] == 25
     onset = raw["h100-prefill-transient-power"]["value"]
     assert got["prefill"]["max_instant_power_at_fmax_w"] == pytest.approx(onset, abs=0.5)
     for batch, (clock, power) in raw["h100-decode-power-by-batch"]["derived"].items():

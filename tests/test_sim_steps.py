@@ -22,6 +22,15 @@ def test_model_md_shows_the_shipped_profiles_steps(engine):
     assert table in model_md, "MODEL.md §5: rerun `python -m wattflow.engines.sim.steps`"
 
 
+def test_model_md_states_the_shipped_front_end_delay(engine):
+    """§1's delays at 1, 128 and 256 requests in flight are the shipped profile's."""
+    model_md = " ".join((ROOT / "wattflow" / "engines" / "sim" / "MODEL.md").read_text().split())
+    sentence = steps.frontend_sentence(steps.frontend_delays(engine))
+    assert sentence in model_md, f"MODEL.md §1 should say: {sentence}"
+    delays = list(steps.frontend_delays(engine, (1, 64, 128)).values())
+    assert delays == sorted(delays) and delays[0] > 0  # grows with the streams in flight
+
+
 def test_a_cap_holds_power_and_never_speeds_a_step_up(engine):
     table = steps.rows(engine, caps=(550.0, 450.0, 250.0))
     for row in table:

@@ -1,4 +1,5 @@
-"""What single steps cost on a configured GPU: the table in MODEL.md §5.
+"""What single steps cost on a configured GPU (the table in MODEL.md §5), and the front end's
+delay (§1).
 
 One saturated prefill chunk and decode steps of a few batch sizes, at the default power limit
 and under caps, in steady state (the cap controller's average at the cap, so no burst
@@ -75,6 +76,23 @@ def rows(
     ]
 
 
+def frontend_delays(engine: dict, in_flight: Sequence[int] = (1, 128, 256)) -> dict[int, float]:
+    """Seconds from dispatch to the scheduler with n requests already in flight (§1)."""
+    _, c = factory.gpu_and_constants(engine)
+    return {n: c.frontend_latency_s + c.frontend_per_stream2_s * n * n for n in in_flight}
+
+
+def frontend_sentence(delays: dict[int, float]) -> str:
+    """The delays as MODEL.md §1 states them."""
+    parts = [f"{d * 1000:.1f} ms" if d < 0.05 else f"{d:.2f} s" for d in delays.values()]
+    ns = list(delays)
+    return (
+        f"the shipped profile gives {parts[0]} at n = {ns[0]}, "
+        + ", ".join(f"{x} at {n}" for x, n in zip(parts[1:-1], ns[1:-1], strict=True))
+        + f" and {parts[-1]} at {ns[-1]}"
+    )
+
+
 def _cell(s: Step) -> str:
     return f"{s.seconds * 1000:.3g} ms, {s.watts:.0f} W, f {s.f:.3f}"
 
@@ -105,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     engine = C.engine_slice(cfg, a.engine)
     print(markdown(rows(engine), engine["gpu"]["max_power_limit_w"]))
+    print(f"\nFront end (§1): {frontend_sentence(frontend_delays(engine))}.")
     return 0
 
 
