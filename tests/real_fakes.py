@@ -71,6 +71,9 @@ class FakeNvml:
     def nvmlDeviceGetName(self, h: int) -> str:  # noqa: N802
         return "Fake GPU"
 
+    def nvmlDeviceGetUUID(self, h: int) -> bytes:  # noqa: N802 - older bindings return bytes
+        return f"GPU-fa4e0000-0000-0000-0000-{h:012d}".encode()
+
     def nvmlDeviceGetPowerUsage(self, h: int) -> int:  # noqa: N802
         return self.power_mw
 

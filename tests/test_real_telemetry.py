@@ -49,6 +49,22 @@ def test_sampler_memory_power_and_context_manager():
     assert s.rows and s.rows[0]["mem_power_w"] == 60.0
     # cell.json names the card that really ran, whatever the config's GPU entry says
     assert s.info()["names"] == {"0": "Fake GPU"} and s.info()["gpus"] == [0]
+    assert s.info()["uuids"] == {"0": "GPU-fa4e0000-0000-0000-0000-000000000000"}
+
+
+def test_sampler_records_no_uuid_where_the_device_has_none():
+    """A binding or VM without the UUID call: the cell still runs, the UUID is null."""
+
+    class NoUuid(FakeNvml):
+        def nvmlDeviceGetUUID(self, h: int) -> bytes:  # noqa: N802
+            raise RuntimeError("Not Supported")
+
+    s = GpuSampler([0, 1], period_s=0.02, lib=lib(NoUuid(2)))
+    try:
+        assert s.info()["uuids"] == {"0": None, "1": None}
+        assert s.sample()[0]["power_w"] > 0
+    finally:
+        s.close()
 
 
 def test_idle_baseline_from_counter():

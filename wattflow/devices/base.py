@@ -25,6 +25,7 @@ class Gpu(Protocol):
     index: int
 
     def name(self) -> str | None: ...  # the device's model, e.g. "NVIDIA H200"
+    def uuid(self) -> str | None: ...  # this card (an index is only a slot on one host)
     def power_w(self) -> float: ...
     def power_source(self) -> str: ...  # "instant" | "average": what power_w reads
     def energy_j(self) -> float | None: ...  # total-energy counter since some epoch

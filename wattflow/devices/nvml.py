@@ -50,6 +50,10 @@ class NvmlGpu:
         v = self._safe(self.nvml.nvmlDeviceGetName)
         return v.decode(errors="replace") if isinstance(v, bytes) else v
 
+    def uuid(self) -> str | None:
+        v = self._safe(self.nvml.nvmlDeviceGetUUID)
+        return v.decode(errors="replace") if isinstance(v, bytes) else v
+
     def power_w(self) -> float:
         """Instantaneous power where NVML has it: nvmlDeviceGetPowerUsage is a 1 s moving
         average on Hopper, which lags every ramp, so its integral undercounts short cells

@@ -33,6 +33,7 @@ class GpuSampler:
         try:
             self.gpus = {i: self.lib.gpu(i) for i in self.indices}
             self.names = {str(i): g.name() for i, g in self.gpus.items()}  # read while open
+            self.uuids = {str(i): g.uuid() for i, g in self.gpus.items()}
         except BaseException:
             self.lib.close()
             raise
@@ -53,11 +54,13 @@ class GpuSampler:
         return next(iter(self.gpus.values())).power_source() if self.gpus else None
 
     def info(self) -> dict:
-        """What cell.json records of the sampler, the devices' own names among it (the
-        config's GPU entry names a model; this says which card really ran)."""
+        """What cell.json records of the sampler, the devices' own names and UUIDs among it
+        (the config's GPU entry names a model; these say which model and which card really
+        ran: cells measured in different sessions can be told apart by card)."""
         return {
             "gpus": self.indices,
             "names": self.names,
+            "uuids": self.uuids,
             "power_source": self.power_source,
             "period_s": self.period_s,
         }
