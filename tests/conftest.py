@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -55,6 +56,15 @@ TINY_MODEL = {
     "max_context": 4096,
     "dtype": "bf16",
 }
+
+
+def load_script(rel: str):  # noqa: ANN201 - a module
+    """A script of the repository (validation/, bench/) imported as a module, by path."""
+    path = ROOT / rel
+    spec = importlib.util.spec_from_file_location(f"_script_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def copy_pipeline(dest: Path) -> Path:

@@ -5,7 +5,6 @@ host's README claims."""
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 from wattflow import outputs
 from wattflow.knobs import complete, parse_path
 
@@ -161,10 +160,7 @@ def test_recorded_server_starts_are_the_committed_server_logs(host):
     results folder's logs as its last step left them (gpu-ser: after incr). The edit's two new
     groups: on h200x2 one was started twice (the Ctrl-C and the `kill -TERM` run) and one once;
     on h100x1 one three times (those two runs and the rerun) and one once (README)."""
-    path = ROOT / "validation" / "gpu" / "e2e.py"
-    spec = importlib.util.spec_from_file_location("_e2e", path)
-    e2e = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(e2e)
+    e2e = load_script("validation/gpu/e2e.py")
     for run in set(host.runs) - {"gpu-ser"}:
         assert e2e.server_starts(host.results / run) == host.checks(run[4:])["server_starts"]
     incr = host.checks("incr")["server_starts"]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 from wattflow import config as C
 from wattflow import energy_check, outputs
 from wattflow.config import parse_path
@@ -133,9 +132,7 @@ def test_calibration_cells_are_the_measured_part_of_the_grid():
     """13 of calibration.yaml's 21 cells: exactly those `measure.py --skip-unbound` plans
     (every workload at 256; at 128 and 32 the loads that can fill the batch). The 8 it
     leaves out repeat their 256 cell (README), and nothing else is claimed."""
-    spec = importlib.util.spec_from_file_location("_measure", H100 / "measure.py")
-    measure = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(measure)
+    measure = load_script("validation/h100/measure.py")
     cfg = C.load(H100 / "calibration.yaml")
     planned = measure.plan({"calibration": cfg}, cfg["grid"]["max_num_seqs"], False, True)
     got = {

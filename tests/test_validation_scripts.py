@@ -5,7 +5,6 @@ and a fake NVML."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 import yaml
 from real_fakes import FakeNvml, use_fake_nvml
 
-from tests.conftest import ROOT, TINY_MODEL
+from tests.conftest import ROOT, TINY_MODEL, load_script
 from wattflow import devices
 from wattflow.devices import slots
 from wattflow.engines.backends.vllm import COMMAND_ENV
@@ -41,17 +40,9 @@ def _results_stamp() -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in BENCH_RESULTS.iterdir()}
 
 
-def _load(rel: str):  # noqa: ANN202
-    path = ROOT / rel
-    spec = importlib.util.spec_from_file_location(f"_script_{path.stem}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_script_imports_and_parses_its_arguments(script, tmp_path):
-    _load(script)  # every name it imports from wattflow exists
+    load_script(script)  # every name it imports from wattflow exists
     env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")}
     before = _results_stamp()
     out = subprocess.run(
@@ -82,7 +73,7 @@ def test_bench_run_rejects_an_unknown_benchmark_before_running_any(tmp_path):
 
 
 def test_measure_groups_the_h100_grid_by_server():
-    measure = _load("validation/h100/measure.py")
+    measure = load_script("validation/h100/measure.py")
     from wattflow import config
 
     cfg = config.load(ROOT / "validation" / "h100" / "config.yaml")
@@ -100,7 +91,7 @@ def test_measure_runs_cells_through_the_pool(tmp_path, monkeypatch):
     """measure.py's main as on the GPU host (`--single --mns 256`): the `vllm` backend starts
     one server from the pool (a fake vLLM here), the cells run on it, `vllm bench serve` is
     pointed at that server, and the cells are packed under $OUT."""
-    measure = _load("validation/h100/measure.py")
+    measure = load_script("validation/h100/measure.py")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(_tiny_config([*measure.SINGLE], "w")))
     state, results, out = tmp_path / "state", tmp_path / "results", tmp_path / "out"
     _fake_gpu_host(monkeypatch, out)
@@ -139,7 +130,7 @@ def test_measure_plans_two_configs_on_shared_servers(parrot_source_optional):
     """parrot.yaml and calibration.yaml in one run (measure_both.sh): a server both grids
     need starts once, every cell of both grids is planned except the closed-loop ones whose
     concurrency cannot reach a smaller max_num_seqs, and open-loop cells are never dropped."""
-    measure = _load("validation/h100/measure.py")
+    measure = load_script("validation/h100/measure.py")
     from wattflow import config
 
     names = ["parrot", "calibration"]
@@ -159,7 +150,7 @@ def test_measure_plans_two_configs_on_shared_servers(parrot_source_optional):
 def test_measure_runs_two_configs_on_one_server(tmp_path, monkeypatch):
     """Two configs in one run: cells of both on the server they share (one start), each
     config's cells under its own results folder."""
-    measure = _load("validation/h100/measure.py")
+    measure = load_script("validation/h100/measure.py")
     paths = []
     for name in ("a", "b"):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(_tiny_config([], name)))

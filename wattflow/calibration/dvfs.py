@@ -32,7 +32,7 @@ import yaml
 from wattflow.calibration import profile as prof
 from wattflow.engines.sim.constants import ALPHA, MEMORY_KNEE
 from wattflow.engines.sim.perf import Roofline
-from wattflow.engines.sim.power import PowerModel, clock_grid
+from wattflow.engines.sim.power import clock_grid, steady_step
 
 SOURCES = Path(__file__).with_name("dvfs_sources.yaml")
 CONSTANTS = prof.DVFS_REQUIRED  # alpha, memory_knee: the profile's dvfs: keys
@@ -554,9 +554,8 @@ def predict_on_simulator(
     steady state (the controller's average at the cap), with the profile's constants.
     model/gpu/constants: ModelShape, GpuSpec, SimConstants."""
     cost = Roofline.build(model, gpu, constants).prefill_times(chunk_tokens)
-    steady = constants.with_values(power_window_s=0.0)
-    t_base = PowerModel(gpu, None, None, steady).step(cost)[0]
-    t_cap = PowerModel(gpu, p.params["cap_w"], None, steady).step(cost)[0]
+    t_base = steady_step(gpu, constants, None, cost)[0]
+    t_cap = steady_step(gpu, constants, p.params["cap_w"], cost)[0]
     share = p.params.get("insensitive_share", 0.0)
     return share + (1.0 - share) * t_cap / t_base
 

@@ -53,6 +53,10 @@ class SimConstants:
             memory_dynamic_w=gpu.memory_dynamic_w,
         )
 
+    def frontend_delay_s(self, in_flight: int) -> float:
+        """Client -> scheduler with `in_flight` requests already accepted (MODEL.md §1)."""
+        return self.frontend_latency_s + self.frontend_per_stream2_s * in_flight * in_flight
+
     def with_values(self, **values: float) -> SimConstants:
         unknown = set(values) - set(names())
         if unknown:

@@ -97,7 +97,7 @@ class SimEngine:
         self._plan_n = 0  # steps of the plan that will be committed
         self._idle = (c.idle_w, self.power.idle_clock_mhz, 0.0, 0.0, REASON_GPU_IDLE)
         self._async = c.async_scheduling
-        self._fe = (c.frontend_latency_s, c.frontend_per_stream2_s)
+        self._frontend_delay_s = c.frontend_delay_s
         self._inflight = 0  # requests accepted and not finished (front-end load)
         # Async scheduling: (first step index it may join, seq) of arrivals the scheduler
         # has not seen yet; step indices count committed steps (`self.steps`).
@@ -125,7 +125,7 @@ class SimEngine:
             return rec
         fut = loop.create_future()
         seq = Seq(request, rec, fut)
-        delay = self._fe[0] + self._fe[1] * self._inflight * self._inflight
+        delay = self._frontend_delay_s(self._inflight)
         self._inflight += 1
         if delay > 0.0:
             loop.call_at(now + delay, self._arrive, seq)

@@ -153,6 +153,16 @@ class PowerModel:
             self.avg_w = self.avg_w * a + self._idle * (1.0 - a)
 
 
+def steady_step(
+    gpu: GpuSpec, constants: SimConstants, cap_w: float | None, cost: StepCost
+) -> tuple[float, float, float]:
+    """(seconds, W, SM MHz) of one step in steady state under `cap_w` (None: the default
+    limit): the controller's average already at the cap, so no burst allowance."""
+    steady = constants.with_values(power_window_s=0.0)
+    t, p, mhz, *_ = PowerModel(gpu, cap_w, None, steady).step(cost)
+    return t, p, mhz
+
+
 class PowerTrace(Sequence):
     """Contiguous power segments (t0, t1, power_w, sm_clock_mhz, util, mem_power_w) from 0.
 

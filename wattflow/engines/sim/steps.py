@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from wattflow import config as C
 from wattflow.engines.sim import factory
 from wattflow.engines.sim.perf import Roofline
-from wattflow.engines.sim.power import PowerModel
+from wattflow.engines.sim.power import PowerModel, steady_step
 
 CAPS_W = (450.0, 250.0)
 BATCHES = (1, 32, 128, 256)
@@ -55,21 +55,20 @@ def rows(
     """The steps of `engine` (an engine slice, `config.engine_slice`) under each cap."""
     model = factory.model_shape(engine)
     gpu, constants = factory.gpu_and_constants(engine)
-    steady = constants.with_values(power_window_s=0.0)
     roof = Roofline.build(model, gpu, constants)
     costs = [(f"prefill, one {chunk}-token chunk", roof.prefill_times(chunk))]
     costs += [(f"decode, batch {b}", roof.decode_times(b, b * context)) for b in batches]
     fmax = gpu.max_sm_clock_mhz
 
     def run(cap: float | None, cost) -> Step:
-        t, p, mhz, *_ = PowerModel(gpu, cap, None, steady).step(cost)
+        t, p, mhz = steady_step(gpu, constants, cap, cost)
         return Step(t, p, mhz / fmax)
 
     return [
         Row(
             label,
             run(None, cost),
-            PowerModel(gpu, None, None, steady).at(0, cost)[1],
+            PowerModel(gpu, None, None, constants).at(0, cost)[1],
             {cap: run(cap, cost) for cap in caps},
         )
         for label, cost in costs
@@ -79,7 +78,7 @@ def rows(
 def frontend_delays(engine: dict, in_flight: Sequence[int] = (1, 128, 256)) -> dict[int, float]:
     """Seconds from dispatch to the scheduler with n requests already in flight (§1)."""
     _, c = factory.gpu_and_constants(engine)
-    return {n: c.frontend_latency_s + c.frontend_per_stream2_s * n * n for n in in_flight}
+    return {n: c.frontend_delay_s(n) for n in in_flight}
 
 
 def frontend_sentence(delays: dict[int, float]) -> str:
