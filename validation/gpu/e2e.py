@@ -1,7 +1,7 @@
 """Issue 11 on a GPU host: the README's own command (`snakemake --configfile config/gpu.yaml`)
 driving vLLM, with the evidence of what happened collected as it runs.
 
-    python validation/gpu/e2e.py run NAME --gpus N [--results DIR]  # a full grid
+    python validation/gpu/e2e.py run NAME --gpus N [--results DIR] [--grid KEY=V,V]  # a grid
     python validation/gpu/e2e.py interrupt NAME --results DIR  # edit, SIGINT, SIGTERM, rerun
     python validation/gpu/e2e.py pack OUT.tar.gz --step NAME --results DIR  # keys masked
 
@@ -85,6 +85,28 @@ def snakemake_cmd(config: str, results: str | None, gpus: int, *extra: str) -> l
     if results:
         cmd += ["--config", f"results={results}"]
     return cmd + list(extra)
+
+
+def edit_grid(text: str, key: str, values: str) -> str:
+    """config/gpu.yaml's text with the grid line `KEY: [...]` set to `[VALUES]`, as a user
+    edits it (the comments and every other line stay)."""
+    pattern = re.compile(rf"^(  {re.escape(key)}: )\[[^\]]*\]", re.M)
+    new, n = pattern.subn(rf"\g<1>[{values}]", text)
+    if n != 1:
+        raise SystemExit(f"{CONFIG}: no single grid line '  {key}: [...]' to edit; update e2e.py")
+    return new
+
+
+def edited_config(step: Step, edits: list[str], name: str) -> str:
+    """Write config/gpu.yaml with the grid edits (KEY=V,V) into the step folder; its path."""
+    text = (ROOT / CONFIG).read_text()
+    for edit in edits:
+        key, _, values = edit.partition("=")
+        text = edit_grid(text, key, ", ".join(v.strip() for v in values.split(",")))
+    path = step.dir / name
+    path.write_text(text)
+    step.note(f"# edit: {CONFIG} with {'; '.join(edits)} ({name})")
+    return str(path)
 
 
 def plan(step: Step, config: str, results: str | None, gpus: int, tag: str) -> dict[str, int]:
@@ -211,16 +233,17 @@ def run(args: argparse.Namespace) -> int:
     step = Step(args.name)
     results = Path(args.results or "results/gpu")
     res_arg = args.results
+    cfg = edited_config(step, args.grid, "gpu-edited.yaml") if args.grid else CONFIG
     step.checks["host"] = gpu_state()
-    plan(step, CONFIG, res_arg, args.gpus, "before")
+    plan(step, cfg, res_arg, args.gpus, "before")
     t0 = time.time()
-    rc = step.sh(snakemake_cmd(CONFIG, res_arg, args.gpus), "snakemake.log", timeout=args.timeout)
+    rc = step.sh(snakemake_cmd(cfg, res_arg, args.gpus), "snakemake.log", timeout=args.timeout)
     step.checks["wall_s"] = round(time.time() - t0, 1)
     step.checks["exit_code"] = rc
     after_run(step, ROOT / results, "after")
     step.checks["server_starts"] = server_starts(ROOT / results)
     step.checks["cells"] = cell_facts(ROOT / results)
-    plan(step, CONFIG, res_arg, args.gpus, "after")
+    plan(step, cfg, res_arg, args.gpus, "after")
     step.save()
     return rc
 
@@ -308,13 +331,7 @@ def interrupt(args: argparse.Namespace) -> int:
     the run that completes the grid."""
     step = Step(args.name)
     results = Path(args.results)
-    edited = step.dir / "gpu-edited.yaml"
-    text = (ROOT / CONFIG).read_text()
-    new = text.replace("max_num_seqs: [16, 256]", "max_num_seqs: [16, 64, 256]")
-    assert new != text, "config/gpu.yaml: the max_num_seqs line changed; update e2e.py"
-    edited.write_text(new)
-    step.note(f"# edit: {CONFIG} with max_num_seqs [16, 256] -> [16, 64, 256] ({edited.name})")
-    cfg = str(edited)
+    cfg = edited_config(step, ["max_num_seqs=16,64,256"], "gpu-edited.yaml")
     plan(step, cfg, str(results), 1, "edited")
     signal_run(step, cfg, results, signal.SIGINT, "sigint")
     signal_run(step, cfg, results, signal.SIGTERM, "sigterm")
@@ -372,6 +389,8 @@ def main() -> int:
     r.add_argument("--gpus", type=int, default=1)
     r.add_argument("--results")
     r.add_argument("--timeout", type=float, default=560)
+    r.add_argument("--grid", action="append", default=[], metavar="KEY=V,V",
+                   help="set a grid line of config/gpu.yaml (the edited copy is kept)")
     r.set_defaults(fn=run)
     i = sub.add_parser("interrupt")
     i.add_argument("name")
