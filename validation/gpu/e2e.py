@@ -389,8 +389,13 @@ def main() -> int:
     r.add_argument("--gpus", type=int, default=1)
     r.add_argument("--results")
     r.add_argument("--timeout", type=float, default=560)
-    r.add_argument("--grid", action="append", default=[], metavar="KEY=V,V",
-                   help="set a grid line of config/gpu.yaml (the edited copy is kept)")
+    r.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V,V",
+        help="set a grid line of config/gpu.yaml (the edited copy is kept)",
+    )
     r.set_defaults(fn=run)
     i = sub.add_parser("interrupt")
     i.add_argument("name")
