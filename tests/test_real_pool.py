@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from tests.conftest import TINY_MODEL
 from wattflow.engines import server as srv
 from wattflow.engines.backends.vllm import COMMAND_ENV, VllmLauncher, server_args
 from wattflow.engines.bundle import write_dummy_model
-from wattflow.engines.pool import ServerPool, server_key, stop_all
+from wattflow.engines.pool import ServerHandle, ServerPool, read_json, server_key, stop_all
 from wattflow.engines.server import RuntimeUnavailable, pid_alive, wait_gone
 from wattflow.hardware import ModelShape
 
@@ -283,3 +284,63 @@ def test_warm_gpus_name_the_gpus_serving_an_identity(tmp_path, fake_vllm):
     assert pool.warm_gpus(SPEC, ident(16)) == ([], [1])
     assert stop_all(pool.dir) == 1 and not pid_alive(a.server_pid)
     assert pool.warm_gpus(SPEC, ident(8)) == ([], [])
+
+
+def _slow_start(monkeypatch, delay_s: float) -> None:
+    """The stand-in server takes `delay_s` to come up, as vLLM takes minutes."""
+    cmd = f"{sys.executable} -m wattflow.engines.fake_server --startup-delay-s {delay_s}"
+    monkeypatch.setenv(COMMAND_ENV, cmd)
+
+
+def _status(pool: ServerPool, key: str) -> str | None:
+    return (read_json(pool.dir / f"{key}.state.json") or {}).get("status")
+
+
+def test_servers_on_different_gpus_start_at_the_same_time(tmp_path, monkeypatch):
+    """Under `--resources gpu=2` two cells of different server groups acquire at once: the
+    second server's start must not wait for the first to be ready (on two H200s, 2026-11-28,
+    the four vLLM starts of a grid ran one after the other while the registry lock was held
+    through each start)."""
+    _slow_start(monkeypatch, 3.0)
+    pool = _pool(tmp_path)
+    a_id, b_id = {**ident(8), "gpus": [0]}, {**ident(16), "gpus": [1]}
+    got: dict[str, ServerHandle] = {}
+    ta = threading.Thread(target=lambda: got.update(a=_acquire(pool, a_id, gpus=[0])))
+    ta.start()
+    a_key, b_key = server_key(SPEC, a_id), server_key(SPEC, b_id)
+    deadline = time.monotonic() + 20
+    while not (pool.dir / f"{a_key}.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    tb = threading.Thread(target=lambda: got.update(b=_acquire(pool, b_id, gpus=[1])))
+    tb.start()
+    while not (pool.dir / f"{b_key}.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # b's server is registered and starting while a's is still starting
+    assert (pool.dir / f"{b_key}.json").exists()
+    assert _status(pool, a_key) != "ready"
+    ta.join(30)
+    tb.join(30)
+    a, b = got["a"], got["b"]
+    assert a.gpus == [0] and b.gpus == [1] and a.server_pid != b.server_pid
+    assert pid_alive(a.server_pid) and pid_alive(b.server_pid)  # neither stopped the other
+    assert stop_all(pool.dir) == 2
+
+
+def test_an_acquirer_waits_for_a_start_under_way_and_shares_it(tmp_path, monkeypatch):
+    """A second acquirer of the same server, arriving while it starts, waits for that start
+    and reuses the server (it neither starts another nor stops this one)."""
+    _slow_start(monkeypatch, 2.0)
+    pool = _pool(tmp_path)
+    got: list[ServerHandle] = []
+    t = threading.Thread(target=lambda: got.append(_acquire(pool, ident(8), gpus=[0])))
+    t.start()
+    key = server_key(SPEC, ident(8))
+    deadline = time.monotonic() + 20
+    while not (pool.dir / f"{key}.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _status(pool, key) != "ready"
+    second = _acquire(pool, ident(8), gpus=[0])
+    t.join(30)
+    assert got[0].server_pid == second.server_pid and pid_alive(second.server_pid)
+    assert [e["key"] for e in pool.entries()] == [key]
+    assert stop_all(pool.dir) == 1

@@ -1,11 +1,12 @@
-"""The committed GPU-host evidence of issue 11 (validation/h200x2/: two H200s; validation/h100x1/:
-one H100): Snakemake driving vLLM, checked against the package's schemas and against what each
-host's README claims."""
+"""The committed GPU-host evidence of issue 11 (validation/h200x2/: two H200s, and its ratio/: gpu=2
+against gpu=1 on a warm host; validation/h100x1/: one H100): Snakemake driving vLLM, checked
+against the package's schemas and against what each host's README claims."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,9 @@ HOSTS = [
     Host("h100x1", 1, {"gpu-ser": 24}, [1, 3], ctrl_c_stops_snakemake=True),
 ]
 H200X2 = HOSTS[0]
-CELLS = [(h, c) for h in HOSTS for c in h.cells()]
+# the warm-host ratio run: a one-cell warm-up, then one 4-cell grid with gpu=2 and gpu=1
+RATIO = Host("h200x2/ratio", 2, {"gpu-warm": 1, "gpu-par4": 4, "gpu-ser4": 4}, [], True)
+CELLS = [(h, c) for h in [*HOSTS, RATIO] for c in h.cells()]
 by_host = pytest.mark.parametrize("host", HOSTS, ids=lambda h: h.name)
 
 
@@ -67,7 +70,7 @@ def _no_gpu_memory_in_use(after: dict, host: Host) -> None:
     assert [g[2] for g in smi["gpus"]] == ["0"] * host.gpus  # MiB in use, per GPU
 
 
-@by_host
+@pytest.mark.parametrize("host", [*HOSTS, RATIO], ids=lambda h: h.name)
 def test_all_runs_are_there(host):
     runs = {p.relative_to(host.results).parts[0] for p in host.cells()}
     assert runs == set(host.runs)
@@ -75,7 +78,7 @@ def test_all_runs_are_there(host):
 
 
 @pytest.mark.parametrize(
-    ("host", "cell"), CELLS, ids=lambda x: x.name if isinstance(x, Host) else "/".join(x.parts[-4:])
+    ("host", "cell"), CELLS, ids=lambda x: x.name if isinstance(x, Host) else "/".join(x.parts[-5:])
 )
 def test_cell_files_match_schemas(host, cell):
     for table in ("requests", "workflows", "telemetry"):
@@ -131,10 +134,14 @@ def test_one_gpu_one_start_per_server_group_and_groups_back_to_back(host):
     assert len(list((host.results / "gpu-ser" / "figures").glob("*.png"))) >= 6
 
 
-def test_two_gpus_run_two_cells_at_once_each_with_its_own_server():
-    c = H200X2.checks("par")
+TWO_GPU_RUNS = [(H200X2, "gpu-par", 4), (RATIO, "gpu-par4", 2)]  # host, run, server groups
+
+
+@pytest.mark.parametrize(("host", "run", "groups"), TWO_GPU_RUNS, ids=["h200x2", "ratio"])
+def test_two_gpus_run_two_cells_at_once_each_with_its_own_server(host, run, groups):
+    c = host.checks(run[4:])
     assert c["exit_code"] == 0 and c["plan_after"] == {}
-    cells = _cells(H200X2, "gpu-par")
+    cells = _cells(host, run)
     assert {r["gpu"] for r in cells} == {0, 1}
     overlaps = [
         (a, b)
@@ -144,14 +151,63 @@ def test_two_gpus_run_two_cells_at_once_each_with_its_own_server():
     ]
     assert overlaps and all(a["gpu"] != b["gpu"] for a, b in overlaps)
     assert all(a["key"] != b["key"] for a, b in overlaps)  # two groups side by side
-    # each group on one GPU, each server started once: 4 starts for 4 groups on 2 GPUs
+    # each group on one GPU, each server started once: one start per group on 2 GPUs
     by_key: dict[str, set[int]] = {}
     for r in cells:
         by_key.setdefault(r["key"], set()).add(r["gpu"])
-    assert all(len(g) == 1 for g in by_key.values()) and len(by_key) == 4
-    assert sorted(c["server_starts"].values()) == [1, 1, 1, 1]
+    assert all(len(g) == 1 for g in by_key.values()) and len(by_key) == groups
+    assert sorted(c["server_starts"].values()) == [1] * groups
     after = c["after_after"]
     assert not _left(after) and after["nvidia_smi"]["compute_apps"] == []
+    _no_gpu_memory_in_use(after, host)
+
+
+_STAMP = re.compile(r"INFO (\d\d-\d\d \d\d:\d\d:\d\d)")
+
+
+def _start_windows(results: Path) -> list[tuple[str, str]]:
+    """Per server log: (its first log line, "Starting vLLM server"): when the vLLM process
+    was up and when it was ready (MM-DD HH:MM:SS, one day, so strings compare)."""
+    out = []
+    for log in sorted((results / ".servers").glob("*.log")):
+        text = log.read_text(errors="replace")
+        ready = next(ln for ln in text.splitlines() if "Starting vLLM server" in ln)
+        out.append((_STAMP.search(text).group(1), _STAMP.search(ready).group(1)))
+    return sorted(out)
+
+
+def test_server_starts_on_two_gpus_overlap_since_the_pool_fix():
+    """The first two-GPU run (old pool: the registry lock held through each start) started
+    its 4 servers strictly one after the other, each after the previous was ready; with the
+    wait outside the lock, the ratio run's two servers started side by side."""
+    old = _start_windows(H200X2.results / "gpu-par")
+    assert len(old) == 4 and all(a[1] <= b[0] for a, b in zip(old, old[1:], strict=False))
+    (a, b) = _start_windows(RATIO.results / "gpu-par4")
+    assert b[0] < a[1]  # the second was up before the first was ready
+
+
+def test_warm_ratio_is_recorded_as_measured():
+    """gpu=2 against gpu=1 on the same 4-cell grid, both after the warm-up had paid the
+    host's cold vLLM start; the same cells, in the same time per cell, in either run."""
+    warm, par, ser = (RATIO.checks(s) for s in ("warm", "par4", "ser4"))
+    assert warm["exit_code"] == par["exit_code"] == ser["exit_code"] == 0
+    assert par["plan_before"] == ser["plan_before"] and par["plan_before"]["cell"] == 4
+    assert par["plan_after"] == ser["plan_after"] == {}
+    warm_end = max(r["ended_at"] for r in warm["cells"])
+    assert all(warm_end < r["started_at"] for r in par["cells"] + ser["cells"])
+    assert {r["gpu_indices"][0] for r in ser["cells"]} == {0}
+    assert par["wall_s"] == pytest.approx(141.9) and ser["wall_s"] == pytest.approx(232.9)
+    assert f"{par['wall_s'] / ser['wall_s']:.2f}" in RATIO.readme()
+    assert f"{par['wall_s'] / ser['wall_s']:.2f}" in (ROOT / "README.md").read_text()
+    durations = {
+        run: {c.name: json.loads((c / "cell.json").read_text())["duration_s"]
+              for c in RATIO.cells(run)}
+        for run in ("gpu-par4", "gpu-ser4")
+    }  # fmt: skip
+    assert durations["gpu-par4"].keys() == durations["gpu-ser4"].keys()
+    for name, d in durations["gpu-par4"].items():
+        assert d == pytest.approx(durations["gpu-ser4"][name], rel=0.02)
+    assert all(json.loads((c / "cell.json").read_text())["valid"] for c in RATIO.cells())
 
 
 @by_host
@@ -213,7 +269,7 @@ def test_added_knob_value_interruptions_and_rerun(host):
     assert summary.height == 24 and (summary["failed_requests"] == 0).all()
 
 
-@by_host
+@pytest.mark.parametrize("host", [*HOSTS, RATIO], ids=lambda h: h.name)
 def test_no_api_key_in_the_evidence(host):
     """The server registry (which holds each server's key) is not committed."""
     assert not list(host.dir.rglob(".servers/*.json"))

@@ -6,7 +6,8 @@ the pool only keeps the registry. Each
 server is owned by a detached keeper process (wattflow.engines.keeper) that stops it when
 asked, when no cell has touched its lease for `idle_timeout_s`, or when the owner (the
 Snakemake process, WATTFLOW_OWNER_PID) is gone; a crash of any cell therefore never leaves
-a GPU occupied for long. All registry changes happen under one fcntl lock.
+a GPU occupied for long. All registry changes happen under one fcntl lock; the wait for a
+starting server does not hold it, so servers on different GPUs start at the same time.
 
 Files per server key K in the state dir: K.json (written by acquirers), K.state.json
 (written by the keeper: status, pids, error), K.lease (mtime = last use), K.log.
@@ -201,37 +202,55 @@ class ServerPool:
         who = f"engine {engine_spec['kind']}"
         check_runtime(engine_spec, native_program(engine_spec, launcher), who)
         key = server_key(engine_spec, server_knobs)
-        with self.locked():
-            entries = {e["key"]: e for e in self.entries()}
-            mine = entries.pop(key, None)
-            if mine is not None:
-                handle = self._reuse(mine)
-                if handle is not None:
-                    return handle
-                self._stop_entry(mine)
-            for e in entries.values():
-                if set(e.get("gpus", [])) & set(gpus):
-                    self._stop_entry(e)
-            return self._launch(key, engine_spec, server_knobs, gpus, launcher)
+        for _ in range(3):
+            with self.locked():
+                entries = {e["key"]: e for e in self.entries()}
+                e = entries.pop(key, None)
+                launched = e is None or not pid_alive(e.get("keeper_pid")) or e.get("stop")
+                if launched:
+                    if e is not None:
+                        self._stop_entry(e)
+                    for other in entries.values():
+                        if set(other.get("gpus", [])) & set(gpus):
+                            self._stop_entry(other)
+                    e = self._spawn(key, engine_spec, server_knobs, gpus, launcher)
+            # A start takes minutes: wait for it without the lock, so that a server on other
+            # GPUs (a concurrent cell's, under `--resources gpu=2`) starts meanwhile.
+            state = self._wait_ready(e)
+            if state.get("status") == "ready" and _healthy(e["base_url"]):
+                return self._claim(e, state)
+            with self.locked():
+                current = read_json(self._paths(key)["entry"]) or {}
+                if current.get("launch_id") == e["launch_id"]:
+                    self._stop_entry({**current, "_state": state})
+            if launched:
+                status = state.get("status")
+                why = state.get("error") or f"keeper exited while the server was {status}"
+                log = self._paths(key)["log"]
+                raise RuntimeError(
+                    f"{engine_spec['kind']} server {key} did not start: {why}\n"
+                    f"server log: {log}\n{_tail(log)}"
+                )
+            # a server another acquirer started and left unusable: stopped; start ours
+        raise RuntimeError(f"{engine_spec['kind']} server {key}: no healthy server after 3 tries")
 
-    def _reuse(self, e: dict) -> ServerHandle | None:
-        paths = self._paths(e["key"])
-        if not pid_alive(e.get("keeper_pid")) or e.get("stop"):
-            return None
-        state = self._wait_ready(e)  # a start another acquirer began and left
-        if state.get("status") != "ready" or not _healthy(e["base_url"]):
-            return None
+    def _claim(self, e: dict, state: dict) -> ServerHandle:
+        """The handle of a ready server, now owned by this process's owner (its keeper stops
+        it when that owner is gone)."""
         if e.get("owner_pid") != self.owner_pid:
-            e["owner_pid"] = self.owner_pid
-            write_json(paths["entry"], _public(e), private=True)
+            with self.locked():
+                current = read_json(self._paths(e["key"])["entry"]) or {}
+                if current.get("launch_id") == e["launch_id"]:
+                    current["owner_pid"] = self.owner_pid
+                    write_json(self._paths(e["key"])["entry"], _public(current), private=True)
         return self._handle(e, state)
 
-    def _launch(
+    def _spawn(
         self, key: str, engine_spec: dict, server_knobs: dict, gpus: list[int], launcher: Launcher
-    ) -> ServerHandle:
+    ) -> dict:
+        """Register a server and start its keeper; the caller waits for it to be ready."""
         paths = self._paths(key)
-        for p in (paths["state"],):
-            p.unlink(missing_ok=True)
+        paths["state"].unlink(missing_ok=True)
         prepared = launcher.prepare(engine_spec, self.dir)
         port = free_port()
         e = {
@@ -260,15 +279,7 @@ class ServerPool:
             [sys.executable, "-m", "wattflow.engines.keeper", str(paths["entry"])], paths["log"]
         )
         write_json(paths["entry"], e, private=True)
-        state = self._wait_ready(e)
-        if state.get("status") != "ready":
-            why = state.get("error") or f"keeper exited while the server was {state.get('status')}"
-            self._stop_entry(e)
-            raise RuntimeError(
-                f"{engine_spec['kind']} server {key} did not start: {why}\n"
-                f"server log: {paths['log']}\n{_tail(paths['log'])}"
-            )
-        return self._handle(e, state)
+        return e
 
     def _wait_ready(self, e: dict) -> dict:
         state_path = self._paths(e["key"])["state"]
