@@ -292,6 +292,16 @@ def _slow_start(monkeypatch, delay_s: float) -> None:
     monkeypatch.setenv(COMMAND_ENV, cmd)
 
 
+def _registered(pool: ServerPool, key: str, timeout_s: float = 20) -> bool:
+    """Wait until an acquirer has registered server `key` (its start under way)."""
+    deadline = time.monotonic() + timeout_s
+    while not (pool.dir / f"{key}.json").exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def _status(pool: ServerPool, key: str) -> str | None:
     return (read_json(pool.dir / f"{key}.state.json") or {}).get("status")
 
@@ -308,15 +318,11 @@ def test_servers_on_different_gpus_start_at_the_same_time(tmp_path, monkeypatch)
     ta = threading.Thread(target=lambda: got.update(a=_acquire(pool, a_id, gpus=[0])))
     ta.start()
     a_key, b_key = server_key(SPEC, a_id), server_key(SPEC, b_id)
-    deadline = time.monotonic() + 20
-    while not (pool.dir / f"{a_key}.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert _registered(pool, a_key)
     tb = threading.Thread(target=lambda: got.update(b=_acquire(pool, b_id, gpus=[1])))
     tb.start()
-    while not (pool.dir / f"{b_key}.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
     # b's server is registered and starting while a's is still starting
-    assert (pool.dir / f"{b_key}.json").exists()
+    assert _registered(pool, b_key)
     assert _status(pool, a_key) != "ready"
     ta.join(30)
     tb.join(30)
@@ -335,9 +341,7 @@ def test_an_acquirer_waits_for_a_start_under_way_and_shares_it(tmp_path, monkeyp
     t = threading.Thread(target=lambda: got.append(_acquire(pool, ident(8), gpus=[0])))
     t.start()
     key = server_key(SPEC, ident(8))
-    deadline = time.monotonic() + 20
-    while not (pool.dir / f"{key}.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert _registered(pool, key)
     assert _status(pool, key) != "ready"
     second = _acquire(pool, ident(8), gpus=[0])
     t.join(30)

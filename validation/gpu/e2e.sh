@@ -7,10 +7,8 @@
 #   bash validation/gpu/e2e.sh [STEP...]   # steps: par ser incr (default: all three, in order)
 # par needs two GPUs; on a host with more than one, ser and incr use GPU 0 only, as a user of
 # a bigger host would pick it (CUDA_VISIBLE_DEVICES=0); on a one-GPU host they use it as is.
-# Two more steps time gpu=2 against gpu=1 with warm caches: `warm` runs a one-cell grid on
-# GPU 0 (it pays the host's cold vLLM start: torch.compile and kernel caches), and `par2` is
-# par again into its own results folder, so that `warm par ser par2` brackets ser by two
-# gpu=2 runs on the same warm host.
+# `warm` runs a one-cell grid on GPU 0: it pays the host's cold vLLM start (torch.compile and
+# kernel caches), so that the runs after it time warm starts (validation/h200x2/ratio/run.sh).
 set -u
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(par ser incr)
@@ -38,10 +36,9 @@ step() {  # NAME RESULTS e2e.py-ARGS...
         --grid workload=interactive --grid mode=naive --grid max_num_seqs=16 \
         --grid max_output_tokens=32 "${one[@]}" ;;
       par) step par results/gpu-par run par --gpus 2 --results results/gpu-par --timeout 1200 ;;
-      par2) step par2 results/gpu-par2 run par2 --gpus 2 --results results/gpu-par2 --timeout 1200 ;;
       ser) step ser results/gpu-ser run ser --gpus 1 --results results/gpu-ser --timeout 1200 "${one[@]}" ;;
       incr) step incr results/gpu-ser interrupt incr --results results/gpu-ser --timeout 1200 "${one[@]}" ;;
-      *) echo "unknown step: $s (warm, par, ser, incr or par2)" ;;
+      *) echo "unknown step: $s (warm, par, ser or incr)" ;;
     esac
   done
   echo "== end $(date -u +%FT%TZ)"

@@ -217,15 +217,20 @@ class ServerPool:
             # A start takes minutes: wait for it without the lock, so that a server on other
             # GPUs (a concurrent cell's, under `--resources gpu=2`) starts meanwhile.
             state = self._wait_ready(e)
-            if state.get("status") == "ready" and _healthy(e["base_url"]):
+            healthy = state.get("status") == "ready" and _healthy(e["base_url"])
+            if healthy:
                 return self._claim(e, state)
             with self.locked():
-                current = read_json(self._paths(key)["entry"]) or {}
-                if current.get("launch_id") == e["launch_id"]:
+                current = self._registered(e)
+                if current is not None:
                     self._stop_entry({**current, "_state": state})
             if launched:
                 status = state.get("status")
-                why = state.get("error") or f"keeper exited while the server was {status}"
+                why = state.get("error") or (
+                    "ready, but its health check failed"
+                    if status == "ready"
+                    else f"keeper exited while the server was {status}"
+                )
                 log = self._paths(key)["log"]
                 raise RuntimeError(
                     f"{engine_spec['kind']} server {key} did not start: {why}\n"
@@ -239,11 +244,17 @@ class ServerPool:
         it when that owner is gone)."""
         if e.get("owner_pid") != self.owner_pid:
             with self.locked():
-                current = read_json(self._paths(e["key"])["entry"]) or {}
-                if current.get("launch_id") == e["launch_id"]:
+                current = self._registered(e)
+                if current is not None:
                     current["owner_pid"] = self.owner_pid
                     write_json(self._paths(e["key"])["entry"], _public(current), private=True)
         return self._handle(e, state)
+
+    def _registered(self, e: dict) -> dict | None:
+        """The registry's entry for `e`'s key if it is still this launch (another acquirer may
+        have stopped or replaced it while the lock was free); call under the lock."""
+        current = read_json(self._paths(e["key"])["entry"]) or {}
+        return current if current.get("launch_id") == e["launch_id"] else None
 
     def _spawn(
         self, key: str, engine_spec: dict, server_knobs: dict, gpus: list[int], launcher: Launcher
