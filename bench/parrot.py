@@ -44,14 +44,14 @@ sys.path.insert(0, str(ROOT))
 from bench.run import machine  # noqa: E402
 from wattflow import cell  # noqa: E402
 from wattflow.client.executor import execute  # noqa: E402
+from wattflow.client.parrot.env import prepare  # noqa: E402
+from wattflow.client.parrot.launch import ParrotConfig, ParrotServer  # noqa: E402
+from wattflow.client.parrot.runner import run_parrot  # noqa: E402
 from wattflow.client.policies.naive import Naive  # noqa: E402
 from wattflow.config import cell_spec, validate  # noqa: E402
-from wattflow.engines.openai_client import OpenAIEngine  # noqa: E402
+from wattflow.engines.openai_engine import OpenAIEngine  # noqa: E402
 from wattflow.engines.sim.served import SimServerProcess, get_json  # noqa: E402
 from wattflow.knobs import complete  # noqa: E402
-from wattflow.parrot.client import run_parrot  # noqa: E402
-from wattflow.parrot.env import prepare  # noqa: E402
-from wattflow.parrot.launch import ParrotConfig, ParrotServer  # noqa: E402
 from wattflow.progress import Progress  # noqa: E402
 from wattflow.workloads import build  # noqa: E402
 

@@ -6,7 +6,7 @@ import os
 import sys
 
 from wattflow import config as wf_config
-from wattflow import container as wf_container
+from wattflow.engines import container as wf_container
 from wattflow import files as wf_files
 from wattflow import progress as wf_progress
 from wattflow.engines.registry import backend

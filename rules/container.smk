@@ -1,5 +1,5 @@
 # The serving image of each engine whose backend needs one (vLLM's), built once before its
-# cells (wattflow/container.py, containers/). Its manifest (image id, digest, server
+# cells (wattflow/engines/container.py, containers/). Its manifest (image id, digest, server
 # version) is every such cell's input (image_manifest), and the cell runs the image id the
 # manifest names. The simulator and external endpoints need no image: a grid without such
 # engines has no `image` job and needs no container runtime. The only input is the recipe (Dockerfile or .def): editing

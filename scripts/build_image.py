@@ -1,5 +1,5 @@
 """Stable entry point of the `image` rule: build an engine's serving image and write its
-manifest. Logic lives in wattflow.container.
+manifest. Logic lives in wattflow.engines.container.
 
 By hand:  python scripts/build_image.py --spec '{...}' --out results/images/ENGINE.json
 A runtime that cannot be used (no Docker daemon, no podman socket, no apptainer) ends with
@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wattflow.container import BuildError, build  # noqa: E402
+from wattflow.engines.container import BuildError, build  # noqa: E402
 from wattflow.engines.registry import backend  # noqa: E402
 from wattflow.engines.server import RuntimeUnavailable, native_program  # noqa: E402
 

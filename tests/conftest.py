@@ -82,6 +82,6 @@ def parrot_source_optional(monkeypatch):
     """Validate configs whose grid names `mode: parrot` on a checkout without Parrot's
     source (a clone without ../shared/vendor): their other keys are still checked; that a
     missing source is an error is tested in test_parrot_env."""
-    from wattflow.parrot import env as parrot_env
+    from wattflow.client.parrot import env as parrot_env
 
     monkeypatch.setattr(parrot_env, "unavailable", lambda: None)

@@ -10,8 +10,8 @@ from conftest import small_config
 from wattflow import config as C
 from wattflow.analysis.summary import summarize
 from wattflow.calibration import dvfs
-from wattflow.calibration import profile as prof
 from wattflow.cell import run as run_cell
+from wattflow.engines.sim import profile as prof
 from wattflow.engines.sim.constants import names
 
 NAME = "a100-sxm4-80gb"

@@ -12,10 +12,11 @@ import pytest
 
 from tests.conftest import ROOT
 from wattflow import config as wf_config
-from wattflow.calibration import accuracy, dvfs, fit, profile
+from wattflow.calibration import accuracy, dvfs, fit
 from wattflow.calibration.cells import MeasuredCell, not_simulable
 from wattflow.cell import run as run_cell
 from wattflow.cli import main
+from wattflow.engines.sim import profile
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.factory import build_engine
 from wattflow.knobs import cell_path, complete

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, SNAKEMAKE, TINY_MODEL, copy_pipeline
-from wattflow import container
+from wattflow.engines import container
 from wattflow.engines import server as srv
 from wattflow.engines.backends.vllm import COMMAND_ENV, VllmLauncher
 from wattflow.engines.server import RuntimeUnavailable

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tests.conftest import ROOT
-from wattflow.knobs import KNOB_NAMES, knob_markdown
+from wattflow.config import knob_table
+from wattflow.knobs import KNOB_NAMES
 from wattflow.outputs import schema_markdown
 
 README = (ROOT / "README.md").read_text()
@@ -14,7 +15,7 @@ def test_readme_schema_section_is_generated_from_the_code():
 
 
 def test_readme_lists_every_knob_and_the_quick_start():
-    assert knob_markdown() in README  # generated from the declarations
+    assert knob_table() in README  # generated from the declarations and the client modes
     for k in KNOB_NAMES:
         assert f"| `{k}` |" in README, k
     assert "make run" in README and "make test" in README

@@ -288,7 +288,7 @@ def test_cli_prints_the_fit_and_fails_cleanly(tmp_path, capsys):
 def test_fallbacks_and_shipped_profile_carry_the_fit(shipped):
     """The model's fallback DVFS constants are the H100 evidence fit; the shipped h100-sxm
     profile's alpha (fitted jointly with its cells) lies in that fit's band, with its knee."""
-    from wattflow.calibration import profile as prof
+    from wattflow.engines.sim import profile as prof
     from wattflow.engines.sim.constants import ALPHA, MEMORY_KNEE
 
     got = shipped[2]["h100-sxm"].constants()

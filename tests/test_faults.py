@@ -17,9 +17,9 @@ import pytest
 from real_fakes import openai_cell, start_fake_server
 
 from wattflow import cell as wf_cell
-from wattflow.engines import openai_client
+from wattflow.engines import openai_engine
 from wattflow.engines.base import Request
-from wattflow.engines.openai_client import OpenAIEngine
+from wattflow.engines.openai_engine import OpenAIEngine
 from wattflow.workloads.core import Segment
 
 KEY = "sk-fault"
@@ -181,14 +181,14 @@ def test_wait_healthy_is_bounded_by_its_timeout_on_a_hung_models_endpoint():
             await eng.close()
 
     t0 = time.monotonic()
-    with pytest.raises(openai_client.EngineUnhealthy, match="last failure: .+"):
+    with pytest.raises(openai_engine.EngineUnhealthy, match="last failure: .+"):
         asyncio.run(go())
     assert time.monotonic() - t0 < 3
 
 
 def test_describe_is_never_empty():
-    assert openai_client.describe(TimeoutError()) == "TimeoutError"
-    assert openai_client.describe(ValueError("x")) == "ValueError: x"
+    assert openai_engine.describe(TimeoutError()) == "TimeoutError"
+    assert openai_engine.describe(ValueError("x")) == "ValueError: x"
 
 
 # -- whole cells: wattflow.cell.run with an `openai` engine -----------------------------------

@@ -21,7 +21,7 @@ from wattflow.analysis.figures import mode_power_cap_chart
 from wattflow.analysis.stages import stage_table, write_stages
 from wattflow.cell import run
 from wattflow.devices import slots
-from wattflow.engines import openai_client
+from wattflow.engines import openai_engine
 from wattflow.engines.backends.vllm import server_args
 from wattflow.engines.pool import ServerHandle, ServerPool
 from wattflow.knobs import complete
@@ -159,7 +159,7 @@ def _vllm_measure(url: str, mode: str, monkeypatch, tmp_path) -> tuple[list, lis
         acquired.append(dict(server_knobs))
         return ServerHandle("k", url, "sk-test", "wattflow", Path("/nonexistent"), version="v")
 
-    body = openai_client.OpenAIEngine.body
+    body = openai_engine.OpenAIEngine.body
 
     def spy(self, request):  # noqa: ANN001, ANN202
         out = body(self, request)
@@ -167,8 +167,8 @@ def _vllm_measure(url: str, mode: str, monkeypatch, tmp_path) -> tuple[list, lis
         return out
 
     monkeypatch.setattr(ServerPool, "acquire", acquire)
-    monkeypatch.setattr(openai_client.OpenAIEngine, "body", spy)
-    monkeypatch.setattr("wattflow.container.with_image", lambda name, e, probe: (e, None))
+    monkeypatch.setattr(openai_engine.OpenAIEngine, "body", spy)
+    monkeypatch.setattr("wattflow.engines.container.with_image", lambda name, e, probe: (e, None))
     monkeypatch.setenv("WATTFLOW_STATE_DIR", str(tmp_path))
     monkeypatch.delenv("WATTFLOW_GPUS", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

@@ -26,14 +26,14 @@ from real_fakes import FakeNvml, start_fake_server, use_fake_nvml
 from wattflow import cell, devices
 from wattflow.analysis import findings as fnd
 from wattflow.client.executor import resolve_prompt
+from wattflow.client.parrot import env as parrot_env_mod
+from wattflow.client.parrot import runner as parrot_runner
+from wattflow.client.parrot.launch import BOOT
+from wattflow.client.parrot.runner import run_parrot
 from wattflow.config import cell_spec, validate
 from wattflow.devices import slots
 from wattflow.engines.sim.served import SimServerProcess, get_json
 from wattflow.knobs import complete
-from wattflow.parrot import client as parrot_client
-from wattflow.parrot import env as parrot_env_mod
-from wattflow.parrot.client import run_parrot
-from wattflow.parrot.launch import BOOT
 from wattflow.progress import Progress
 from wattflow.workloads import build
 from wattflow.workloads import single as single_pattern
@@ -273,7 +273,7 @@ def test_parrot_itself_releases_dependent_calls(parrot_env, monkeypatch):
     # (a submission is sent before its answer comes back; a fetch when it starts)
     sent: dict[str, list[float]] = {w.workflow_id: [] for w in workflows}
     answers: dict[str, str] = {}  # request id -> what the proxy told Parrot it generated
-    run = parrot_client._Run
+    run = parrot_runner._Run
     submit, fetch, finish = run._submit, run._fetch, run._finish
 
     async def logged_submit(self, node, sess):
@@ -410,13 +410,13 @@ def test_a_dying_parrot_ends_the_run_with_errors_not_a_hang(parrot_env, monkeypa
     """Parrot's core exits after the first call: the calls it never ran become errors that
     say so, and run_parrot returns at once (the watchdog), instead of waiting forever."""
     started: list = []
-    start = parrot_client.ParrotServer.start
+    start = parrot_runner.ParrotServer.start
 
     def keep(self):
         started.append(self)
         return start(self)
 
-    monkeypatch.setattr(parrot_client.ParrotServer, "start", keep)
+    monkeypatch.setattr(parrot_runner.ParrotServer, "start", keep)
     chain = (
         Call("a", (Segment("p", 30),), 8),
         Call("b", (output_segment("wf", "a", 8),), 8, parents=("a",)),

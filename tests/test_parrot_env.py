@@ -13,11 +13,11 @@ import yaml
 
 from tests.conftest import ROOT
 from wattflow import cell
+from wattflow.client.parrot import boot
+from wattflow.client.parrot import env as penv
+from wattflow.client.parrot.env import ParrotEnv, ParrotUnavailable
+from wattflow.client.parrot.launch import ParrotConfig, ParrotServer
 from wattflow.config import ConfigError, cell_spec, cells, realtime_cpu, validate
-from wattflow.parrot import boot
-from wattflow.parrot import env as penv
-from wattflow.parrot.env import ParrotEnv, ParrotUnavailable
-from wattflow.parrot.launch import ParrotConfig, ParrotServer
 from wattflow.progress import Progress
 from wattflow.workloads import build
 

@@ -8,7 +8,7 @@ import pytest
 from real_fakes import free_port, start_fake_server
 
 from wattflow.engines.base import Request
-from wattflow.engines.openai_client import EngineUnhealthy, OpenAIEngine
+from wattflow.engines.openai_engine import EngineUnhealthy, OpenAIEngine
 from wattflow.workloads.core import Segment
 
 
@@ -103,7 +103,7 @@ def test_wait_healthy(server):
 
 
 def test_sse_parsing_split_reads_and_token_counting():
-    from wattflow.engines.openai_client import DONE, _sse_events, _tokens_in
+    from wattflow.engines.openai_engine import DONE, _sse_events, _tokens_in
 
     class Stream:
         def __init__(self, parts):

@@ -102,7 +102,7 @@ def test_api_key_is_not_on_any_command_line_and_still_authenticates(tmp_path, fa
     import asyncio
 
     from wattflow.engines.base import Request
-    from wattflow.engines.openai_client import OpenAIEngine
+    from wattflow.engines.openai_engine import OpenAIEngine
     from wattflow.workloads.core import Segment
 
     pool = _pool(tmp_path)

@@ -9,9 +9,9 @@ from conftest import small_config
 from wattflow import config as C
 from wattflow.analysis.findings import power_savings
 from wattflow.analysis.summary import summarize
-from wattflow.calibration import profile as prof
 from wattflow.calibration import sensitivity
 from wattflow.cell import run as run_cell
+from wattflow.engines.sim import profile as prof
 
 
 @pytest.fixture(scope="module")

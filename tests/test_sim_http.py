@@ -25,7 +25,7 @@ from wattflow.client.executor import ClientNeeds
 from wattflow.client.policies.naive import Naive
 from wattflow.config import cell_spec, engine_slice, load, validate
 from wattflow.engines.base import Request
-from wattflow.engines.openai_client import OpenAIEngine
+from wattflow.engines.openai_engine import OpenAIEngine
 from wattflow.engines.sim import http as sim_http
 from wattflow.engines.sim.blocks import block_segments
 from wattflow.engines.sim.clock import run_virtual

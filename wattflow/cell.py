@@ -148,14 +148,15 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
             f"engine {e['kind']}: telemetry none, but power caps and clock locks need the "
             "GPU's device library; no request was sent"
         )
-    warm = backend.warm_gpus(spec, knobs) if physical else ([], [])
+    server = client_registry.server_knobs(knobs)  # what the engine sees: the mode's policy
+    warm = backend.warm_gpus(spec, server) if physical else ([], [])
     gpus = _cell_gpus(backend, names, cap, clock, warm) if physical else []
     period = float(e.get("telemetry_period_s", DEFAULT_PERIOD_S))
     baseline_s = float(e.get("idle_baseline_s", DEFAULT_BASELINE_S)) if physical else 0.0
     client_info: dict = {}
     with contextlib.ExitStack() as stack:
         endpoint = policy_cls.needs.endpoint
-        session = stack.enter_context(backend.open(spec, knobs, gpus, endpoint=endpoint))
+        session = stack.enter_context(backend.open(spec, server, gpus, endpoint=endpoint))
         if endpoint and session.endpoint is None:
             raise RuntimeError(
                 f"engine {e['kind']}: client mode {knobs['mode']} needs an OpenAI-compatible "

@@ -20,8 +20,8 @@ from wattflow import config as wf_config
 from wattflow import energy_check, outputs
 from wattflow.analysis import advise as adv
 from wattflow.calibration import accuracy, fit
-from wattflow.calibration import profile as prof
 from wattflow.cell import run
+from wattflow.engines.sim import profile as prof
 from wattflow.knobs import BY_NAME, GRID_KNOBS, KNOB_NAMES, KnobError, complete
 
 
@@ -71,7 +71,7 @@ def _knobs_from_args(cfg: dict, args: argparse.Namespace) -> dict:
             if not eq or k not in BY_NAME:
                 raise UserError(f"--set expects KNOB=VALUE, KNOB in {list(KNOB_NAMES)}; got {kv!r}")
             try:
-                given[k] = BY_NAME[k].parse(v, f"--set {k}")
+                given[k] = wf_config.knob(k).parse(v, f"--set {k}")
             except KnobError as err:
                 raise UserError(str(err)) from None
         knobs = complete(given)

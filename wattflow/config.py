@@ -15,6 +15,7 @@ config/config.yaml only when no --configfile is given).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -30,10 +31,11 @@ import jsonschema
 import yaml
 
 from wattflow import MODEL_VERSION, telemetry, yamltext
-from wattflow.calibration import profile
-from wattflow.client.registry import POLICIES
+from wattflow.client.registry import POLICIES, server_knobs
+from wattflow.client.registry import choices as mode_choices
 from wattflow.columns import summary as summary_columns
 from wattflow.engines.registry import backend, backends
+from wattflow.engines.sim import profile
 from wattflow.knobs import (
     BY_NAME,
     GRID_KNOBS,
@@ -42,9 +44,11 @@ from wattflow.knobs import (
     NAME_PATTERN,
     NAME_RULE,
     SETTING_KNOBS,
+    Knob,
     KnobError,
     cell_path,
     complete,
+    knob_markdown,
 )
 from wattflow.knobs import parse_path as knobs_parse_path
 from wattflow.objectives import ObjectiveError, parse_objective
@@ -101,6 +105,25 @@ def validate(cfg: dict) -> dict:
 # ----------------------------------------------------------------------------- schema
 
 
+def registered_choices() -> dict[str, dict[str, str]]:
+    """Choice knobs whose choices a registry of a higher layer gives (the knob declarations
+    import nothing above them): the client modes, with what each does."""
+    return {"mode": mode_choices()}
+
+
+def knob(name: str) -> Knob:
+    """A knob's declaration with its registered choices filled in (what config values,
+    `--set` and the schema are checked against)."""
+    k = BY_NAME[name]
+    registered = registered_choices().get(name)
+    return dataclasses.replace(k, choices=tuple(registered)) if registered else k
+
+
+def knob_table() -> str:
+    """The README's knob table (wattflow.knobs.knob_markdown with the client modes)."""
+    return knob_markdown(registered_choices())
+
+
 @functools.cache
 def schema() -> dict:
     """The full JSON Schema: schema.yaml plus the knobs' grid and the backends' engines."""
@@ -110,10 +133,10 @@ def schema() -> dict:
         "type": "object",
         "additionalProperties": False,
         "required": [k.name for k in GRID_KNOBS if k.default is None],
-        "properties": {k.name: k.axis_schema() for k in GRID_KNOBS},
+        "properties": {k.name: knob(k.name).axis_schema() for k in GRID_KNOBS},
     }
     defaults = s["properties"]["analysis"]["properties"]["defaults"]
-    defaults["properties"] = {k.name: k.item_schema() for k in SETTING_KNOBS}
+    defaults["properties"] = {k.name: knob(k.name).item_schema() for k in SETTING_KNOBS}
     common = {"kind": {}, "model": {"type": "string"}, "gpu": {"type": "string"}}
     defs["engine"] = {
         "type": "object",
@@ -182,7 +205,8 @@ def _coerce_grid(cfg: dict) -> None:
     for k in GRID_KNOBS:
         values = cfg["grid"][k.name]
         try:
-            coerced = [k.coerce(v, f"grid.{k.name}[{i}]") for i, v in enumerate(values)]
+            resolved = knob(k.name)
+            coerced = [resolved.coerce(v, f"grid.{k.name}[{i}]") for i, v in enumerate(values)]
         except KnobError as exc:
             raise ConfigError(str(exc)) from None
         if len(set(map(json.dumps, coerced))) != len(coerced):
@@ -423,7 +447,7 @@ def server_group(cfg: dict, knobs: dict) -> tuple | None:
     """The server a cell needs (engine + its backend's server identity); None where the
     backend runs no server (the simulator, an external endpoint)."""
     engine = cfg["engines"][knobs["engine"]]
-    ident = backend(engine["kind"]).server_identity(engine, knobs)
+    ident = backend(engine["kind"]).server_identity(engine, server_knobs(knobs))
     if ident is None:
         return None
     return (knobs["engine"], tuple(ident.items()))

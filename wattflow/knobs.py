@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Literal, Protocol
 
-from wattflow.client.registry import POLICIES
-
 Scope = Literal["server", "gpu", "client", "cell"]
 Kind = Literal["name", "int", "number_or_default", "switch", "choice"]
 DEFAULT = "default"
@@ -65,6 +63,8 @@ class Knob:
     doc: str
     default: Any = None
     minimum: float | None = None
+    # A choice knob without choices here takes them from a registry of a higher layer
+    # (the client modes: wattflow.client.registry), which wattflow.config applies.
     choices: tuple[str, ...] = ()
     check: Check | None = field(default=None, compare=False)
     in_grid: bool = True  # False: the axis comes from elsewhere (rep: `repetitions`)
@@ -85,9 +85,9 @@ class Knob:
         if self.kind in ("name", "choice"):
             if not isinstance(value, str):
                 raise KnobError(f"{at}: {value!r} is not a name")
-            if self.kind == "choice" and value not in self.choices:
+            if self.kind == "choice" and self.choices and value not in self.choices:
                 raise KnobError(f"{at}: {value!r} is not one of {list(self.choices)}")
-            if self.kind == "name" and not _NAME.match(value):
+            if not self.choices and not _NAME.match(value):
                 raise KnobError(f"{at}: {value!r} {NAME_RULE}")
             return value
         if self.kind == "number_or_default" and value == DEFAULT:
@@ -140,9 +140,9 @@ class Knob:
         """JSON Schema of one grid value."""
         if self.kind == "switch":
             return {"oneOf": [{"type": "boolean"}, {"enum": ["on", "off"]}]}
-        if self.kind == "choice":
+        if self.kind == "choice" and self.choices:
             return {"enum": list(self.choices)}
-        if self.kind == "name":
+        if self.kind in ("name", "choice"):
             return {"type": "string", "pattern": NAME_PATTERN}
         if self.kind == "number_or_default":
             return {"oneOf": [{"const": DEFAULT}, {"type": "number", "exclusiveMinimum": 0}]}
@@ -226,10 +226,8 @@ KNOBS: tuple[Knob, ...] = (
         "mode",
         "client",
         "choice",
-        "client mode: the release policy that decides when each call of a workflow is "
-        "issued (" + "; ".join(f"{n}: {p.doc}" for n, p in POLICIES.items()) + ")",
+        "client mode: the release policy that decides when each call of a workflow is issued",
         default="naive",
-        choices=tuple(POLICIES),
     ),
     Knob(
         "max_num_seqs",
@@ -359,27 +357,31 @@ def parse_path(path: str) -> dict[str, Any]:
     return complete(given)
 
 
+# The server-side scheduling policy a client mode runs against (vLLM's
+# --scheduling-policy; the simulator's too): not a knob of its own but derived from `mode`.
+SCHEDULING_POLICY = "scheduling_policy"
+
+
 def server_identity(knobs: Mapping[str, Any]) -> dict[str, Any]:
     """What a server is for these knobs: every server-scope knob but the engine (the
-    backend adds the engine's config), and the scheduling policy the client mode needs."""
+    backend adds the engine's config), and the scheduling policy the client mode needs,
+    which the client layer adds to the knobs it hands an engine
+    (wattflow.client.registry.server_knobs)."""
     out = {k.name: knobs[k.name] for k in KNOBS if k.scope == "server" and k.name != "engine"}
-    out["scheduling_policy"] = scheduling_policy(knobs["mode"])
+    if SCHEDULING_POLICY not in knobs:
+        raise KnobError(
+            f"knobs {dict(knobs)} lack the client mode's {SCHEDULING_POLICY} "
+            "(wattflow.client.registry.server_knobs adds it)"
+        )
+    out[SCHEDULING_POLICY] = knobs[SCHEDULING_POLICY]
     return out
 
 
-def scheduling_policy(mode: str) -> str:
-    """The server-side scheduling policy a client mode runs against (vLLM's
-    --scheduling-policy; the simulator's too)."""
-    if mode not in POLICIES:
-        raise KnobError(f"unknown client mode {mode!r}; known: {list(POLICIES)}")
-    return POLICIES[mode].server_policy
-
-
-def _values(k: Knob) -> str:
+def _values(k: Knob, choices: Mapping[str, str]) -> str:
     if k.kind == "switch":
         return "`on` \\| `off`"
     if k.kind == "choice":
-        return " \\| ".join(f"`{c}`" for c in k.choices)
+        return " \\| ".join(f"`{c}`" for c in (k.choices or choices))
     if k.kind == "name":
         return "a name"
     if k.kind == "number_or_default":
@@ -387,12 +389,17 @@ def _values(k: Knob) -> str:
     return f"an integer ≥ {k.minimum:g}"
 
 
-def knob_markdown() -> str:
-    """The README's knob table, generated from the declarations (a test keeps them equal)."""
+def knob_markdown(registered: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """The README's knob table, generated from the declarations (a test keeps them equal);
+    `registered` gives a registry-backed choice knob its choices and their docs."""
     rows = ["| knob | acts on | values | default | meaning |", "|---|---|---|---|---|"]
     for k in KNOBS:
+        choices = (registered or {}).get(k.name, {})
         default = "—" if k.default is None else f"`{k.format(k.default)}`"
         where = "repetitions" if not k.in_grid else k.scope
-        doc = k.doc.replace("|", "\\|")
-        rows.append(f"| `{k.name}` | {where} | {_values(k)} | {default} | {doc} |")
+        doc = k.doc
+        if choices:
+            doc += " (" + "; ".join(f"{n}: {d}" for n, d in choices.items()) + ")"
+        doc = doc.replace("|", "\\|")
+        rows.append(f"| `{k.name}` | {where} | {_values(k, choices)} | {default} | {doc} |")
     return "\n".join(rows) + "\n"

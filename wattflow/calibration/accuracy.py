@@ -27,10 +27,10 @@ import polars as pl
 import vl_convert as vlc
 
 from wattflow.analysis.summary import summarize
-from wattflow.calibration import profile as prof
 from wattflow.calibration.cells import MeasuredCell, find_cells, simulable
 from wattflow.calibration.metrics import REPORT_METRICS
 from wattflow.cell import run as run_cell
+from wattflow.engines.sim import profile as prof
 from wattflow.outputs import write_frame
 
 LABELS = {

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from wattflow.calibration import profile as prof
+from wattflow.engines.sim import profile as prof
 from wattflow.engines.sim.constants import ALPHA, MEMORY_KNEE
 from wattflow.engines.sim.perf import Roofline
 from wattflow.engines.sim.power import clock_grid, steady_step

@@ -47,8 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from wattflow.calibration import dvfs
-from wattflow.calibration import profile as prof
 from wattflow.calibration.cells import MeasuredCell, find_cells, simulable
+from wattflow.engines.sim import profile as prof
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.factory import gpu_and_constants, model_shape
 

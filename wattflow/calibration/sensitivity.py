@@ -29,8 +29,8 @@ from pathlib import Path
 import polars as pl
 
 from wattflow.analysis.findings import MODEST_SAVING_PCT, Finding, power_slice
-from wattflow.calibration import profile as prof
 from wattflow.calibration.cells import not_simulable, simulate
+from wattflow.engines.sim import profile as prof
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.factory import gpu_and_constants
 from wattflow.workloads import build

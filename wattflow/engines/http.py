@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wattflow.engines.base import Session
-from wattflow.engines.openai_client import OpenAIEngine
+from wattflow.engines.openai_engine import OpenAIEngine
 
 TELEMETRY_SCHEMA = {
     "oneOf": [

@@ -22,7 +22,7 @@ from typing import Any
 
 from wattflow.engines.base import Request
 from wattflow.engines.launcher import Launcher, LaunchSpec
-from wattflow.engines.openai_client import OpenAIEngine
+from wattflow.engines.openai_engine import OpenAIEngine
 from wattflow.workloads.core import Segment
 
 RUNTIMES = ("docker", "podman", "apptainer", "native")

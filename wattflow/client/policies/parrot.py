@@ -3,7 +3,7 @@ workflow's DAG and releases dependent calls itself, in front of the cell's infer
 
 Parrot does not fit per-call release, so this mode replaces the executor (`driver`): the
 client submits each workflow's calls as semantic functions whose inputs are other calls'
-output variables (wattflow.parrot.client), and Parrot's `openai` engine sends each ready
+output variables (wattflow.client.parrot.runner), and Parrot's `openai` engine sends each ready
 call through wattflow's recording proxy to the server. It needs an OpenAI-compatible
 endpoint in wall-clock time (`needs.endpoint`): a vLLM server from the pool, an `openai`
 endpoint, or the simulator served over HTTP; and it runs processes of its own on this host
@@ -42,14 +42,14 @@ class Parrot(ReleasePolicy):
 
     @classmethod
     def unavailable(cls) -> str | None:
-        from wattflow.parrot.env import unavailable
+        from wattflow.client.parrot.env import unavailable
 
         return unavailable()
 
     @classmethod
     @contextlib.asynccontextmanager
     async def driver(cls, session: Session, spec: dict, knobs: dict) -> AsyncIterator[Driver]:
-        from wattflow.parrot.client import ParrotRunner
+        from wattflow.client.parrot.runner import ParrotRunner
 
         capacity = int(knobs["max_num_seqs"])
         async with ParrotRunner.for_session(session, tasks_capacity=capacity) as parrot:

@@ -17,8 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from wattflow import container
-from wattflow.engines import bundle, http
+from wattflow.engines import bundle, container, http
 from wattflow.engines.base import BATCHING_SCHEMA, Backend, Needs
 from wattflow.engines.launcher import LaunchSpec
 from wattflow.engines.pool import ServerPool

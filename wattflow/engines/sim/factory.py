@@ -14,7 +14,7 @@ from dataclasses import fields, replace
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.engine import SimEngine, SimKnobs
 from wattflow.hardware import GpuSpec, ModelShape
-from wattflow.knobs import DEFAULT, scheduling_policy
+from wattflow.knobs import DEFAULT, SCHEDULING_POLICY
 
 _GPU_FIELDS = {f.name for f in fields(GpuSpec)}
 
@@ -41,9 +41,11 @@ def gpu_and_constants(engine_spec: dict) -> tuple[GpuSpec, SimConstants]:
     return gpu, constants
 
 
-# Server-side knobs that are SimKnobs fields of the same name reach the engine as they are;
-# one the knobs do not declare keeps the engine's own default (vLLM's).
-_SERVER_FIELDS = ("max_num_seqs", "prefix_caching")
+# Server-side knobs that are SimKnobs fields of the same name reach the engine as they are
+# (the scheduling policy as the client layer derives it from the mode:
+# wattflow.client.registry.server_knobs); one not given keeps the engine's own default
+# (vLLM's).
+_SERVER_FIELDS = ("max_num_seqs", "prefix_caching", SCHEDULING_POLICY)
 
 
 def sim_knobs(engine_spec: dict, knobs: dict) -> SimKnobs:
@@ -53,7 +55,6 @@ def sim_knobs(engine_spec: dict, knobs: dict) -> SimKnobs:
         power_cap_w=None if cap == DEFAULT else float(cap),
         sm_clock_mhz=None if clock == DEFAULT else float(clock),
         gpu_memory_utilization=engine_spec.get("gpu_memory_utilization", 0.9),
-        scheduling_policy=scheduling_policy(knobs.get("mode", "naive")),
         **{k: knobs[k] for k in _SERVER_FIELDS if k in knobs},
     )
 

@@ -24,8 +24,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wattflow.client.parrot.env import ParrotEnv
 from wattflow.engines.server import free_port, stop_process
-from wattflow.parrot.env import ParrotEnv
 
 BOOT = Path(__file__).with_name("boot.py")
 

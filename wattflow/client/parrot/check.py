@@ -1,6 +1,6 @@
-"""`python -m wattflow.parrot.check [--check]`: prepare Parrot's source and interpreter
-(wattflow.parrot.env) and, with --check, start its serving core and openai engine once
-(wattflow.parrot.launch), open a session and stop them: the first thing to run on a new host.
+"""`python -m wattflow.client.parrot.check [--check]`: prepare Parrot's source and interpreter
+(wattflow.client.parrot.env) and, with --check, start its serving core and openai engine once
+(wattflow.client.parrot.launch), open a session and stop them: the first thing to run on a new host.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import json
 import time
 import urllib.request
 
-from wattflow.parrot.env import ParrotUnavailable, prepare
-from wattflow.parrot.launch import ParrotServer
+from wattflow.client.parrot.env import ParrotUnavailable, prepare
+from wattflow.client.parrot.launch import ParrotServer
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m wattflow.parrot.check",
+        prog="python -m wattflow.client.parrot.check",
         description="Prepare Parrot's source and interpreter (docs/parrot.md).",
     )
     p.add_argument(

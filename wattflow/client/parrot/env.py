@@ -20,8 +20,8 @@ for the interpreter running wattflow). Parrot's processes then get this process'
 `PYTHONPATH` after Parrot's source, so packages installed with `pip install --target DIR`
 and put on `PYTHONPATH` are found. Nothing is built or downloaded.
 
-    python -m wattflow.parrot.env            # prepare now; prints where Parrot runs from
-    python -m wattflow.parrot.env --check    # and start Parrot's core and engine once
+    python -m wattflow.client.parrot.env            # prepare now; prints where Parrot runs from
+    python -m wattflow.client.parrot.env --check    # and start Parrot's core and engine once
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ UPSTREAM = "https://github.com/microsoft/ParrotServe"
 COMMIT = "2e1825e"
 TARBALL = f"ParrotServe-{COMMIT}.tar.gz"
 TARBALL_SHA256 = "3b2ee0d49880a03c28c8dd63a8e0a57efa896cff04ab60f6b5bfa0c7d9ca8127"
-ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages' parent)
+ROOT = Path(__file__).resolve().parents[3]  # the checkout (or site-packages' parent)
 PYTHON_ENV = "WATTFLOW_PARROT_PYTHON"
 
 # What Parrot's serving core and `openai` engine import beyond the standard library, by
@@ -68,7 +68,7 @@ IMPORTS = {
 # What Parrot's serving core and openai engine import (fastapi, uvicorn, aiohttp, requests,
 # openai, regex, pydantic, psutil, parse, transformers for its tokenizer wrapper, numpy)
 # and their dependencies, at versions with which tests/test_parrot.py passes. No torch:
-# wattflow.parrot.boot stands in for it.
+# wattflow.client.parrot.boot stands in for it.
 LOCK = (
     "aiohappyeyeballs==2.7.1",
     "aiohttp==3.14.5",

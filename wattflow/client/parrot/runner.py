@@ -59,11 +59,11 @@ from typing import Any
 import aiohttp
 
 from wattflow.client.executor import generate_record, parent_ref, resolve_prompt
+from wattflow.client.parrot.launch import ParrotConfig, ParrotServer
+from wattflow.client.parrot.proxy import ChatAnswer, ChatProxy
 from wattflow.engines.base import Request, RequestRecord
-from wattflow.engines.openai_client import OpenAIEngine
+from wattflow.engines.openai_engine import OpenAIEngine
 from wattflow.engines.words import ids_to_text, text_to_ids
-from wattflow.parrot.launch import ParrotConfig, ParrotServer
-from wattflow.parrot.proxy import ChatAnswer, ChatProxy
 from wattflow.workloads.core import Call, Workflow, output_segment
 
 MARKER = "<wattflow-call:{}>"
@@ -108,7 +108,7 @@ class ParrotRunner:
             records = await parrot.run(workflows, max_output_tokens=...)
             parrot.t0_monotonic  # the records' time 0 (time.monotonic, asyncio's clock)
 
-    Runs are one at a time. `env`: a `wattflow.parrot.env.ParrotEnv` (default: built or
+    Runs are one at a time. `env`: a `wattflow.client.parrot.env.ParrotEnv` (default: built or
     found by `prepare()`)."""
 
     def __init__(
@@ -168,7 +168,7 @@ class ParrotRunner:
     async def __aenter__(self) -> ParrotRunner:
         try:
             if self.env is None:
-                from wattflow.parrot.env import prepare
+                from wattflow.client.parrot.env import prepare
 
                 self.env = await asyncio.to_thread(prepare)
             proxy_url = await self.proxy.start()

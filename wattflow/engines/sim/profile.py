@@ -16,7 +16,7 @@ import yaml
 
 from wattflow.engines.sim.constants import ALPHA, MEMORY_KNEE, SimConstants, names
 
-BUNDLED_DIR = Path(__file__).resolve().parents[1] / "engines" / "sim" / "profiles"
+BUNDLED_DIR = Path(__file__).resolve().parent / "profiles"
 DVFS_REQUIRED = ("alpha", "memory_knee")
 # For a GPU whose profile has no `dvfs:` of its own: the evidence-only fit of the H100's
 # DVFS constants (`python -m wattflow.calibration.dvfs`; a test keeps them equal).

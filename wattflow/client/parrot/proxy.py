@@ -3,7 +3,7 @@
 Parrot's openai engine sends each generation as a non-streaming chat completion (its
 `completion` endpoint type is unusable: docs/parrot.md), and its sampling parameters drop
 `ignore_eos`. So Parrot does not talk to the inference server directly: it talks to this
-proxy, which hands each request to a coroutine (`client.py` forwards it to the inference
+proxy, which hands each request to a coroutine (`runner.py` forwards it to the inference
 server as a streaming /v1/completions request with the prompt's token ids, `ignore_eos` and
 the call's `max_tokens`, and records it as `OpenAIEngine` records any request) and answers
 Parrot with the text that coroutine returns.
