@@ -113,14 +113,14 @@ LAYERS = (
 )  # fmt: skip
 # Edges against the flow, each for one reason: validating a config before any cell runs
 # reads the extension points' declarations (the registries that give each engine, client
-# mode and telemetry source its schema), a GPU's calibration profile, and the workload files.
+# mode, telemetry source and workload pattern its schema; a pattern reads its files) and a
+# GPU's calibration profile.
 UPWARD_ALLOWED = {
     ("wattflow.config", "wattflow.engines.registry"),
     ("wattflow.config", "wattflow.client.registry"),
     ("wattflow.config", "wattflow.telemetry"),
     ("wattflow.config", "wattflow.calibration.profile"),
-    ("wattflow.config", "wattflow.workloads.spec"),
-    ("wattflow.config", "wattflow.workloads.trace"),
+    ("wattflow.config", "wattflow.workloads.registry"),
     ("wattflow.knobs", "wattflow.client.registry"),  # the `mode` knob's choices
 }
 

@@ -36,8 +36,8 @@ from wattflow.parrot.client import run_parrot
 from wattflow.parrot.launch import BOOT
 from wattflow.progress import Progress
 from wattflow.workloads import build
-from wattflow.workloads import single as single_pattern
 from wattflow.workloads.core import Call, Segment, Workflow, output_segment
+from wattflow.workloads.patterns import single as single_pattern
 
 MAX_OUT = 32
 
