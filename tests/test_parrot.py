@@ -36,8 +36,8 @@ from wattflow.engines.sim.served import SimServerProcess, get_json
 from wattflow.knobs import complete
 from wattflow.progress import Progress
 from wattflow.workloads import build
-from wattflow.workloads import single as single_pattern
 from wattflow.workloads.core import Call, Segment, Workflow, output_segment
+from wattflow.workloads.patterns import single as single_pattern
 
 MAX_OUT = 32
 

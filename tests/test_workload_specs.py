@@ -15,6 +15,7 @@ from wattflow import workloads as W
 from wattflow.workloads import spec as S
 from wattflow.workloads import trace as T
 from wattflow.workloads.distributions import EMPIRICAL
+from wattflow.workloads.registry import pattern
 
 
 def canon(wfs):
@@ -336,7 +337,8 @@ def test_editing_a_trace_reruns_its_cells(raw_config, tmp_path):
 def test_context_check_covers_specs(raw_config):
     raw = with_workload(raw_config, "map_reduce", raw_config["workloads"]["map_reduce"], grid=True)
     cfg = C.validate(copy.deepcopy(raw))
-    longest = C.max_prompt_tokens(cfg["workloads"]["map_reduce"], cfg["workloads"])
+    w = cfg["workloads"]
+    longest = pattern("spec").longest_prompt(w["map_reduce"], w)
     for rep in range(3):
         wfs = W.build(slice_of(cfg, "map_reduce"), 0, rep)
         assert max(c.prompt_tokens for w in wfs for c in w.calls) <= longest

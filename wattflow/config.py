@@ -5,7 +5,8 @@ fills in defaults) catches types, ranges, unknown keys and bad names; `check` ca
 a schema cannot: cross-references (grid -> engines -> models/gpus) and physical limits
 (power caps inside the GPU's range, outputs inside the context). The schema is built from
 wattflow/schema.yaml plus what the extension points declare: the grid from the knobs
-(wattflow.knobs), each engine kind's keys from its backend (wattflow.engines.backends).
+(wattflow.knobs), each engine kind's keys from its backend (wattflow.engines.backends), the
+workload patterns from their registry (wattflow.workloads.registry).
 
 A configuration file is the whole configuration: `wattflow --config F` and `snakemake
 --configfile F` both read F alone, with defaults from the schema (the Snakefile reads
@@ -52,8 +53,7 @@ from wattflow.knobs import (
 )
 from wattflow.knobs import parse_path as knobs_parse_path
 from wattflow.objectives import ObjectiveError, parse_objective
-from wattflow.workloads import spec as workload_spec
-from wattflow.workloads import trace as workload_trace
+from wattflow.workloads.registry import pattern, patterns
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 DEFAULT_CONFIG = Path("config/config.yaml")
@@ -124,11 +124,17 @@ def knob_table() -> str:
     return knob_markdown(registered_choices())
 
 
-@functools.cache
 def schema() -> dict:
-    """The full JSON Schema: schema.yaml plus the knobs' grid and the backends' engines."""
+    """The full JSON Schema: schema.yaml plus the knobs' grid, the backends' engines and the
+    workload patterns (built again only when a pattern is registered)."""
+    return _schema(tuple(patterns().values()))
+
+
+@functools.cache
+def _schema(_patterns: tuple) -> dict:
     s = yaml.safe_load(SCHEMA_PATH.read_text())
     defs = s["$defs"]
+    _workload_schema(defs["workload"])
     defs["grid"] = {
         "type": "object",
         "additionalProperties": False,
@@ -155,6 +161,28 @@ def schema() -> dict:
         ],
     }
     return s
+
+
+def _workload_schema(workload: dict) -> None:
+    """Every registered pattern is a valid `pattern:`, with its keys: wattflow's own in
+    schema.yaml, another's from its declaration."""
+    in_yaml = {branch["if"]["properties"]["pattern"]["const"] for branch in workload["allOf"]}
+    workload["properties"]["pattern"]["enum"] = list(patterns())
+    for name, p in patterns().items():
+        if p.schema is None:
+            if name not in in_yaml:
+                raise RuntimeError(f"workload pattern {name!r} declares no schema")
+            continue
+        workload["allOf"].append(
+            {
+                "if": {"properties": {"pattern": {"const": name}}},
+                "then": {
+                    "additionalProperties": False,
+                    "required": list(p.required),
+                    "properties": {"pattern": {}, **p.schema},
+                },
+            }
+        )
 
 
 @functools.cache
@@ -221,10 +249,6 @@ def _key(path: Iterable[Any]) -> str:
     return out
 
 
-def _bounds(v: Any) -> tuple[float, float]:
-    return (v[0], v[1]) if isinstance(v, list) else (v, v)
-
-
 # ----------------------------------------------------------------------------- checks
 
 
@@ -248,7 +272,7 @@ class _Context:
         """Once per workload, not per engine and output length (a trace is read to tell)."""
         if workload not in self._longest:
             w = self.cfg["workloads"]
-            self._longest[workload] = max_prompt_tokens(w[workload], w)
+            self._longest[workload] = pattern(w[workload]["pattern"]).longest_prompt(w[workload], w)
         return self._longest[workload]
 
     def telemetry_measures_power(self, engine: str) -> bool:
@@ -349,66 +373,10 @@ def _check_workload(name: str, w: dict, workloads: dict) -> None:
         is_range = isinstance(v, list) and len(v) == 2
         if is_range and all(isinstance(x, int | float) for x in v) and v[0] > v[1]:
             raise ConfigError(f"workloads.{name}.{key}: range [{v[0]}, {v[1]}] has low > high")
-    p = w["pattern"]
-    if p == "sequential" and _bounds(w["doc_tokens"])[0] < 1:
-        raise ConfigError(f"workloads.{name}.doc_tokens: documents need at least one token")
-    if p in ("spec", "trace"):
-        _check_file_workload(name, w)
-    if p == "composite":
-        for i, m in enumerate(w["members"]):
-            if m not in workloads:
-                raise ConfigError(f"workloads.{name}.members[{i}]: unknown workload {m!r}")
-            if workloads[m]["pattern"] == "composite":
-                raise ConfigError(f"workloads.{name}.members[{i}]: {m!r} is itself composite")
-            if workloads[m]["pattern"] == "trace":
-                raise ConfigError(
-                    f"workloads.{name}.members[{i}]: {m!r} is a trace, replayed as recorded; "
-                    "a composite cannot scale it"
-                )
-            if workloads[m]["pattern"] == "spec":
-                try:
-                    workload_spec.rate_and_count(_with_content(copy.deepcopy(workloads[m])))
-                except ValueError as exc:
-                    raise ConfigError(f"workloads.{name}.members[{i}]: {m!r}: {exc}") from None
-
-
-def _with_content(w: dict) -> dict:
-    """Add what a spec or trace workload's cells depend on beyond the config: the spec
-    file's parsed content, a trace file's hash. Editing the file reruns exactly its cells
-    (and a spec travels inside the cell's params to hosts without the file)."""
-    if w["pattern"] == "spec":
-        w["spec_doc"] = workload_spec.load_doc(w["file"])
-    elif w["pattern"] == "trace":
-        w["trace_sha256"] = workload_trace.file_sha256(workload_trace.trace_path(w["file"]))
-    return w
-
-
-def _check_file_workload(name: str, w: dict) -> None:
-    """Compile a spec (replay a trace) once, so an error surfaces before any cell runs."""
     try:
-        sl = _with_content(copy.deepcopy(w))
-        if w["pattern"] == "spec":
-            workload_spec.check(sl)
-        else:
-            workload_trace.generate(sl)
-    except ValueError as exc:  # SpecError, TraceError
-        raise ConfigError(f"workloads.{name} ({w['file']}): {exc}") from None
-
-
-def max_prompt_tokens(w: dict, workloads: dict) -> int:
-    """Upper bound on any call's prompt length, for the context-length check."""
-    p = w["pattern"]
-    if p in workload_spec.SEEDS:  # a bundled spec: its own longest prompt, turns included
-        return workload_spec.max_prompt_tokens(workload_spec.seed_slice(w))
-    if p == "single":
-        return w["prompt_tokens"]
-    if p == "composite":
-        return max(max_prompt_tokens(workloads[m], workloads) for m in w["members"])
-    if p == "spec":
-        return workload_spec.max_prompt_tokens(_with_content(copy.deepcopy(w)))
-    if p == "trace":
-        return workload_trace.max_prompt_tokens(w)
-    raise ConfigError(f"workloads: unknown pattern {p!r}")
+        pattern(w["pattern"]).check(name, w, workloads)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- cells
@@ -515,11 +483,9 @@ def cell_priorities(cfg: dict, all_cells: list[Cell], lanes: int = 1) -> dict[st
 
 def workload_slice(cfg: dict, name: str) -> dict:
     """What a workload's cells depend on: its own params (and its members', for composite;
-    a spec's file content, a trace's file hash)."""
-    w = _with_content(copy.deepcopy(cfg["workloads"][name]))
-    if w["pattern"] == "composite":
-        w["members"] = {m: _with_content(copy.deepcopy(cfg["workloads"][m])) for m in w["members"]}
-    return w
+    a spec's file content, a trace's file hash): its pattern's `slice`."""
+    w = cfg["workloads"]
+    return pattern(w[name]["pattern"]).slice(w[name], w)
 
 
 def engine_slice(cfg: dict, name: str) -> dict:

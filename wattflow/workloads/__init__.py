@@ -1,9 +1,11 @@
 """Workloads: `build(spec, seed, rep)` returns a cell's workflows.
 
-Every workflow pattern except two is a YAML spec (wattflow/workloads/spec.py): the seed
-patterns `sequential`, `interactive` and `agentic` are bundled specs, `pattern: spec` names
-a user's (or another bundled) one. `single` (independent requests) and `composite` (members
-side by side) are combinators in code; `trace` replays a recorded JSONL trace.
+Each workflow pattern is one module of wattflow/workloads/patterns/ (wattflow.workloads.
+registry finds them, and those installed or registered elsewhere). Most are YAML specs
+(wattflow/workloads/spec.py): the seed patterns `sequential`, `interactive` and `agentic`
+are bundled specs, `pattern: spec` names a user's (or another bundled) one. `single`
+(independent requests) and `composite` (members side by side) are combinators in code;
+`trace` replays a recorded JSONL trace.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import random
 
-from wattflow.workloads import composite, single, spec, trace
 from wattflow.workloads.core import Call, Segment, Workflow
+from wattflow.workloads.registry import pattern
 
 __all__ = ["Call", "Segment", "Workflow", "build", "workload_seed"]
 
@@ -26,15 +28,4 @@ def workload_seed(seed: int, name: str, rep: int) -> int:
 def build(p: dict, seed: int, rep: int) -> list[Workflow]:
     """Workflows for a workload slice (`config.workload_slice` plus its `name`)."""
     rng = random.Random(workload_seed(seed, p.get("name", p["pattern"]), rep))
-    pattern = p["pattern"]
-    if pattern in spec.SEEDS:
-        return spec.generate(spec.seed_slice(p), rng)
-    if pattern == "spec":
-        return spec.generate(p, rng)
-    if pattern == "single":
-        return single.generate(p, rng)
-    if pattern == "composite":
-        return composite.generate(p, rng)
-    if pattern == "trace":
-        return trace.generate(p)
-    raise ValueError(f"workload {p.get('name')!r}: unknown pattern {pattern!r}")
+    return pattern(p["pattern"]).generate(p, rng)

@@ -1132,13 +1132,9 @@ def rate_and_count(p: dict) -> tuple[float, int]:
     return rate, p.get("workflows") or spec.workflows
 
 
-# The seed patterns of the config (`pattern: sequential` ...) are bundled specs whose
-# params are the config entry's keys.
-SEEDS = ("sequential", "interactive", "agentic")
-
-
 def seed_slice(p: dict) -> dict:
-    """A seed pattern's config slice as a spec slice (its keys are the spec's params)."""
+    """A seed pattern's config slice (`pattern: sequential` ...: wattflow.workloads.
+    patterns.bundled) as a spec slice (its keys are the spec's params)."""
     params = {k: v for k, v in p.items() if k not in ("pattern", "name")}
     return {"pattern": "spec", "file": p["pattern"], "params": params}
 

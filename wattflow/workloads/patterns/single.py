@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 from wattflow.workloads.core import Call, Segment, Workflow, poisson_arrivals
+from wattflow.workloads.pattern import Member, Pattern
 
 
 def generate(p: dict, rng: random.Random, prefix: str = "req") -> list[Workflow]:
@@ -33,3 +34,21 @@ def generate(p: dict, rng: random.Random, prefix: str = "req") -> list[Workflow]
         )
         out.append(Workflow(f"{prefix}-lane{lane}", "single", 0.0, calls))
     return out
+
+
+class Single(Pattern):
+    name = "single"
+
+    def generate(self, p: dict, rng: random.Random) -> list[Workflow]:
+        return generate(p, rng)
+
+    def longest_prompt(self, w: dict, workloads: dict) -> int:
+        return w["prompt_tokens"]
+
+    def member(self, p: dict) -> Member:
+        if not p.get("arrival_rate"):
+            raise ValueError("a composite member needs an arrival_rate (closed-loop has none)")
+        return Member(generate, p, p["arrival_rate"], p["workflows"])
+
+
+PATTERNS = (Single(),)

@@ -1,0 +1,1 @@
+"""The workflow patterns, one module each (defining `PATTERNS`): see wattflow.workloads.pattern."""
