@@ -1,4 +1,4 @@
-"""The DVFS fit: faithful to the power model, recovers known constants, ships cited points."""
+"""The DVFS fit: the simulator's power model, recovers known constants, ships cited points."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import yaml
 from tests.conftest import ROOT
 from wattflow.calibration import dvfs
 from wattflow.engines.sim.constants import SimConstants
-from wattflow.engines.sim.power import PowerModel
+from wattflow.engines.sim.power import steady_step
 from wattflow.hardware import GpuSpec
 
 H100 = GpuSpec(
@@ -24,8 +24,6 @@ H100 = GpuSpec(
     idle_w=125.0,
     max_sm_clock_mhz=1980.0,
     min_sm_clock_mhz=345.0,
-    compute_dynamic_w=900.0,
-    memory_dynamic_w=300.0,
 )
 GPUS = {
     "test-gpu": {"max_sm_clock_mhz": 1980, "min_sm_clock_mhz": 345, "idle_w": 125, "source": "x"}
@@ -38,7 +36,9 @@ def shipped():
     return gpus, points, {g: dvfs.fit_points(g, points) for g in gpus}
 
 
-# ------------------------------------------------------------------ faithful to power.py
+# --------------------------------------------- the fit's clock vs the simulator's controller
+# The fit evaluates the simulator's step equations (power.step_at) but solves for a
+# continuous clock, where the simulator's controller picks one of a 15 MHz grid.
 CONSTANTS = SimConstants(
     idle_w=119.0,
     active_w=220.0,
@@ -54,61 +54,54 @@ COSTS = [
     (0.004, 0.006, 0.0001, 0.012, 0.0025),
     (0.0002, 0.0055, 0.0, 0.0005, 0.0013),
 ]
-
-
-def _mine(d, cap, cost, c, locked, avg):
-    return d.capped(
-        cap,
-        cost,
-        fmax_mhz=1980.0,
-        fmin_mhz=345.0,
-        idle_w=c.idle_w,
-        cdyn_w=c.compute_dynamic_w,
-        mdyn_w=c.memory_dynamic_w,
-        active_w=c.active_w,
-        req_mhz=locked,
-        window_s=c.power_window_s,
-        avg_w=avg,
-    )
+ONE_STEP = 15.0 / 1980.0
 
 
 @pytest.mark.parametrize("cap", [700.0, 550.0, 350.0, 200.0])
-@pytest.mark.parametrize("window", [0.0, 0.05])
-@pytest.mark.parametrize("locked", [None, 1500.0])
 @pytest.mark.parametrize("knee", [0.5, 0.8])
-def test_dvfs_part_reproduces_power_model(cap, window, locked, knee):
-    """Step by step, with the controller's running average carried along, the DVFS
-    re-implementation gives PowerModel.step's time, power and clock exactly."""
-    c = CONSTANTS.with_values(power_window_s=window, memory_knee=knee)
-    model = PowerModel(H100, power_cap_w=cap, sm_clock_mhz=locked, constants=c)
-    d = dvfs.Dvfs(c.alpha, c.memory_knee)
-    for cost in COSTS * 3:
-        avg = model.avg_w
-        t, p, mhz, _, _, _ = model.step(cost)
-        mine = _mine(d, cap, cost, c, locked, avg)
-        assert mine == pytest.approx((t, p, mhz / 1980.0), rel=1e-12)
-        # the continuous solve the fit uses lands within one 15 MHz step of the grid's clock
-        smooth = dvfs.Dvfs(c.alpha, c.memory_knee).capped(
-            cap,
-            cost,
-            fmax_mhz=1980.0,
-            fmin_mhz=345.0,
-            idle_w=c.idle_w,
-            cdyn_w=c.compute_dynamic_w,
-            mdyn_w=c.memory_dynamic_w,
-            active_w=c.active_w,
-            req_mhz=locked,
-            grid=False,
-            window_s=window,
-            avg_w=avg,
-        )
-        assert mine[2] - 1e-12 <= smooth[2] <= mine[2] + 15.0 / 1980.0 + 1e-12
+def test_fit_clock_is_the_simulators_within_a_grid_step(cap, knee):
+    """In steady state under a cap, the fit's clock lies at or above the one the simulator's
+    controller picks, by less than one 15 MHz step, and its step is as long or shorter."""
+    c = CONSTANTS.with_values(memory_knee=knee)
+    for cost in COSTS:
+        t, p, mhz = steady_step(H100, c, cap, cost)
+        t_fit, p_fit, f_fit = dvfs.capped(cap, cost, c, 345.0 / 1980.0)
+        assert mhz / 1980.0 - 1e-12 <= f_fit <= mhz / 1980.0 + ONE_STEP + 1e-12
+        assert t_fit <= t + 1e-15 and (p_fit <= cap + 1e-9 or mhz == 345.0)
+
+
+def test_fit_predicts_the_points_as_the_simulator_runs_them(shipped):
+    """The shipped fit's cap_clock and cap_slowdown points, rerun on the simulator's
+    PowerModel with the point's idle and dynamic power: the same clock and slowdown to
+    within the clock grid."""
+    _, points, fits = shipped
+    f = fits["h100-sxm"]
+    d = SimConstants(**f.values)
+    at700 = next(p for p in points if p.id == "h100-prefill-at-700w")
+    c = d.with_values(
+        idle_w=at700.params["idle_w"],
+        active_w=0.0,
+        compute_dynamic_w=f.nuisances[at700.nuisance],
+        memory_dynamic_w=0.0,
+    )
+    mhz = steady_step(H100, c, at700.params["cap_w"], dvfs.COMPUTE_BOUND)[2]
+    predicted = dvfs.predict(at700, d, f.nuisances[at700.nuisance])
+    assert mhz / 1980.0 <= predicted <= mhz / 1980.0 + ONE_STEP
+    cap70 = next(p for p in points if p.id == "splitwise-h100-prompt-cap70")
+    q = cap70.params
+    dyn = (q["base_power_w"] - q["idle_w"]) / q["base_clock"] ** d.alpha
+    c = c.with_values(idle_w=q["idle_w"], compute_dynamic_w=dyn)
+    t_base = steady_step(H100, c, q["base_power_w"], dvfs.COMPUTE_BOUND)[0]
+    t_cap = steady_step(H100, c, q["cap_w"], dvfs.COMPUTE_BOUND)[0]
+    assert (q["base_clock"], q["insensitive_share"]) == (1.0, 0.0)  # slowdown = 1 / clock
+    clock = 1.0 / dvfs.predict(cap70, d)
+    assert t_base / t_cap - 1e-12 <= clock <= t_base / t_cap + ONE_STEP
 
 
 # ------------------------------------------------------------------ recovery of constants
 def _synthetic(tmp_path, alpha, knee):
     """A sources file whose points are what the DVFS part predicts for known constants."""
-    truth = dvfs.Dvfs(alpha, knee)
+    truth = SimConstants(alpha=alpha, memory_knee=knee)
     src = {"cite": "synthetic", "ref": "test", "where": "generated", "quality": "exact"}
     base = dict(
         source=src, gpu="test", workload="w", setting="s", metric="m", measured_on="test-gpu"
@@ -231,8 +224,8 @@ def test_a_higher_knee_slows_memory_bound_steps_sooner():
         use="check",
         params={"base_clock": 1.0, "locked_clock": 0.6, "memory_share": 1.0},
     )
-    assert dvfs.predict(probe, dvfs.Dvfs(1.7, 0.5)) == 1.0
-    assert dvfs.predict(probe, dvfs.Dvfs(1.7, 0.8)) == pytest.approx(0.8 / 0.6)
+    assert dvfs.predict(probe, SimConstants(alpha=1.7, memory_knee=0.5)) == 1.0
+    assert dvfs.predict(probe, SimConstants(alpha=1.7, memory_knee=0.8)) == pytest.approx(0.8 / 0.6)
 
 
 def test_h100_points_match_the_committed_telemetry():

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from test_sim_common import H100, LLAMA_8B
 
+from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.perf import Roofline
 from wattflow.engines.sim.power import REASON_SW_POWER_CAP, PowerModel
 
 RF = Roofline.build(LLAMA_8B, H100)
+UNCALIBRATED = SimConstants.from_gpu(H100)  # what RF and a PowerModel without constants use
 
 
 def step(pm: PowerModel, cost: tuple):
@@ -19,10 +21,10 @@ def test_decode_batch1_is_memory_bound_weight_read():
     lc, lm, ac, am, _ = cost = RF.decode_times(1, 1000)
     assert lm + am > 50 * (lc + ac)
     expected = (RF.weight_bytes + 1001 * RF.kv_bytes_per_token) / (
-        H100.hbm_tbps * 1e12 * H100.memory_efficiency
+        H100.hbm_tbps * 1e12 * UNCALIBRATED.memory_efficiency
     )
     t = RF.step_time_at_max_clock(cost)
-    assert t == pytest.approx(expected + H100.step_overhead_s, rel=0.03)
+    assert t == pytest.approx(expected + UNCALIBRATED.step_overhead_s, rel=0.03)
 
 
 def test_decode_step_grows_sublinearly_with_batch():
@@ -64,7 +66,7 @@ def test_lower_cap_never_exceeds_cap_and_never_speeds_up(tokens):
         assert p <= cap + 1e-9
         assert p <= prev_p + 1e-9 and t >= prev_t - 1e-12
         assert H100.min_sm_clock_mhz <= f <= H100.max_sm_clock_mhz
-        assert 0.0 < u <= 1.0 and 0.0 <= pmem <= H100.memory_dynamic_w
+        assert 0.0 < u <= 1.0 and 0.0 <= pmem <= UNCALIBRATED.memory_dynamic_w
         prev_t, prev_p = t, p
 
 

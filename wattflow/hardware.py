@@ -1,7 +1,8 @@
 """Model shapes and GPU specifications, as declared in the config.
 
 The simulator's physics and the offline model bundles both derive from these numbers, so a
-new model or GPU is a config entry, not code.
+new model or GPU is a config entry, not code (a GPU's fitted model constants are a
+calibration profile's).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class ModelShape:
 
 @dataclass(frozen=True, slots=True)
 class GpuSpec:
+    """A GPU as the config declares it: datasheet throughput and memory, the power-limit and
+    SM-clock ranges the driver accepts, and its idle power. What a model of the GPU fits
+    (efficiencies, dynamic powers, overheads, DVFS) lives in `engines.sim.constants`."""
+
     name: str
     peak_bf16_tflops: float  # dense
     hbm_tbps: float  # TB/s
@@ -62,18 +67,3 @@ class GpuSpec:
     idle_w: float
     max_sm_clock_mhz: float
     min_sm_clock_mhz: float
-    # Achievable fractions of the datasheet peaks (model-flops and bandwidth utilisation).
-    compute_efficiency: float = 0.6
-    memory_efficiency: float = 0.8
-    # Power at full compute / full memory activity at max clock, above idle (W).
-    compute_dynamic_w: float = 520.0
-    memory_dynamic_w: float = 300.0
-    step_overhead_s: float = 0.0012  # scheduler, sampling, kernel launches per engine step
-
-
-def model_from_config(name: str, d: dict) -> ModelShape:
-    return ModelShape(name=name, **d)
-
-
-def gpu_from_config(name: str, d: dict) -> GpuSpec:
-    return GpuSpec(name=name, **d)

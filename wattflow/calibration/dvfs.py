@@ -3,13 +3,13 @@
 The simulator (wattflow/engines/sim/power.py) scales compute dynamic power with f**ALPHA,
 slows memory-bound steps by MEMORY_KNEE/f below MEMORY_KNEE, and lets a power cap pick the
 highest 15 MHz clock step whose power fits. Both constants were assumptions; this module
-predicts every point of `dvfs_sources.yaml` with a faithful re-implementation of that DVFS
-part (`Dvfs`, checked against `PowerModel` by the tests) and fits the constants by weighted
-least squares, so that a profile can carry {value, low, high, sources} per constant
-(`fit`). The band of a constant combines (a) one-at-a-time shifts of each fitted point's
-value and uncertain inputs to their stated edges, added in quadrature per side, with
-(b) the feasible interval of the one-sided bound points, taken at their loosest stated
-value; a constant fitted only against a prior takes (b) alone. MODEL.md §5.1 explains why.
+predicts every point of `dvfs_sources.yaml` with the simulator's own step equations
+(`power.step_at`) and fits the constants by weighted least squares, so that a profile can
+carry {value, low, high, sources} per constant (`fit`). The band of a constant combines
+(a) one-at-a-time shifts of each fitted point's value and uncertain inputs to their stated
+edges, added in quadrature per side, with (b) the feasible interval of the one-sided bound
+points, taken at their loosest stated value; a constant fitted only against a prior takes
+(b) alone. MODEL.md §5.1 explains why.
 
 `python -m wattflow.calibration.dvfs` prints the fit for every GPU in the sources file;
 `--derive-h100 validation/h100` re-derives the H100 telemetry points from the committed
@@ -30,9 +30,10 @@ from typing import Any
 import yaml
 
 from wattflow.engines.sim import profile as prof
-from wattflow.engines.sim.constants import ALPHA, MEMORY_KNEE
-from wattflow.engines.sim.perf import Roofline
-from wattflow.engines.sim.power import clock_grid, steady_step
+from wattflow.engines.sim.constants import ALPHA, MEMORY_KNEE, SimConstants
+from wattflow.engines.sim.perf import Roofline, StepCost
+from wattflow.engines.sim.power import steady_step, step_at
+from wattflow.hardware import GpuSpec
 
 SOURCES = Path(__file__).with_name("dvfs_sources.yaml")
 CONSTANTS = prof.DVFS_REQUIRED  # alpha, memory_knee: the profile's dvfs: keys
@@ -214,114 +215,74 @@ def _num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-# ------------------------------------------------------------------- the DVFS part itself
-Cost = tuple[float, float, float, float, float]  # perf.StepCost: lc, lm, ac, am, overhead
+# ------------------------------------------------------------- the simulator's power model
+# The fit's free constants travel as a `SimConstants` (alpha, memory_knee); a point supplies
+# the rest (idle and compute dynamic power) to the simulator's step equations.
+def _point_constants(d: SimConstants, idle_w: float, cdyn_w: float) -> SimConstants:
+    """`d`'s DVFS constants with a point's idle and compute dynamic power (no other power)."""
+    return SimConstants(
+        idle_w=idle_w,
+        active_w=0.0,
+        compute_dynamic_w=cdyn_w,
+        memory_dynamic_w=0.0,
+        alpha=d.alpha,
+        memory_knee=d.memory_knee,
+    )
 
 
-@dataclass(frozen=True)
-class Dvfs:
-    """The DVFS part of power.py with its two constants as parameters.
+def capped(
+    cap_w: float, cost: StepCost, c: SimConstants, fmin: float
+) -> tuple[float, float, float]:
+    """(step seconds, power W, clock ratio) of a step under a power cap in steady state, with
+    the clock continuous in [fmin, 1] rather than on the simulator's 15 MHz grid.
 
-    Same equations as `PowerModel.at`/`step` (a test keeps them equal): a step's cost at
-    max clock is (linear compute, linear memory, attention compute, attention memory,
-    overhead) seconds; at clock ratio f compute time scales 1/f, memory time by
-    max(1, knee/f), each kernel kind takes the slower of its two sides, and
-    power = idle + f**alpha * (active + cdyn * t_compute(f) / t) + mdyn * t_memory(1) / t.
-    Under a cap the highest clock of the 15 MHz grid (from the requested clock down to the
-    floor) whose power fits the allowed power is picked, else the floor; the allowed power
-    is the cap plus what keeps an exponential average of power (time constant
-    `window_s`) at the cap after a step of the requested clock's length.
+    The highest clock whose power (`power.step_at`) fits, else the floor: the limit of a
+    fine grid, within one grid step above the clock `PowerModel.step` picks (a test keeps
+    it so). The fit uses it so that its objective is smooth in the constants rather than a
+    staircase.
     """
 
-    alpha: float
-    memory_knee: float
+    def at(f: float) -> tuple[float, float]:
+        return step_at(cost, f, c)[:2]
 
-    def at(
-        self,
-        f: float,
-        cost: Cost,
-        *,
-        idle_w: float,
-        cdyn_w: float,
-        mdyn_w: float = 0.0,
-        active_w: float = 0.0,
-    ) -> tuple[float, float]:
-        """(step seconds, power W) at clock ratio f."""
-        lc, lm, ac, am, o = cost
-        slow = max(1.0, self.memory_knee / f)
-        tl, ta = lc / f, ac / f
-        t = max(tl, lm * slow) + max(ta, am * slow) + o
-        return t, idle_w + f**self.alpha * (active_w + cdyn_w * (tl + ta) / t) + mdyn_w * (
-            lm + am
-        ) / t
-
-    def capped(
-        self,
-        cap_w: float,
-        cost: Cost,
-        *,
-        fmax_mhz: float,
-        fmin_mhz: float,
-        idle_w: float,
-        cdyn_w: float,
-        mdyn_w: float = 0.0,
-        active_w: float = 0.0,
-        req_mhz: float | None = None,
-        grid: bool = True,
-        window_s: float = 0.0,
-        avg_w: float | None = None,
-    ) -> tuple[float, float, float]:
-        """(step seconds, power W, clock ratio) under a power cap, as PowerModel.step.
-
-        window_s/avg_w: the controller's averaging time and its running average before
-        the step (default: idle). grid=False solves for the continuous clock instead of
-        the 15 MHz grid (the limit of a fine grid; within one grid step of it): the fit
-        uses it so that the objective is smooth in the constants rather than a staircase.
-        """
-        top = fmax_mhz if req_mhz is None else req_mhz
-        kw = dict(idle_w=idle_w, cdyn_w=cdyn_w, mdyn_w=mdyn_w, active_w=active_w)
-
-        def at(f: float) -> tuple[float, float]:
-            return self.at(f, cost, **kw)
-
-        allowed = cap_w
-        if window_s > 0.0:
-            a = math.exp(-at(top / fmax_mhz)[0] / window_s)
-            avg = idle_w if avg_w is None else avg_w
-            allowed += (cap_w - avg) * a / (1.0 - a) if a < 1.0 else 0.0
-        if not grid:
-            lo, hi = fmin_mhz / fmax_mhz, top / fmax_mhz
-            t, p = at(hi)
-            if p <= allowed:
-                return t, p, hi
-            if at(lo)[1] > allowed:
-                return (*at(lo), lo)
-            for _ in range(42):  # power rises with the clock: bisection to ~1e-13
-                mid = (lo + hi) / 2.0
-                lo, hi = (mid, hi) if at(mid)[1] <= allowed else (lo, mid)
-            return (*at(lo), lo)
-        clocks = clock_grid(top, fmin_mhz)
-        t, p = at(clocks[0] / fmax_mhz)
-        if p <= allowed:
-            return t, p, clocks[0] / fmax_mhz
-        lo_k, hi_k = 0, len(clocks) - 1  # P(lo) > allowed; hi feasible or the floor
-        while hi_k - lo_k > 1:
-            mid_k = (lo_k + hi_k) // 2
-            if at(clocks[mid_k] / fmax_mhz)[1] <= allowed:
-                hi_k = mid_k
-            else:
-                lo_k = mid_k
-        f = clocks[hi_k] / fmax_mhz
-        return (*at(f), f)
+    lo, hi = fmin, 1.0
+    t, p = at(hi)
+    if p <= cap_w:
+        return t, p, hi
+    if at(lo)[1] > cap_w:
+        return (*at(lo), lo)
+    for _ in range(42):  # power rises with the clock: bisection to ~1e-13
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if at(mid)[1] <= cap_w else (lo, mid)
+    return (*at(lo), lo)
 
 
-COMPUTE_BOUND: Cost = (1.0, 0.0, 0.0, 0.0, 0.0)  # the idealised prefill step of the points
-MEMORY_BOUND: Cost = (0.0, 1.0, 0.0, 0.0, 0.0)
+def _measured_gpu(p: Point) -> GpuSpec:
+    """The GPU a point was measured on, as far as the simulator's power model needs it: its
+    clock range (the sources file's `gpus`), no power-limit range (the point states its
+    caps), no datasheet throughput (the points' steps are given as costs)."""
+    return GpuSpec(
+        name=str(p.measured_on),
+        peak_bf16_tflops=0.0,
+        hbm_tbps=0.0,
+        memory_gib=0.0,
+        tdp_w=math.inf,
+        min_power_limit_w=0.0,
+        max_power_limit_w=math.inf,
+        idle_w=float(p.params["idle_w"]),
+        max_sm_clock_mhz=float(p.on["max_sm_clock_mhz"]),
+        min_sm_clock_mhz=float(p.on["min_sm_clock_mhz"]),
+    )
+
+
+COMPUTE_BOUND: StepCost = (1.0, 0.0, 0.0, 0.0, 0.0)  # the idealised prefill step of the points
+MEMORY_BOUND: StepCost = (0.0, 1.0, 0.0, 0.0, 0.0)
 
 
 # ---------------------------------------------------------------------------- predictions
-def predict(p: Point, d: Dvfs, nuisance: float | None = None, *, grid: bool = False) -> float:
-    """What the DVFS part says the point's metric is, for constants `d`.
+def predict(p: Point, d: SimConstants, nuisance: float | None = None) -> float:
+    """What the simulator's power model says the point's metric is, for DVFS constants `d`
+    (its alpha and memory_knee; the point gives idle and dynamic power).
 
     cap_slowdown   compute-bound step drawing base_power_w at clock ratio base_clock under
                    the default limit; time under cap_w / time at base, with a share of the
@@ -338,25 +299,23 @@ def predict(p: Point, d: Dvfs, nuisance: float | None = None, *, grid: bool = Fa
     """
     q = p.params
     fmax = float(p.on.get("max_sm_clock_mhz", 1.0))
-    fmin = float(p.on.get("min_sm_clock_mhz", 0.0))
+    fmin = float(p.on.get("min_sm_clock_mhz", 0.0)) / fmax
     if p.kind == "cap_slowdown":
         idle, base = q["idle_w"], q["base_power_w"]
-        cdyn = (base - idle) / q["base_clock"] ** d.alpha
-        kw = dict(fmax_mhz=fmax, fmin_mhz=fmin, idle_w=idle, cdyn_w=cdyn, grid=grid)
-        t_base = d.capped(base + 1e-9, COMPUTE_BOUND, **kw)[0]
-        t_cap = d.capped(q["cap_w"], COMPUTE_BOUND, **kw)[0]
+        c = _point_constants(d, idle, (base - idle) / q["base_clock"] ** d.alpha)
+        t_base = capped(base + 1e-9, COMPUTE_BOUND, c, fmin)[0]
+        t_cap = capped(q["cap_w"], COMPUTE_BOUND, c, fmin)[0]
         share = q["insensitive_share"]
         return share + (1.0 - share) * t_cap / t_base
     if p.kind == "cap_clock":
-        kw = dict(
-            fmax_mhz=fmax, fmin_mhz=fmin, idle_w=q["idle_w"], cdyn_w=_need(nuisance, p), grid=grid
-        )
-        return d.capped(q["cap_w"], COMPUTE_BOUND, **kw)[2]
+        c = _point_constants(d, q["idle_w"], _need(nuisance, p))
+        return capped(q["cap_w"], COMPUTE_BOUND, c, fmin)[2]
     if p.kind == "power_floor":
         return q["idle_w"] + _need(nuisance, p)
     if p.kind == "clock_slowdown":
-        t_l = d.at(q["locked_clock"], MEMORY_BOUND, idle_w=0.0, cdyn_w=0.0)[0]
-        t_b = d.at(q["base_clock"], MEMORY_BOUND, idle_w=0.0, cdyn_w=0.0)[0]
+        c = _point_constants(d, 0.0, 0.0)
+        t_l = step_at(MEMORY_BOUND, q["locked_clock"], c)[0]
+        t_b = step_at(MEMORY_BOUND, q["base_clock"], c)[0]
         return 1.0 + q["memory_share"] * (t_l / t_b - 1.0)
     if p.kind in ("clock_floor", "knee_ceiling", "prior"):
         return d.memory_knee
@@ -411,7 +370,7 @@ def used(points: Iterable[Point], gpu: str) -> list[Point]:
     return [p for p in points if gpu in p.gpus and p.use in ("fit", "bound")]
 
 
-def cost(points: list[Point], d: Dvfs) -> tuple[float, dict[str, float]]:
+def cost(points: list[Point], d: SimConstants) -> tuple[float, dict[str, float]]:
     """Sum of squared residuals with every nuisance at its best value, and those values."""
     total, best = 0.0, {}
     for name in sorted({p.nuisance for p in points if p.nuisance}):
@@ -448,7 +407,7 @@ def fit_points(name: str, points: list[Point]) -> Fit:
         if not any(c in p.informs for p in pts):
             raise SourceError(f"profile '{name}': no fit or bound point informs '{c}'")
     values = _solve(pts)
-    d = Dvfs(**values)
+    d = SimConstants(**values)
     _, nuis = cost(pts, d)
     preds = {}
     for p in points:
@@ -487,7 +446,7 @@ def _solve(
         for c in names:
 
             def f(v: float, c: str = c) -> float:
-                return cost(pts, Dvfs(**{**x, c: v}))[0]
+                return cost(pts, SimConstants(**{**x, c: v}))[0]
 
             x[c] = _argmin_lin(f, *SEARCH[c])
     return x
@@ -598,7 +557,7 @@ def _feasible(c: str, pts: list[Point], values: Mapping[str, float]) -> tuple[fl
         fitted = [p for p in pts if p.use == "fit"]
 
         def ok(v: float) -> bool:
-            d = Dvfs(**{**values, c: v})
+            d = SimConstants(**{**values, c: v})
             nuis = cost(fitted + indirect, d)[1]
             return all(residual(p, predict(p, d, nuis.get(p.nuisance))) == 0.0 for p in indirect)
 
@@ -656,33 +615,29 @@ def cap_sensitivity(
     For each alpha the prefill dynamic power is refitted to the telemetry points, so every
     edge reproduces the clock measured at the default limit (the lead must do the same with
     compute_dynamic_w when checking a verdict at a band edge). Clocks on the 15 MHz grid, as
-    the simulator picks them. Returns time and energy relative to the default limit.
+    the simulator picks them (`power.steady_step`). Returns time and energy relative to the
+    default limit.
     """
     group = [p for p in used(points, fit_.gpu) if p.nuisance == nuisance]
     anchor = next((p for p in group if p.kind == "cap_clock"), None)
     if anchor is None:
         return []
-    rows = []
+    rows, gpu = [], _measured_gpu(anchor)
     lo, hi = fit_.bands["alpha"]
     for label, a in (("low", lo), ("value", fit_.values["alpha"]), ("high", hi)):
-        d = Dvfs(a, fit_.values["memory_knee"])
+        d = SimConstants(alpha=a, memory_knee=fit_.values["memory_knee"])
         dyn = cost(group, d)[1][nuisance]
-        kw = dict(
-            fmax_mhz=float(anchor.on["max_sm_clock_mhz"]),
-            fmin_mhz=float(anchor.on["min_sm_clock_mhz"]),
-            idle_w=float(anchor.params["idle_w"]),
-            cdyn_w=dyn,
-        )
-        t0, p0, _ = d.capped(anchor.params["cap_w"], COMPUTE_BOUND, **kw)
+        c = _point_constants(d, float(anchor.params["idle_w"]), dyn)
+        t0, p0, _ = steady_step(gpu, c, anchor.params["cap_w"], COMPUTE_BOUND)
         for cap in caps:
-            t, p, f = d.capped(cap, COMPUTE_BOUND, **kw)
+            t, p, mhz = steady_step(gpu, c, cap, COMPUTE_BOUND)
             rows.append(
                 {
                     "alpha_edge": label,
                     "alpha": a,
                     "dynamic_w_at_fmax": dyn,
                     "cap_w": float(cap),
-                    "clock": f,
+                    "clock": mhz / gpu.max_sm_clock_mhz,
                     "time_ratio": t / t0,
                     "energy_ratio": p * t / (p0 * t0),
                 }

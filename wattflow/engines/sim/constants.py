@@ -1,10 +1,12 @@
 """The simulator's free constants: what a calibration profile fits for one (model, GPU, engine
-version). The datasheet numbers (peak FLOP/s, HBM bandwidth, power limits, clocks) stay in
-`GpuSpec`; everything here is a model parameter with no datasheet value. MODEL.md says what
-each one means and where the shipped values come from.
+version). The datasheet numbers (peak FLOP/s, HBM bandwidth, power limits, clocks, idle
+power) live in `GpuSpec`; everything here is a model parameter with no datasheet value, the
+one home of each (a GPU entry in the config cannot set them; a profile does). MODEL.md says
+what each one means and where the shipped values come from.
 
-Defaults reproduce the uncalibrated model (the legacy `GpuSpec` fields, no front-end delay,
-synchronous scheduling), so a GPU without a profile behaves as before calibration existed.
+Defaults are the uncalibrated model (no front-end delay, synchronous scheduling), for a GPU
+without a profile. `idle_w` is both: the GPU entry declares it, a profile replaces it with
+the idle power measured with the engine loaded (`from_gpu`, then the profile's values).
 """
 
 from __future__ import annotations
@@ -43,15 +45,8 @@ class SimConstants:
 
     @classmethod
     def from_gpu(cls, gpu: GpuSpec) -> SimConstants:
-        """The uncalibrated constants: the GPU entry's own efficiency/power fields."""
-        return cls(
-            compute_efficiency=gpu.compute_efficiency,
-            memory_efficiency=gpu.memory_efficiency,
-            step_overhead_s=gpu.step_overhead_s,
-            idle_w=gpu.idle_w,
-            compute_dynamic_w=gpu.compute_dynamic_w,
-            memory_dynamic_w=gpu.memory_dynamic_w,
-        )
+        """The uncalibrated constants: the defaults, idling at the GPU entry's idle power."""
+        return cls(idle_w=gpu.idle_w)
 
     def frontend_delay_s(self, in_flight: int) -> float:
         """Client -> scheduler with `in_flight` requests already accepted (MODEL.md §1)."""

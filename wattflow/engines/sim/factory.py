@@ -26,8 +26,8 @@ def model_shape(engine_spec: dict) -> ModelShape:
 def gpu_and_constants(engine_spec: dict) -> tuple[GpuSpec, SimConstants]:
     """The GPU's datasheet entry and the model constants its profile (if any) fits.
 
-    A profile's constants replace the GPU entry's fields of the same name (idle_w,
-    compute_efficiency, ...): the profile is what was measured, the entry a datasheet.
+    Without a profile the constants are the uncalibrated defaults; a profile's idle_w
+    replaces the entry's: the profile is what was measured, the entry a datasheet.
     """
     entry = dict(engine_spec["gpu"])
     profile = entry.pop("profile", None)

@@ -7,6 +7,9 @@ the memory knee, memory-bound kernels too, because SMs can no longer issue loads
 enough). The power-cap controller picks, per step, the highest supported clock (15 MHz
 grid) whose power fits under the cap. The constants come from a calibration profile
 (`SimConstants`); see MODEL.md for their values and sources.
+
+`step_at` is the one home of these equations: the simulator's `PowerModel` evaluates it at
+its grid clocks, the DVFS fit (`wattflow.calibration.dvfs`) at any clock ratio.
 """
 
 from __future__ import annotations
@@ -27,6 +30,31 @@ REASON_NONE = 0x0
 REASON_GPU_IDLE = 0x1
 REASON_APPLICATIONS_CLOCKS = 0x2  # a.k.a. UserDefinedClocks: clocks set/locked by the user
 REASON_SW_POWER_CAP = 0x4
+
+
+def clock_terms(f: float, c: SimConstants) -> tuple[float, float]:
+    """(f**alpha, memory slowdown max(1, knee / f)): what a step depends on through its
+    clock ratio f, beside f itself (`PowerModel` keeps them per grid clock)."""
+    return f**c.alpha, max(1.0, c.memory_knee / f)
+
+
+def step_at(
+    cost: StepCost, f: float, c: SimConstants, terms: tuple[float, float] | None = None
+) -> tuple[float, float, float, float]:
+    """(step seconds, power W, busy share, memory power W) of a step of `cost` (at max clock)
+    run at clock ratio f; `terms`: `clock_terms(f, c)` where the caller keeps them.
+
+    Compute time scales 1/f, memory time by the slowdown; each kernel kind takes the slower
+    of its two sides.
+    """
+    fa, ms = terms or clock_terms(f, c)
+    lc, lm, ac, am, o = cost
+    tl, ta, tlm, tam = lc / f, ac / f, lm * ms, am * ms
+    busy = (tl if tl > tlm else tlm) + (ta if ta > tam else tam)
+    t = busy + o
+    pm = c.memory_dynamic_w * (lm + am) / t
+    p = c.idle_w + fa * (c.active_w + c.compute_dynamic_w * (tl + ta) / t) + pm
+    return t, p, busy / t, pm
 
 
 def clock_grid(req_mhz: float, fmin_mhz: float) -> list[float]:
@@ -67,12 +95,8 @@ class PowerModel:
         grid = clock_grid(req, gpu.min_sm_clock_mhz)
         self.grid_mhz = grid  # descending; index 0 is the requested clock
         self._f = [m / fmax for m in grid]
-        self._fa = [f**c.alpha for f in self._f]
-        self._mslow = [max(1.0, c.memory_knee / f) for f in self._f]
+        self._terms = [clock_terms(f, c) for f in self._f]
         self._idle = c.idle_w
-        self._active = c.active_w
-        self._cdyn = c.compute_dynamic_w
-        self._mdyn = c.memory_dynamic_w
         self._tau = c.power_window_s
         # The controller holds an exponential average of power (time constant tau) at the
         # cap, so a short burst after a light phase may run above the cap at full clock.
@@ -85,14 +109,7 @@ class PowerModel:
 
     def at(self, k: int, cost: StepCost) -> tuple[float, float, float, float]:
         """(step seconds, power W, busy share, memory power W) at grid clock index k."""
-        lc, lm, ac, am, o = cost
-        f, ms = self._f[k], self._mslow[k]
-        tl, ta, tlm, tam = lc / f, ac / f, lm * ms, am * ms
-        busy = (tl if tl > tlm else tlm) + (ta if ta > tam else tam)
-        t = busy + o
-        pm = self._mdyn * (lm + am) / t
-        p = self._idle + self._fa[k] * (self._active + self._cdyn * (tl + ta) / t) + pm
-        return t, p, busy / t, pm
+        return step_at(cost, self._f[k], self.constants, self._terms[k])
 
     def step(self, cost: StepCost) -> tuple[float, float, float, float, float, int]:
         """(seconds, power W, SM MHz, util 0..1, memory power W, NVML reasons) of one step.
