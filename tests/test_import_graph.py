@@ -109,13 +109,15 @@ LAYERS = (
     ("workloads", ("workloads",)),
     ("engines and devices", ("engines", "devices", "telemetry", "client", "parrot", "container")),
     ("cell", ("cell", "attribution", "energy_check", "progress", "snakemake_signals")),
-    ("analysis", ("analysis", "calibration", "cli", "__main__")),
+    ("analysis", ("analysis", "calibration", "studies", "cli", "__main__")),
 )  # fmt: skip
 # Edges against the flow, each for one reason: validating a config before any cell runs
 # reads the extension points' declarations (the registries that give each engine, client
-# mode and telemetry source its schema), a GPU's calibration profile, and the workload files.
+# mode and telemetry source its schema, the study names), a GPU's calibration profile, and
+# the workload files.
 UPWARD_ALLOWED = {
     ("wattflow.config", "wattflow.engines.registry"),
+    ("wattflow.config", "wattflow.studies"),  # names only: no study module is imported
     ("wattflow.config", "wattflow.client.registry"),
     ("wattflow.config", "wattflow.telemetry"),
     ("wattflow.config", "wattflow.calibration.profile"),

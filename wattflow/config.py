@@ -29,7 +29,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from wattflow import MODEL_VERSION, telemetry, yamltext
+from wattflow import MODEL_VERSION, studies, telemetry, yamltext
 from wattflow.calibration import profile
 from wattflow.client.registry import POLICIES
 from wattflow.columns import summary as summary_columns
@@ -299,11 +299,16 @@ def _check_telemetry(name: str, e: dict) -> None:
 
 
 def _check_analysis(cfg: dict) -> None:
-    """slo: and analysis: name known workloads and well-formed objectives over summary
-    columns."""
+    """slo: and analysis: name known workloads, known studies and well-formed objectives
+    over summary columns."""
     for name in (cfg.get("slo") or {}).get("workloads") or {}:
         if name not in cfg["workloads"]:
             raise ConfigError(f"slo.workloads.{name}: unknown workload")
+    for i, name in enumerate((cfg.get("analysis") or {}).get("studies") or []):
+        if name not in studies.names():
+            raise ConfigError(
+                f"analysis.studies[{i}]: unknown study {name!r}; known: {studies.names()}"
+            )
     objectives = (cfg.get("analysis") or {}).get("objectives") or []
     if not objectives:
         return
