@@ -7,9 +7,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import polars as pl  # noqa: E402
 
-from wattflow.analysis.findings import check_findings  # noqa: E402
+from wattflow import studies  # noqa: E402
+from wattflow.analysis.findings import evaluate  # noqa: E402
 from wattflow.analysis.report import write_report  # noqa: E402
-from wattflow.calibration.sensitivity import with_band_edges  # noqa: E402
+from wattflow.config import schema  # noqa: E402
 from wattflow.provenance import wattflow_info  # noqa: E402
 
 if "snakemake" in globals():
@@ -21,12 +22,15 @@ else:  # by hand: python scripts/report.py SUMMARY FIG_DIR OUT [ACCURACY]
     summary_path, fig_dir, out = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     provenance = wattflow_info()
     analysis = {"accuracy": sys.argv[4]} if len(sys.argv) > 4 else {}
+selected = analysis.get("studies")
+if selected is None:  # by hand: the schema's default
+    selected = schema()["properties"]["analysis"]["properties"]["studies"]["default"]
 summary = pl.read_parquet(summary_path)
 figures = sorted([*fig_dir.glob("*.png"), *fig_dir.glob("*.svg")])
 write_report(
     summary,
     figures,
-    with_band_edges(check_findings(summary), summary),
+    evaluate(summary, [studies.study(s) for s in selected], recheck=True),
     Path(out),
     provenance,
     objectives=analysis.get("objectives"),

@@ -18,11 +18,13 @@ import vl_convert as vlc
 from wattflow import columns
 from wattflow.analysis import accuracy
 from wattflow.analysis import findings as fnd
+from wattflow.analysis import slices as sl
 from wattflow.analysis.figures import charts, make_figures, save_chart
 from wattflow.analysis.report import png_size, write_report
 from wattflow.analysis.summary import summarize, write_summary
 from wattflow.knobs import cell_path, complete
 from wattflow.outputs import frame, write_json, write_table
+from wattflow.studies import seed
 
 GPU = {"name": "h100-sxm", "default_power_limit_w": 700, "max_sm_clock_mhz": 1980}
 
@@ -218,11 +220,11 @@ def test_write_summary_and_mismatch(hand_cells: list[Path], tmp_path: Path) -> N
 
 def test_linear_fit_r2() -> None:
     xs = [64.0, 128.0, 256.0, 512.0]
-    assert fnd.linear_fit(xs, [3 * x + 7 for x in xs])[2] == pytest.approx(1.0)
+    assert sl.linear_fit(xs, [3 * x + 7 for x in xs])[2] == pytest.approx(1.0)
     rng = random.Random(1)
     noise_x = [float(i) for i in range(50)]
-    assert fnd.linear_fit(noise_x, [rng.gauss(0, 1) for _ in noise_x])[2] < 0.9
-    assert math.isnan(fnd.linear_fit([1.0, 1.0], [2.0, 3.0])[2])
+    assert sl.linear_fit(noise_x, [rng.gauss(0, 1) for _ in noise_x])[2] < 0.9
+    assert math.isnan(sl.linear_fit([1.0, 1.0], [2.0, 3.0])[2])
 
 
 # Gains of the synthetic physics: interactive gains most from batching, sequential barely.
@@ -303,25 +305,35 @@ def mode_summary(tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
     return summarize(cells)
 
 
+def checked(found: list[fnd.Finding]) -> list[fnd.Checked]:
+    """The seed study's findings as the report takes them."""
+    return [fnd.Checked(seed.STUDY, tuple(found))]
+
+
+def seed_study(summary: pl.DataFrame) -> list[fnd.Checked]:
+    """The seed study checked on `summary`, for the report."""
+    return fnd.evaluate(summary, [seed.STUDY])
+
+
 def by_key(found: list[fnd.Finding]) -> dict[str, fnd.Finding]:
     return {f.key: f for f in found}
 
 
 def test_every_seed_claim_is_a_finding(grid_summary: pl.DataFrame) -> None:
-    found = fnd.check_findings(grid_summary)
+    found = seed.STUDY.check(grid_summary)
     assert [f.key for f in found] == ["a", "b", "c", "d", "e", "f", "g1", "g2"]
     for f in found:
         assert f.figure and f.metrics and f.engines == ("sim",) and f.simulated
 
 
 def test_findings_hold_on_synthetic_physics(grid_summary: pl.DataFrame) -> None:
-    f = by_key(fnd.check_findings(grid_summary))
+    f = by_key(seed.STUDY.check(grid_summary))
     for key in "abcdef":
         assert f[key].holds is True, (key, f[key].evidence)
-    red = fnd.batch_reductions(grid_summary)
+    red = sl.batch_reductions(grid_summary)
     assert red["interactive"] == pytest.approx(60.0, abs=2)
     assert red["sequential"] == pytest.approx(5.0, abs=1)
-    assert fnd.power_savings(grid_summary)["agentic"] == pytest.approx(12.0, abs=2)
+    assert sl.power_savings(grid_summary)["agentic"] == pytest.approx(12.0, abs=2)
     # the numbers behind (a)-(d): one row per workload with its reduction and cache share
     rows = {r["workload"]: r for r in f["a"].numbers}
     assert rows["interactive"]["reduction %"] == pytest.approx(red["interactive"], abs=0.05)
@@ -345,27 +357,27 @@ def swap_workloads(df: pl.DataFrame, a: str, b: str) -> pl.DataFrame:
 def test_findings_fail_when_order_is_wrong(grid_summary: pl.DataFrame) -> None:
     # Swap the workload labels: now "sequential" gains most and "interactive" barely.
     swapped = swap_workloads(grid_summary, "sequential", "interactive").drop("pattern")
-    assert fnd.check_sequential(swapped).holds is False
+    assert seed.check_sequential(swapped).holds is False
     # (b) compares cache share and gain: swap the gains alone, the largest share loses
     red = swap_workloads(grid_summary, "interactive", "sequential").drop("cache_share")
     shares = grid_summary.group_by("workload").agg(pl.col("cache_share").first())
-    assert fnd.check_shared_prompts(red.join(shares, on="workload")).holds is False
+    assert seed.check_shared_prompts(red.join(shares, on="workload")).holds is False
     # (d) fails once agentic gains as much as the best workload
     agentic_best = swap_workloads(grid_summary, "interactive", "agentic").drop("pattern")
-    assert fnd.check_agentic(agentic_best).holds is False
+    assert seed.check_agentic(agentic_best).holds is False
 
 
 def test_batch_is_not_strongest_when_power_moves_more(grid_summary: pl.DataFrame) -> None:
     # Make capping worth far more than batching: (a) must fail on "strongest".
     cap = pl.when(pl.col("power_cap_w") == "250").then(0.2).otherwise(1.0)
     strong_cap = grid_summary.with_columns(pl.col("j_per_workflow") * cap)
-    finding = fnd.check_batch(strong_cap)
+    finding = seed.check_batch(strong_cap)
     assert (
         finding.holds is False and "best of the other knobs: power_cap_w 82.5%" in finding.evidence
     )
     # One workload only: "workload-dependent" cannot be tested, "strongest" still holds
     one = grid_summary.filter(pl.col("workload") == "interactive")
-    finding = fnd.check_batch(one)
+    finding = seed.check_batch(one)
     assert finding.holds is None and "workload-dependent: not tested" in finding.evidence
 
 
@@ -375,7 +387,7 @@ def test_findings_say_what_is_missing(grid_summary: pl.DataFrame) -> None:
         & (pl.col("power_cap_w") == "default")
         & (pl.col("max_output_tokens") == 128)
     )
-    found = by_key(fnd.check_findings(one_point))
+    found = by_key(seed.STUDY.check(one_point))
     assert all(f.holds is None for f in found.values())
     assert "1 max_num_seqs value(s) (64); it needs 2: add values to grid.max_num_seqs" in (
         found["a"].evidence
@@ -383,15 +395,15 @@ def test_findings_say_what_is_missing(grid_summary: pl.DataFrame) -> None:
     assert "grid.power_cap_w" in found["e"].evidence
     assert "it needs 3: add values to grid.max_output_tokens" in found["f"].evidence
     two_lengths = grid_summary.filter(pl.col("max_output_tokens") != 256)
-    assert fnd.check_length(two_lengths).holds is None
+    assert seed.check_length(two_lengths).holds is None
     # no valid cell: every finding says that, not that an axis is missing
     invalid = grid_summary.with_columns(pl.lit(False).alias("valid"))
-    for f in fnd.check_findings(invalid):
+    for f in seed.STUDY.check(invalid):
         assert f.holds is None and "no valid cells (144 cells, none valid" in f.evidence, f.key
 
 
 def test_mode_findings(mode_summary: pl.DataFrame) -> None:
-    f = by_key(fnd.check_findings(mode_summary))
+    f = by_key(seed.STUDY.check(mode_summary))
     assert f["g2"].holds is True, f["g2"].evidence
     # one row per (mode, workload, max_num_seqs, cap): AWARE_RATIO, give or take the 0.5 %
     # noise of each cell
@@ -413,7 +425,7 @@ def test_mode_findings(mode_summary: pl.DataFrame) -> None:
     # workflow-aware busier than naive: g1 fails
     flip = pl.when(pl.col("mode") == "naive").then(60.0).otherwise(pl.col("gpu_util_mean_pct"))
     busy = mode_summary.with_columns(flip.alias("gpu_util_mean_pct"))
-    assert fnd.check_utilization(busy).holds is False
+    assert seed.check_utilization(busy).holds is False
 
 
 def test_extras_by_hand(tmp_path: Path) -> None:
@@ -457,9 +469,9 @@ def test_figures_and_report(grid_summary: pl.DataFrame, tmp_path: Path) -> None:
     assert "<svg" in (tmp_path / "fig/power_cap.svg").read_text()
     assert "R²=" in (tmp_path / "fig/output_length.svg").read_text()
 
-    found = fnd.check_findings(grid_summary)
+    found = seed.STUDY.check(grid_summary)
     out = write_report(
-        grid_summary, paths, found, tmp_path / "report.html", {"config_hash": "abc123"}
+        grid_summary, paths, checked(found), tmp_path / "report.html", {"config_hash": "abc123"}
     )
     text = out.read_text()
     pngs = {p.stem for p in paths if p.suffix == ".png"}
@@ -486,8 +498,8 @@ def test_report_shows_simulator_accuracy(grid_summary: pl.DataFrame, tmp_path: P
             "mape_pct": [4.25, 3.0, 6.5, 11.0],
         }
     ).write_parquet(table)
-    found = fnd.check_findings(grid_summary)
-    out = write_report(grid_summary, [], found, tmp_path / "r.html", {}, accuracy=table)
+    found = seed.STUDY.check(grid_summary)
+    out = write_report(grid_summary, [], checked(found), tmp_path / "r.html", {}, accuracy=table)
     text = out.read_text()
     # every simulator verdict resting on J/workflow shows its overall MAPE
     j_based = [f for f in found if "j_per_workflow" in f.metrics]
@@ -501,7 +513,7 @@ def test_report_shows_simulator_accuracy(grid_summary: pl.DataFrame, tmp_path: P
     )
     # a measured (non-simulator) verdict shows no MAPE
     real = grid_summary.with_columns(pl.lit("vllm").alias("engine_kind"))
-    out = write_report(real, [], fnd.check_findings(real), tmp_path / "r2.html", {}, accuracy=table)
+    out = write_report(real, [], seed_study(real), tmp_path / "r2.html", {}, accuracy=table)
     assert "MAPE" not in out.read_text() and "measured: vllm" in out.read_text()
 
 
@@ -590,7 +602,7 @@ def test_figures_skip_missing_axis(grid_summary: pl.DataFrame, tmp_path: Path) -
 def test_power_finding_fails_when_not_monotonic(grid_summary: pl.DataFrame) -> None:
     bump = pl.when(pl.col("power_cap_w") == "450").then(1.3).otherwise(1.0)
     bumped = grid_summary.with_columns(pl.col("j_per_workflow") * bump)
-    finding = fnd.check_power(bumped)
+    finding = seed.check_power(bumped)
     assert finding.holds is False and "non-monotonic: ['agentic'" in finding.evidence
 
 
@@ -634,7 +646,7 @@ def test_report_without_valid_cells_says_so(grid_summary: pl.DataFrame, tmp_path
     invalid = grid_summary.with_columns(pl.lit(False).alias("valid"))
     figs = make_figures(invalid, tmp_path / "fig", html=False)
     assert figs == []
-    out = write_report(invalid, figs, fnd.check_findings(invalid), tmp_path / "r.html", {})
+    out = write_report(invalid, figs, seed_study(invalid), tmp_path / "r.html", {})
     text = out.read_text()
     assert "No figures: no valid cells (144 cells, none valid" in text
     assert "two values" not in text

@@ -16,7 +16,7 @@ from test_real_measure import MODEL, _workflows
 from tests.conftest import ROOT
 from wattflow import cell, devices
 from wattflow import config as wf_config
-from wattflow.analysis import findings as fnd
+from wattflow.analysis import slices as sl
 from wattflow.analysis.figures import mode_power_cap_chart
 from wattflow.analysis.stages import stage_table, write_stages
 from wattflow.cell import run
@@ -26,6 +26,7 @@ from wattflow.engines.backends.vllm import server_args
 from wattflow.engines.pool import ServerHandle, ServerPool
 from wattflow.knobs import complete
 from wattflow.progress import Progress
+from wattflow.studies import seed
 
 
 def _knobs(mode: str, mns: int = 8, cap: str | int = "default") -> dict:
@@ -247,13 +248,13 @@ def _summary(ratio_at: dict[float, float], modes=("naive", "workflow-aware")) ->
 
 
 def test_mode_finding_holds_only_with_a_larger_saving_at_the_lowest_cap():
-    holds = fnd.check_modes(_summary({200: 0.9, 450: 0.95, 700: 0.99}))
+    holds = seed.check_modes(_summary({200: 0.9, 450: 0.95, 700: 0.99}))
     assert holds.holds is True
     assert "+10.0% at 200 W vs +1.0% at 700 W" in holds.evidence
-    assert fnd.check_modes(_summary({200: 0.99, 700: 0.95})).holds is False  # larger at default
-    assert fnd.check_modes(_summary({200: 0.998, 700: 1.0})).holds is False  # below 1 %
-    assert fnd.check_modes(_summary({200: 0.9, 700: 1.0}, modes=("naive",))).holds is None
-    ratios = fnd.mode_ratios(_summary({200: 0.9, 700: 1.0}))
+    assert seed.check_modes(_summary({200: 0.99, 700: 0.95})).holds is False  # larger at default
+    assert seed.check_modes(_summary({200: 0.998, 700: 1.0})).holds is False  # below 1 %
+    assert seed.check_modes(_summary({200: 0.9, 700: 1.0}, modes=("naive",))).holds is None
+    ratios = sl.mode_ratios(_summary({200: 0.9, 700: 1.0}))
     assert ratios["ratio"].to_list() == pytest.approx([0.9, 1.0])
 
 
@@ -315,19 +316,19 @@ def _summary3(modes: dict = THREE, batches=(8, 64)) -> pl.DataFrame:
 def test_mode_order_comes_from_the_registry():
     from wattflow.client.registry import POLICIES
 
-    assert fnd.mode_order(["workflow-aware", "zz-plugin", "parrot", "naive"]) == [
+    assert sl.mode_order(["workflow-aware", "zz-plugin", "parrot", "naive"]) == [
         "naive",
         *(m for m in POLICIES if m in ("workflow-aware", "parrot")),
         "zz-plugin",
     ]
-    assert fnd.workflow_aware_modes() == [m for m in POLICIES if POLICIES[m].workflow_aware]
-    assert {"workflow-aware", "parrot"} <= set(fnd.workflow_aware_modes())
-    assert "naive" not in fnd.workflow_aware_modes()
+    assert sl.workflow_aware_modes() == [m for m in POLICIES if POLICIES[m].workflow_aware]
+    assert {"workflow-aware", "parrot"} <= set(sl.workflow_aware_modes())
+    assert "naive" not in sl.workflow_aware_modes()
 
 
 def test_mode_ratios_compare_every_mode_with_naive():
-    r = fnd.mode_ratios(_summary3())
-    assert fnd.mode_order(r["mode"].unique().to_list()) == fnd.mode_order(
+    r = sl.mode_ratios(_summary3())
+    assert sl.mode_order(r["mode"].unique().to_list()) == sl.mode_order(
         ["parrot", "workflow-aware"]
     )
     assert r.height == 2 * 2 * 2  # modes x max_num_seqs x caps
@@ -347,7 +348,7 @@ def test_mode_ratios_compare_every_mode_with_naive():
 
 
 def test_scheduling_finding_uses_all_three_modes():
-    f = fnd.check_modes(_summary3())
+    f = seed.check_modes(_summary3())
     # workflow-aware holds, parrot fails: the claim about workflow-aware scheduling fails
     assert f.holds is False
     assert (
@@ -377,17 +378,17 @@ def test_scheduling_finding_uses_all_three_modes():
 
     # parrot saving more under the strict cap too: the claim holds for both
     both = {**THREE, "parrot": {**THREE["parrot"], "j": {200: 0.95, 700: 0.99}}}
-    f = fnd.check_modes(_summary3(both))
+    f = seed.check_modes(_summary3(both))
     assert f.holds is True, f.evidence
     assert "parrot vs naive (holds)" in f.evidence
     # workflow-aware failing (below the 1 % saving) fails it even where parrot holds
     weak = {**both, "workflow-aware": {**THREE["workflow-aware"], "j": {200: 0.995, 700: 1.0}}}
-    assert fnd.check_modes(_summary3(weak)).holds is False
+    assert seed.check_modes(_summary3(weak)).holds is False
 
 
 def test_scheduling_finding_at_one_cap_still_reports_the_ratios():
     at_default = {m: {**v, "j": {700: v["j"][700]}} for m, v in THREE.items()}
-    f = fnd.check_modes(_summary3(at_default))
+    f = seed.check_modes(_summary3(at_default))
     assert f.holds is None
     assert (
         "parrot vs naive (not tested: its series have one power cap each; add caps to "
@@ -397,23 +398,23 @@ def test_scheduling_finding_at_one_cap_still_reports_the_ratios():
     assert len(f.numbers) == 4 and {n["power cap W"] for n in f.numbers} == {700.0}
     # the cap sweep for workflow-aware alone: parrot's part is untested, so is the claim
     mixed = {**THREE, "parrot": at_default["parrot"]}
-    f = fnd.check_modes(_summary3(mixed))
+    f = seed.check_modes(_summary3(mixed))
     assert f.holds is None and "workflow-aware vs naive (holds)" in f.evidence
 
 
 def test_a_mode_that_is_not_workflow_aware_is_shown_not_judged():
     other = {k if k != "parrot" else "zz-plugin": v for k, v in THREE.items()}
-    f = fnd.check_modes(_summary3(other))
+    f = seed.check_modes(_summary3(other))
     assert f.holds is True, f.evidence
     assert "zz-plugin vs naive (not judged: not workflow-aware scheduling)" in f.evidence
     assert {n["mode"] for n in f.numbers} == {"workflow-aware", "zz-plugin"}
     only = {k: v for k, v in other.items() if k != "workflow-aware"}
-    f = fnd.check_modes(_summary3(only))
+    f = seed.check_modes(_summary3(only))
     assert f.holds is None and f.evidence.startswith("no workflow-aware mode (")
 
 
 def test_utilization_finding_judges_each_workflow_aware_mode():
-    f = fnd.check_utilization(_summary3())
+    f = seed.check_utilization(_summary3())
     assert f.holds is False  # parrot keeps the GPU busier than naive
     assert "naive vs workflow-aware (holds): agentic max_num_seqs=8: 80.0% vs 75.0%" in f.evidence
     assert "naive vs parrot (fails): agentic max_num_seqs=8: 80.0% vs 85.0%" in f.evidence
@@ -425,19 +426,19 @@ def test_utilization_finding_judges_each_workflow_aware_mode():
         ("parrot", 64): 85.0,
     }
     calm = {**THREE, "parrot": {**THREE["parrot"], "util": 80.5}}  # within the tolerance
-    assert fnd.check_utilization(_summary3(calm)).holds is True
+    assert seed.check_utilization(_summary3(calm)).holds is True
 
 
 def test_mode_findings_say_which_axis_is_missing():
     only_naive = _summary3({"naive": THREE["naive"]})
-    for f in (fnd.check_modes(only_naive), fnd.check_utilization(only_naive)):
+    for f in (seed.check_modes(only_naive), seed.check_utilization(only_naive)):
         assert f.holds is None
         assert f.evidence == (
             "grid lacks the mode axis: it has mode ['naive']; add "
-            f"{' and '.join(fnd.workflow_aware_modes())} to grid.mode"
+            f"{' and '.join(sl.workflow_aware_modes())} to grid.mode"
         )
     no_naive = _summary3({k: v for k, v in THREE.items() if k != "naive"})
-    f = fnd.check_modes(no_naive)
+    f = seed.check_modes(no_naive)
     assert f.holds is None and "grid lacks the mode axis' baseline" in f.evidence
     assert "add naive to grid.mode" in f.evidence
 
@@ -450,7 +451,7 @@ def test_mode_figure_shows_every_mode():
         [panel["layer"][1]["encoding"]["y"]["title"] for panel in row["hconcat"]]
         for row in spec["vconcat"]
     ]
-    order = fnd.mode_order(["parrot", "workflow-aware"])
+    order = sl.mode_order(["parrot", "workflow-aware"])
     assert titles == [
         [f"J/workflow change, {m} vs naive (%)", f"makespan p50 change, {m} vs naive (%)"]
         for m in order

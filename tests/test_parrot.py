@@ -24,7 +24,6 @@ from conftest import ROOT, SNAKEMAKE, TINY_MODEL, copy_pipeline
 from real_fakes import FakeNvml, start_fake_server, use_fake_nvml
 
 from wattflow import cell, devices
-from wattflow.analysis import findings as fnd
 from wattflow.client.executor import resolve_prompt
 from wattflow.client.parrot import env as parrot_env_mod
 from wattflow.client.parrot import runner as parrot_runner
@@ -35,6 +34,7 @@ from wattflow.devices import slots
 from wattflow.engines.sim.served import SimServerProcess, get_json
 from wattflow.knobs import complete
 from wattflow.progress import Progress
+from wattflow.studies import seed
 from wattflow.workloads import build
 from wattflow.workloads.core import Call, Segment, Workflow, output_segment
 from wattflow.workloads.patterns import single as single_pattern
@@ -208,7 +208,7 @@ def test_a_parrot_grid_through_snakemake(parrot_env, tmp_path):
     assert (summary["j_per_workflow"] > 0).all()
     # the report's scheduling finding compares both other modes with naive (issue 13.4):
     # one power cap, so not judged, but the ratios of every (mode, workload) are there
-    g2 = fnd.check_modes(summary)
+    g2 = seed.check_modes(summary)
     assert g2.holds is None and "add caps to grid.power_cap_w" in g2.evidence
     assert sorted((n["mode"], n["workload"]) for n in g2.numbers) == [
         (m, w) for m in ("parrot", "workflow-aware") for w in ("agentic", "map_reduce")

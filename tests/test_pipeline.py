@@ -107,6 +107,44 @@ def test_slo_edit_reruns_only_the_analysis(workdir):
         assert smk(workdir, "--cores", "2", "--quiet", "all").returncode == 0
 
 
+TINY_STUDY = '''"""A study of one claim, dropped into the pipeline's copy of the package."""
+import polars as pl
+
+from wattflow.analysis.findings import Finding, Study, engines_of
+
+
+def all_valid(summary: pl.DataFrame) -> Finding:
+    bad = summary.filter(~pl.col("valid")).height
+    evidence = f"{summary.height - bad} of {summary.height} cells valid"
+    return Finding("(t) Every cell is valid.", bad == 0, evidence, engines=engines_of(summary))
+
+
+STUDY = Study(name="tiny", title="a tiny study", claims=(all_valid,))
+'''
+
+
+def test_a_study_is_one_module_selected_in_config(workdir):
+    """wattflow/studies/tiny.py and `analysis.studies: [tiny]`: the report checks its claim
+    instead of the seed study's, and only figures and report rerun."""
+    tiny = workdir / "wattflow" / "studies" / "tiny.py"
+    tiny.write_text(TINY_STUDY)
+    cfg = small_config("results")
+    cfg["analysis"] = {"studies": ["tiny"]}
+    write_config(workdir, cfg)
+    try:
+        assert planned(workdir) == {"figures": 1, "report": 1, "all": 1}
+        out = smk(workdir, "--cores", "2", "--quiet", "all")
+        assert out.returncode == 0, out.stderr[-3000:]
+        text = (workdir / "results" / "report.html").read_text()
+        assert "Findings of a tiny study" in text and "4 of 4 cells valid" in text
+        assert "Findings of the seed study" not in text
+    finally:
+        tiny.unlink()
+        write_config(workdir, small_config("results"))
+        assert smk(workdir, "--cores", "2", "--quiet", "all").returncode == 0
+    assert "Findings of the seed study" in (workdir / "results" / "report.html").read_text()
+
+
 def test_analysis_edit_reruns_figures_and_report_only(workdir):
     """Objectives and the simulator accuracy table reach the report through the rule."""
     (workdir / "accuracy.csv").write_text("metric,mape_pct\nj_per_workflow,4.5\n")

@@ -19,10 +19,11 @@ from tests.conftest import ROOT
 from tests.test_analysis import synth_grid
 from tests.test_slo_steady import single_cell
 from wattflow.analysis.figures import make_figures
-from wattflow.analysis.findings import check_findings
+from wattflow.analysis.findings import evaluate
 from wattflow.analysis.report import write_report
 from wattflow.analysis.stages import stage_table
 from wattflow.analysis.summary import summarize
+from wattflow.studies import seed
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +62,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = write_report(
         summary,
         figs,
-        check_findings(summary),
+        evaluate(summary, [seed.STUDY]),
         d / "report.html",
         {"config_hash": "test"},
         objectives=["makespan_p90_s<=60"],

@@ -7,11 +7,12 @@ import pytest
 from conftest import small_config
 
 from wattflow import config as C
-from wattflow.analysis.findings import power_savings
+from wattflow.analysis.slices import power_savings
 from wattflow.analysis.summary import summarize
 from wattflow.calibration import sensitivity
 from wattflow.cell import run as run_cell
 from wattflow.engines.sim import profile as prof
+from wattflow.studies import seed
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +64,15 @@ def test_verdict_and_description(capped_grid):
 def test_the_power_finding_says_whether_it_holds_at_the_band_edges(capped_grid):
     """The report's power-cap verdict (simulated cells) carries its band-edge recheck; the
     other findings are left as they are."""
-    from wattflow.analysis.findings import check_findings
-
-    found = check_findings(capped_grid)
-    out = sensitivity.with_band_edges(found, capped_grid)
+    found = seed.STUDY.check(capped_grid)
+    out = seed.with_band_edges(found, capped_grid)
     (before,) = [f for f in found if f.key == "e"]
     (after,) = [f for f in out if f.key == "e"]
     assert before.simulated and before.holds is not None
     assert after.holds == before.holds and after.evidence.startswith(before.evidence)
     assert "band edge" in after.evidence and "alpha low (" in after.evidence
     edges = sensitivity.holds_at_edges(
-        sensitivity.cap_savings(capped_grid), *sensitivity.MODEST_SAVING_PCT
+        sensitivity.cap_savings(capped_grid), *seed.MODEST_SAVING_PCT
     )
     differ = [k for k, ok in edges.items() if k != "profile" and ok != before.holds]
     assert ("differs at" in after.evidence) == bool(differ)

@@ -53,6 +53,7 @@ from wattflow.knobs import (
 )
 from wattflow.knobs import parse_path as knobs_parse_path
 from wattflow.objectives import ObjectiveError, parse_objective
+from wattflow.plugins import names as plugin_names
 from wattflow.workloads.registry import pattern, patterns
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
@@ -347,11 +348,17 @@ def _check_telemetry(name: str, e: dict) -> None:
 
 
 def _check_analysis(cfg: dict) -> None:
-    """slo: and analysis: name known workloads and well-formed objectives over summary
-    columns."""
+    """slo: and analysis: name known workloads, known studies and well-formed objectives
+    over summary columns."""
     for name in (cfg.get("slo") or {}).get("workloads") or {}:
         if name not in cfg["workloads"]:
             raise ConfigError(f"slo.workloads.{name}: unknown workload")
+    known_studies = plugin_names("wattflow.studies", "studies")  # names: no study is loaded
+    for i, name in enumerate((cfg.get("analysis") or {}).get("studies") or []):
+        if name not in known_studies:
+            raise ConfigError(
+                f"analysis.studies[{i}]: unknown study {name!r}; known: {known_studies}"
+            )
     objectives = (cfg.get("analysis") or {}).get("objectives") or []
     if not objectives:
         return

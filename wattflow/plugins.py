@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.metadata
+import importlib.util
 import pkgutil
 from collections.abc import Callable
 from types import ModuleType
@@ -50,3 +51,13 @@ def discover(package: ModuleType, attr: str, key: Callable[[T], str], group: str
     for ep in entry_points(group):
         add(ep.load(), f"entry point {ep.value}")
     return found
+
+
+def names(package: str, group: str) -> list[str]:
+    """The names of a name-keyed extension point's plug-ins (its package's modules, then
+    entry points of group `wattflow.<group>`), without importing any of them: a layer below
+    the package (the config) checks a selection against it."""
+    spec = importlib.util.find_spec(package)  # imports the parent packages only
+    path = spec.submodule_search_locations if spec else None
+    own = {m.name for m in pkgutil.iter_modules(path or []) if not m.name.startswith("_")}
+    return sorted(own | {ep.name for ep in entry_points(group)})

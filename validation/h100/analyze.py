@@ -21,17 +21,14 @@ import altair as alt  # noqa: E402
 import polars as pl  # noqa: E402
 
 from wattflow.analysis.figures import make_figures, save_chart, steady_state_chart  # noqa: E402
-from wattflow.analysis.findings import (  # noqa: E402
-    check_findings,
-    check_modes,
-    check_utilization,
-)
+from wattflow.analysis.findings import evaluate  # noqa: E402
 from wattflow.analysis.report import write_report  # noqa: E402
 from wattflow.analysis.stages import write_stages  # noqa: E402
 from wattflow.analysis.steady import MIN_WINDOW_S, STABLE_FILL  # noqa: E402
 from wattflow.analysis.summary import write_summary  # noqa: E402
 from wattflow.calibration import profile  # noqa: E402
 from wattflow.provenance import wattflow_info  # noqa: E402
+from wattflow.studies.seed import STUDY, check_modes, check_utilization  # noqa: E402
 
 ROOT = HERE.parents[1]
 
@@ -159,13 +156,13 @@ def results_md(summary: pl.DataFrame, single: pl.DataFrame, bench: list[dict]) -
         for r in wf.iter_rows(named=True)
     ]
     out += ["", "The seed study's claims on these cells (report.html has the numbers):", ""]
-    out += finding_lines(check_findings(summary)[:6])  # (g) needs the mode axis: section (c)
+    out += finding_lines(STUDY.check(summary)[:6])  # (g) needs the mode axis: section (c)
     return "\n".join(out) + "\n"
 
 
 def claim_g(summary: pl.DataFrame) -> list[str]:
     """The seed's client-mode claims (g1, g2) on a set of cells, one bullet each."""
-    intro = ["", "The seed study's claim (g) on these cells (`wattflow/analysis/findings.py`):", ""]
+    intro = ["", "The seed study's claim (g) on these cells (`wattflow/studies/seed.py`):", ""]
     return intro + finding_lines([check_utilization(summary), check_modes(summary)])
 
 
@@ -309,7 +306,7 @@ def parrot() -> str:
     write_report(  # the pipeline's report: its scheduling finding (g2) over all three modes
         summary,
         [root / "figures" / "modes.png"],
-        check_findings(summary),
+        evaluate(summary, [STUDY]),
         root / "report.html",
         {**wattflow_info(), "cells": len(dirs)},
     )
@@ -403,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     write_report(
         summary,
         pngs,
-        check_findings(summary),
+        evaluate(summary, [STUDY]),
         HERE / "report.html",
         {**wattflow_info(), "cells": len(dirs)},
     )

@@ -2,8 +2,8 @@
 
 Rules every figure follows, so that it can go into a paper as is:
 
-- each figure plots exactly the cells its finding checks (the `*_slice` helpers in
-  findings.py), repetitions averaged;
+- each figure plots exactly the cells a claim about it checks (the `*_slice` helpers in
+  slices.py), repetitions averaged;
 - y scales are shared within a metric row (one row per metric, one column per workload);
   the one exception, the Pareto figure, says so in its title;
 - a claim about relative change gets a relative-change figure (`*_relative`,
@@ -13,7 +13,7 @@ Rules every figure follows, so that it can go into a paper as is:
   axis called J/workflow);
 - PNG at DPI (216) pixels per inch of the figure's layout size (vl-convert lays out at 72
   ppi, so the PNG has 3x the CSS pixels and prints at the on-screen size), SVG, and an
-  interactive HTML copy.
+  HTML copy to explore in a browser.
 
 A figure whose slice is empty, or has a single x value, is skipped; only the files
 written are returned.
@@ -30,12 +30,12 @@ import polars as pl
 import vl_convert as vlc
 
 from wattflow.analysis import advise as adv
-from wattflow.analysis.findings import (
+from wattflow.analysis.slices import (
     BASELINE_MODE,
-    _means,
     batch_slice,
     length_fits,
     length_slice,
+    means,
     mode_order,
     mode_ratios,
     mode_slice,
@@ -73,8 +73,8 @@ def _workloads(df: pl.DataFrame) -> list[str]:
 def _long(df: pl.DataFrame, x: str, series: Mapping[str, str]) -> pl.DataFrame:
     """Mean over repetitions per (workload, x) of each column in `series` (column ->
     series name), unpivoted to (workload, x, series, value)."""
-    means = df.group_by("workload", x).agg(pl.col(list(series)).mean())
-    long = means.unpivot(on=list(series), index=["workload", x], variable_name="col")
+    avg = df.group_by("workload", x).agg(pl.col(list(series)).mean())
+    long = avg.unpivot(on=list(series), index=["workload", x], variable_name="col")
     return long.with_columns(pl.col("col").replace_strict(dict(series)).alias("series")).drop_nulls(
         "value"
     )
@@ -137,7 +137,7 @@ def _cap_x(df: pl.DataFrame) -> alt.X:
     )
 
 
-# -- (a)-(d) batch size --------------------------------------------------------------------
+# -- batch size -----------------------------------------------------------------------------
 
 
 def batch_size_chart(summary: pl.DataFrame) -> alt.VConcatChart | None:
@@ -172,9 +172,9 @@ def batch_size_chart(summary: pl.DataFrame) -> alt.VConcatChart | None:
 
 def _relative(df: pl.DataFrame, x: str, col: str, base: str) -> pl.DataFrame:
     """Per workload: % change of mean `col` against its value at x == `base` (min/max)."""
-    means = _means(df, x, col)
+    avg = means(df, x, col)
     pick = pl.col(col).sort_by(x).first() if base == "min" else pl.col(col).sort_by(x).last()
-    return means.with_columns(
+    return avg.with_columns(
         (100.0 * (pl.col(col) / pick.over("workload") - 1.0)).alias("change_pct")
     ).drop_nulls("change_pct")
 
@@ -195,7 +195,7 @@ def _change_chart(data: pl.DataFrame, x: alt.X, y_title: str) -> alt.LayerChart:
 
 
 def batch_size_relative_chart(summary: pl.DataFrame) -> alt.LayerChart | None:
-    """Claims (a)-(d) are about relative gains: J/workflow change vs the smallest batch."""
+    """Batching gains are relative: J/workflow change vs the smallest batch."""
     df = batch_slice(summary)
     if not _enough(df, "max_num_seqs"):
         return None
@@ -206,7 +206,7 @@ def batch_size_relative_chart(summary: pl.DataFrame) -> alt.LayerChart | None:
     )
 
 
-# -- (e) power cap ---------------------------------------------------------------------------
+# -- power cap ------------------------------------------------------------------------------
 
 
 def power_cap_chart(summary: pl.DataFrame, batch: int | None = None) -> alt.VConcatChart | None:
@@ -235,7 +235,7 @@ def power_cap_chart(summary: pl.DataFrame, batch: int | None = None) -> alt.VCon
 def power_cap_relative_chart(
     summary: pl.DataFrame, batch: int | None = None
 ) -> alt.HConcatChart | None:
-    """Claim (e) is about relative savings: J/workflow and makespan change vs the default."""
+    """Capping savings are relative: J/workflow and makespan change vs the default."""
     df = power_slice(summary, batch)
     if not _enough(df, "power_cap_w_effective"):
         return None
@@ -251,7 +251,7 @@ def power_cap_relative_chart(
     )
 
 
-# -- (f) output length -----------------------------------------------------------------------
+# -- output length --------------------------------------------------------------------------
 
 
 def output_length_chart(summary: pl.DataFrame, batch: int | None = None) -> alt.FacetChart | None:
@@ -296,11 +296,11 @@ def output_length_chart(summary: pl.DataFrame, batch: int | None = None) -> alt.
     )
 
 
-# -- (g) client modes ------------------------------------------------------------------------
+# -- client modes ---------------------------------------------------------------------------
 
 
 def mode_power_cap_chart(summary: pl.DataFrame) -> alt.VConcatChart | None:
-    """Claim (g2) is about the ratio of the modes: J/workflow and makespan p50 change of
+    """The modes compared by their ratio: J/workflow and makespan p50 change of
     every other mode in the grid against naive (`mode_ratios`), vs the effective power cap;
     one row per mode (in `mode_order`), one line per (workload, max_num_seqs). Each metric
     column shares its y scale across the rows. None unless the grid has naive, another
@@ -363,7 +363,7 @@ def mode_power_cap_chart(summary: pl.DataFrame) -> alt.VConcatChart | None:
 
 def utilization_chart(summary: pl.DataFrame) -> alt.FacetChart | None:
     """Mean GPU utilisation vs max_num_seqs per client mode, at the default cap and each
-    workload's longest outputs (claim g1)."""
+    workload's longest outputs."""
     df = mode_slice(summary)
     if "gpu_util_mean_pct" not in df.columns or df.is_empty():
         return None
@@ -372,10 +372,10 @@ def utilization_chart(summary: pl.DataFrame) -> alt.FacetChart | None:
     ).drop_nulls("gpu_util_mean_pct")
     if not _enough(df, "max_num_seqs") and df["mode"].n_unique() < 2:
         return None
-    means = df.group_by("workload", "mode", "max_num_seqs").agg(pl.col("gpu_util_mean_pct").mean())
+    util = df.group_by("workload", "mode", "max_num_seqs").agg(pl.col("gpu_util_mean_pct").mean())
     x = _log2_x("max_num_seqs", df["max_num_seqs"].unique().to_list(), "max_num_seqs")
     return (
-        alt.Chart(means)
+        alt.Chart(util)
         .mark_line(point=True)
         .encode(
             x=x,

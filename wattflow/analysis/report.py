@@ -1,5 +1,5 @@
-"""A single self-contained HTML report: findings, decisions, SLO goodput, steady-state
-energy, where the energy goes, figures, cell counts and provenance.
+"""A single self-contained HTML report: the selected studies' findings, decisions, SLO
+goodput, steady-state energy, where the energy goes, figures, cell counts and provenance.
 
 No scripts and no external resources (figures are inline PNG data URIs at print
 resolution, SVG where no PNG was written), so it opens anywhere and can be archived or
@@ -21,7 +21,8 @@ import polars as pl
 import wattflow
 from wattflow.analysis import accuracy as acc
 from wattflow.analysis import advise as adv
-from wattflow.analysis.findings import Finding, batch_slice
+from wattflow.analysis.findings import Checked, Finding
+from wattflow.analysis.slices import batch_slice
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; color: #222;
@@ -37,16 +38,8 @@ img { max-width: 100%; height: auto; border: 1px solid #eee; }
 .note { color: #555; } .scroll { overflow-x: auto; }
 """
 
-# Which section shows which figure; figures not listed go under "Other figures".
-FINDING_FIGURES = (
-    "batch_size_relative",
-    "batch_size",
-    "power_cap_relative",
-    "power_cap",
-    "output_length",
-    "utilization",
-    "mode_power_cap",
-)
+# Which section shows which figure (a study's section: the figures it declares); figures
+# no section shows go under "Other figures".
 SECTION_FIGURES = {
     "decisions": ("pareto", "pareto_single"),
     "slo": ("goodput",),
@@ -438,10 +431,25 @@ def energy_html(summary: pl.DataFrame) -> str:
     )
 
 
+def study_html(
+    checked: Checked,
+    figure_paths: Sequence[Path],
+    accuracy: pl.DataFrame | None,
+    accuracy_note: str,
+) -> list[str]:
+    """A study's section: its findings, then the figures it declares."""
+    groups = _group(figure_paths)
+    return [
+        f"<h2>Findings of {html.escape(checked.study.title)}, checked on this grid</h2>",
+        findings_html(checked.findings, groups, accuracy, accuracy_note),
+        figures_html(figure_paths, checked.study.figures),
+    ]
+
+
 def write_report(
     summary: pl.DataFrame,
     figure_paths: Sequence[Path],
-    findings: Sequence[Finding],
+    studies: Sequence[Checked],
     out_html: Path,
     provenance: Mapping[str, Any],
     *,
@@ -449,8 +457,9 @@ def write_report(
     defaults: Mapping[str, Any] | None = None,
     accuracy: str | Path | None = None,
 ) -> Path:
-    """Write the report; returns its path. `objectives`/`defaults`/`accuracy` are the
-    config's `analysis:` keys (accuracy: the simulator accuracy table's path)."""
+    """Write the report; returns its path. `studies`: each selected study's findings (one
+    section each, wattflow.analysis.findings.evaluate); `objectives`/`defaults`/`accuracy`
+    are the config's `analysis:` keys (accuracy: the simulator accuracy table's path)."""
     prov = _provenance(summary, provenance)
     groups = _group(figure_paths)
     table = acc.read(accuracy) if accuracy else None
@@ -474,16 +483,15 @@ def write_report(
             )
             + "</p>"
         )
-    placed = set(FINDING_FIGURES) | {n for v in SECTION_FIGURES.values() for n in v}
+    placed = {n for c in studies for n in c.study.figures}
+    placed |= {n for v in SECTION_FIGURES.values() for n in v}
     others = sorted(n for n in groups if n not in placed)
     body = [
         "<h1>wattflow report</h1>",
         f"<p>{summary.height} cells ({int(summary['valid'].sum())} valid); engines: "
         f"{html.escape(', '.join(kinds) or 'none')}.</p>",
         sim_note,
-        "<h2>Findings of the seed study, checked on this grid</h2>",
-        findings_html(findings, groups, table, note),
-        figures_html(figure_paths, FINDING_FIGURES),
+        *(part for c in studies for part in study_html(c, figure_paths, table, note)),
         "<h2>Decisions: the cheapest setting that meets a latency objective</h2>",
         decisions_html(summary, objectives, defaults),
         figures_html(figure_paths, SECTION_FIGURES["decisions"]),

@@ -8,7 +8,7 @@ params, so editing it reruns summary, figures and report, never a cell):
       tpot_s: 0.1        # per request: mean time per output token after the first
       makespan_s: 60     # per workflow: first arrival to last token
       workloads:         # optional per-workload overrides; null switches one off
-        agentic: {makespan_s: 120, ttft_s: null}
+        long_jobs: {makespan_s: 120, ttft_s: null}
 
 Definitions (the summary's goodput columns):
 

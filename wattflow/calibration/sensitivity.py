@@ -4,10 +4,11 @@ The simulator's power-cap savings rest on two DVFS constants that default-limit
 measurements cannot pin down: `alpha` (compute power ~ f**alpha) and `memory_knee` (below
 it memory-bound steps slow with the clock). Each carries an uncertainty band in its
 calibration profile (MODEL.md §5). `cap_savings` reruns the cells of a grid's power-cap
-slice (`wattflow.analysis.findings.power_slice`: default clock, each workload's largest
+slice (`wattflow.analysis.slices.power_slice`: default clock, each workload's largest
 batch and longest outputs) at the lowest cap and at the default cap, once per band edge:
 alpha low and high, knee low and high, one at a time, the other constants at their
-values, and returns each workload's J/workflow saving at the lowest cap for each edge.
+values, and returns each workload's J/workflow saving at the lowest cap for each edge (the
+seed study's power-cap claim is rechecked on them: wattflow.studies.seed.with_band_edges).
 
 An alpha edge is run with the constants the calibration refitted at that edge
 (`dvfs.alpha.refit_at_edges` in the profile): at another alpha the measured default-limit
@@ -23,12 +24,12 @@ The cells are simulated in memory (no files), about 0.05 s each: the default gri
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from wattflow.analysis.findings import MODEST_SAVING_PCT, Finding, power_slice
+from wattflow.analysis.slices import power_slice
 from wattflow.calibration.cells import not_simulable, simulate
 from wattflow.engines.sim import profile as prof
 from wattflow.engines.sim.constants import SimConstants
@@ -161,7 +162,7 @@ def _mean_j(group: list[tuple[dict, dict, list, SimConstants]], edge: Edge) -> f
 
 def holds_at_edges(savings: pl.DataFrame, low_pct: float, high_pct: float) -> dict[str, bool]:
     """Per edge ("alpha low", ..., "profile"): whether every workload's saving at the
-    lowest cap lies in [low_pct, high_pct] (the report's "modest savings" range)."""
+    lowest cap lies in [low_pct, high_pct] (the seed study's "modest savings" range)."""
     out = {}
     for (c, side), g in savings.group_by("constant", "side", maintain_order=True):
         label = "profile" if c == "none" else f"{c} {side}"
@@ -182,28 +183,3 @@ def describe(savings: pl.DataFrame) -> str:
         )
         lines.append(f"{head}: {per}")
     return "; ".join(lines)
-
-
-def with_band_edges(findings: list[Finding], summary: pl.DataFrame) -> list[Finding]:
-    """The findings, the power-cap one (key "e") saying whether its "modest savings" verdict
-    holds at both edges of each DVFS constant's band, where its cells are simulated (a
-    measured verdict needs no such caveat; an untestable one has nothing to recheck)."""
-    out = []
-    for f in findings:
-        if f.key != "e" or not f.simulated or f.holds is None:
-            out.append(f)
-            continue
-        try:
-            savings = cap_savings(summary)
-        except (OSError, KeyError, ValueError) as exc:  # cells moved, or no profile bands
-            out.append(replace(f, evidence=f"{f.evidence}. Band edges not rechecked: {exc}"))
-            continue
-        edges = holds_at_edges(savings, *MODEST_SAVING_PCT)
-        differ = sorted(k for k, ok in edges.items() if k != "profile" and ok != f.holds)
-        verdict = (
-            "the verdict holds at every DVFS band edge"
-            if not differ
-            else f"the verdict differs at the band edge(s) {', '.join(differ)}"
-        )
-        out.append(replace(f, evidence=f"{f.evidence}. {verdict} ({describe(savings)})"))
-    return out

@@ -85,7 +85,7 @@ class ReleasePolicy:
     needs: ClassVar[ClientNeeds] = ClientNeeds()
     # Whether this mode is workflow-aware scheduling in the seed study's sense: it sees each
     # workflow's DAG and releases dependent calls itself. The report's claims about
-    # workflow-aware scheduling (wattflow.analysis.findings, g1 and g2) are judged on every
+    # workflow-aware scheduling (wattflow.studies.seed, g1 and g2) are judged on every
     # such mode in the grid against `naive`.
     workflow_aware: ClassVar[bool] = False
 
