@@ -104,7 +104,7 @@ def test_config_loads_no_analysis_code() -> None:
 # The layers of the README's layout table, in the order data flows through them.
 LAYERS = (
     ("declarations", ("knobs", "columns", "objectives", "outputs", "files", "yamltext",
-                      "hardware", "plugins", "provenance")),
+                      "hardware", "plugins", "provenance", "environment")),
     ("config", ("config",)),
     ("workloads", ("workloads",)),
     ("engines and devices", ("engines", "devices", "telemetry", "client", "parrot", "container")),
