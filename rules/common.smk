@@ -6,6 +6,7 @@ import os
 import sys
 
 from wattflow import config as wf_config
+from wattflow import environment as wf_env
 from wattflow.engines import container as wf_container
 from wattflow import files as wf_files
 from wattflow import progress as wf_progress
@@ -18,9 +19,10 @@ except wf_config.ConfigError as err:
 
 RESULTS = config["results"]
 CELLS = wf_config.cells(config)
-# Jobs run this interpreter through the environment, not a param: moving the venv must
-# not change any job's params (which would rerun every finished cell).
-os.environ.update(WATTFLOW_PYTHON=sys.executable)
+# What jobs share with this process (its interpreter, the server registry, the image
+# manifests) goes through the environment, not a param: moving the venv must not change
+# any job's params (which would rerun every finished cell). Set here, once.
+SERVER_STATE = wf_env.export_for_jobs(RESULTS, remote=workflow.remote_exec)
 
 
 def cell_dirs():
@@ -89,9 +91,9 @@ def cell_realtime_cpu(wildcards):
     return wf_config.realtime_cpu(config, cell_knobs(wildcards))
 
 
-# Serving images (rules/container.smk): cells find the manifests here.
-IMAGES = f"{RESULTS}/images"
-os.environ[wf_container.IMAGES_ENV] = IMAGES
+# Serving images (rules/container.smk): cells find the manifests here (through
+# $WATTFLOW_IMAGES_DIR).
+IMAGES = str(wf_env.images_dir(RESULTS))
 
 
 def image_spec(engine):

@@ -1,22 +1,11 @@
 # Pooled servers outlive single cells (a vLLM start takes minutes, a cell seconds):
 # cells lease them from wattflow.engines.pool. This process owns them: a server's keeper
 # stops it as soon as this process is gone, and the hooks below stop them on the way out.
-import os
-import socket
-
+# Their registry is SERVER_STATE (rules/common.smk: wattflow.environment.export_for_jobs;
+# a cluster job has one of its own).
 from wattflow import snakemake_signals
 
 snakemake_signals.install()  # Snakemake's SIGTERM handler can deadlock; see that module
-
-SERVER_STATE = f"{RESULTS}/.servers"
-if workflow.remote_exec:
-    # A cluster job (SLURM, Kubernetes) on some node: its servers live and die with the
-    # job, so this process owns them, in a registry of the job's own (the submitting
-    # host's pids, and other jobs' GPU indices, mean nothing here).
-    SERVER_STATE = f"{SERVER_STATE}/jobs/{socket.gethostname()}-{os.getpid()}"
-    os.environ.update(WATTFLOW_OWNER_PID=str(os.getpid()))
-os.environ.setdefault("WATTFLOW_OWNER_PID", str(os.getpid()))
-os.environ.update(WATTFLOW_STATE_DIR=SERVER_STATE)
 
 
 def stop_servers():

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import ROOT
 from wattflow import config as wf_config
+from wattflow import environment
 from wattflow.calibration import accuracy, dvfs, fit
 from wattflow.calibration.cells import MeasuredCell, not_simulable
 from wattflow.cell import run as run_cell
@@ -83,7 +84,7 @@ def test_jacobian_in_worker_processes_gives_the_serial_fit(tmp_path, monkeypatch
     start = TRUTH.with_values(compute_efficiency=0.55, compute_dynamic_w=250.0)
     results = {}
     for n in ("1", "2"):
-        monkeypatch.setenv(fit.WORKERS_ENV, n)
+        monkeypatch.setenv(environment.FIT_WORKERS, n)
         results[n] = fit.fit(cells, start, names=FITTED, max_iterations=3)
     if fit.workers() > 1:  # Linux: the second fit really used two processes
         assert results["2"].constants == results["1"].constants

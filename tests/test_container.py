@@ -16,9 +16,10 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, SNAKEMAKE, TINY_MODEL, copy_pipeline
+from wattflow import environment
 from wattflow.engines import container
 from wattflow.engines import server as srv
-from wattflow.engines.backends.vllm import COMMAND_ENV, VllmLauncher
+from wattflow.engines.backends.vllm import VllmLauncher
 from wattflow.engines.server import RuntimeUnavailable
 
 NO_DOCKER = "unix:///nonexistent/wattflow-test/docker.sock"
@@ -93,10 +94,12 @@ def test_docker_missing_is_a_clear_error_at_build_time(tmp_path, monkeypatch):
 
 def test_native_manifest(tmp_path, monkeypatch):
     spec = image_spec("n", {**ENGINE, "runtime": "native"})
-    monkeypatch.setenv(COMMAND_ENV, "definitely-not-a-vllm-binary")
+    monkeypatch.setenv(environment.VLLM_COMMAND, "definitely-not-a-vllm-binary")
     with pytest.raises(RuntimeUnavailable, match="runtime native"):
         container.build(spec, tmp_path / "n.json", program=srv.native_program(spec, LAUNCHER))
-    monkeypatch.setenv(COMMAND_ENV, f"{sys.executable} -m wattflow.engines.fake_server")
+    monkeypatch.setenv(
+        environment.VLLM_COMMAND, f"{sys.executable} -m wattflow.engines.fake_server"
+    )
     m = container.build(spec, tmp_path / "n.json", program=srv.native_program(spec, LAUNCHER))
     assert json.loads((tmp_path / "n.json").read_text()) == m
     assert m["run_image"] is None and m["spec"] == spec
@@ -141,7 +144,7 @@ def test_apptainer_missing_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_cell_runs_the_manifest_image(tmp_path, monkeypatch):
-    monkeypatch.setenv(container.IMAGES_ENV, str(tmp_path))
+    monkeypatch.setenv(environment.IMAGES_DIR, str(tmp_path))
     engine = {**ENGINE, "runtime": "podman", "image": "base:1"}
     with pytest.raises(RuntimeError, match=r"no image manifest at .*e\.json.*`image` rule"):
         container.with_image("e", engine, "vllm")
@@ -214,7 +217,7 @@ def test_container_command_and_gpus(tmp_path, monkeypatch):
 
 
 def test_native_command_from_engine(monkeypatch):
-    monkeypatch.delenv(COMMAND_ENV, raising=False)
+    monkeypatch.delenv(environment.VLLM_COMMAND, raising=False)
     assert srv.serve_command({}) is None
     assert srv.serve_command({"command": "python3 -m x serve"}) == ["python3", "-m", "x", "serve"]
     ok = {"runtime": "native", "command": f"{sys.executable} -m x serve"}

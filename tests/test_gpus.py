@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from real_fakes import FakeNvml, lib, use_fake_nvml
 
-from wattflow import cell, devices
+from wattflow import cell, devices, environment
 from wattflow.devices import slots as gpus
 from wattflow.engines.registry import backend
 from wattflow.engines.server import gpu_env as _server_env
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    for k in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", gpus.GPUS_ENV, gpus.WAIT_ENV):
+    for k in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", environment.GPUS, environment.GPU_WAIT_S):
         monkeypatch.delenv(k, raising=False)
     yield
     gpus._reset_cell_slot()

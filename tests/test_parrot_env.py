@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from wattflow import cell
+from wattflow import cell, environment
 from wattflow.client.parrot import boot
 from wattflow.client.parrot import env as penv
 from wattflow.client.parrot.env import ParrotEnv, ParrotUnavailable
@@ -136,7 +136,7 @@ def test_an_existing_interpreter_is_checked_not_built(tmp_path, monkeypatch):
     (site / "torch-9.9.dist-info").mkdir()
     (site / "torch-9.9.dist-info" / "METADATA").write_text("Name: torch\nVersion: 9.9\n")
     monkeypatch.setenv("PYTHONPATH", str(site))
-    monkeypatch.setenv(penv.PYTHON_ENV, "current")
+    monkeypatch.setenv(environment.PARROT_PYTHON, "current")
     monkeypatch.setattr(penv, "IMPORTS", {"yaml": "PyYAML", "json": "json"})
     env = penv.prepare(cache=tmp_path / "cache")
     assert env.python == Path(sys.executable) and env.src == src
@@ -147,7 +147,7 @@ def test_an_existing_interpreter_is_checked_not_built(tmp_path, monkeypatch):
     monkeypatch.setattr(penv, "IMPORTS", {"yaml": "PyYAML", "no_such_module_xyz": "xyz-dist"})
     with pytest.raises(ParrotUnavailable, match="lacks what Parrot.*: xyz-dist$"):
         penv.prepare(cache=tmp_path / "cache")
-    monkeypatch.setenv(penv.PYTHON_ENV, str(tmp_path / "no-python"))
+    monkeypatch.setenv(environment.PARROT_PYTHON, str(tmp_path / "no-python"))
     with pytest.raises(ParrotUnavailable, match="no such executable"):
         penv.prepare(cache=tmp_path / "cache")
     assert "no such executable" in penv.unavailable()

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from tests.conftest import ROOT
-from wattflow import progress
+from wattflow import environment, progress
 
 
 def fake_workflow(rules: list[str]) -> SimpleNamespace:
@@ -26,7 +26,7 @@ def fake_workflow(rules: list[str]) -> SimpleNamespace:
 
 @pytest.fixture
 def grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.delenv(progress.PROGRESS_ENV, raising=False)
+    monkeypatch.delenv(environment.PROGRESS, raising=False)
     return tmp_path / "results"
 
 
@@ -34,7 +34,7 @@ def test_start_counts_planned_cell_jobs(grid: Path, capsys: pytest.CaptureFixtur
     dirs = [str(grid / "cells" / f"c{i}") for i in range(5)]
     state = progress.start_grid(grid, dirs, fake_workflow(["cell", "cell", "summary", "cell"]))
     assert json.loads(state.read_text())["total"] == 3
-    assert os.environ[progress.PROGRESS_ENV] == str(state)
+    assert os.environ[environment.PROGRESS] == str(state)
     assert "[wattflow] 3 of the grid's 5 cells to run" in capsys.readouterr().err
     # without a readable DAG: the cells that have no cell.json yet
     (Path(dirs[0]) / "cell.json").parent.mkdir(parents=True)
@@ -89,7 +89,7 @@ def test_concurrent_cells_share_one_counter(grid: Path) -> None:
     code = (
         "import sys; from wattflow.progress import cell_finished; cell_finished(sys.argv[1], True)"
     )
-    env = {**os.environ, progress.PROGRESS_ENV: str(state), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, environment.PROGRESS: str(state), "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, f"cells/c{i}"], env=env, stdout=subprocess.PIPE, text=True

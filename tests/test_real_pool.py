@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_MODEL
+from wattflow import environment
 from wattflow.engines import server as srv
-from wattflow.engines.backends.vllm import COMMAND_ENV, VllmLauncher, server_args
+from wattflow.engines.backends.vllm import VllmLauncher, server_args
 from wattflow.engines.bundle import write_dummy_model
 from wattflow.engines.pool import ServerHandle, ServerPool, read_json, server_key, stop_all
 from wattflow.engines.server import RuntimeUnavailable, pid_alive, wait_gone
@@ -44,7 +45,9 @@ def ident(max_num_seqs: int, prefix_caching: bool = True, policy: str = "fcfs") 
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    monkeypatch.setenv(COMMAND_ENV, f"{sys.executable} -m wattflow.engines.fake_server")
+    monkeypatch.setenv(
+        environment.VLLM_COMMAND, f"{sys.executable} -m wattflow.engines.fake_server"
+    )
 
 
 def _pool(tmp_path, **kw) -> ServerPool:
@@ -131,7 +134,7 @@ def test_missing_runtime_is_clear(monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     with pytest.raises(RuntimeUnavailable, match="runtime docker selected but no Docker engine"):
         srv.check_runtime({**SPEC, "runtime": "docker"}, ["vllm"])
-    monkeypatch.setenv(COMMAND_ENV, "/nonexistent/vllm")
+    monkeypatch.setenv(environment.VLLM_COMMAND, "/nonexistent/vllm")
     with pytest.raises(RuntimeUnavailable, match="runtime native"):
         srv.check_runtime(SPEC, srv.native_program(SPEC, LAUNCHER))
 
@@ -178,7 +181,8 @@ def test_keeper_stops_when_idle(tmp_path, fake_vllm):
 
 def test_failed_start_reports_log(tmp_path, monkeypatch):
     monkeypatch.setenv(
-        COMMAND_ENV, f"{sys.executable} -c \"import sys; print('boom: no GPU'); sys.exit(3)\""
+        environment.VLLM_COMMAND,
+        f"{sys.executable} -c \"import sys; print('boom: no GPU'); sys.exit(3)\"",
     )
     with pytest.raises(RuntimeError, match="did not start") as ei:
         _acquire(_pool(tmp_path), ident(4))
@@ -289,7 +293,7 @@ def test_warm_gpus_name_the_gpus_serving_an_identity(tmp_path, fake_vllm):
 def _slow_start(monkeypatch, delay_s: float) -> None:
     """The stand-in server takes `delay_s` to come up, as vLLM takes minutes."""
     cmd = f"{sys.executable} -m wattflow.engines.fake_server --startup-delay-s {delay_s}"
-    monkeypatch.setenv(COMMAND_ENV, cmd)
+    monkeypatch.setenv(environment.VLLM_COMMAND, cmd)
 
 
 def _registered(pool: ServerPool, key: str, timeout_s: float = 20) -> bool:

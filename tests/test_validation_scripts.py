@@ -17,10 +17,8 @@ import yaml
 from real_fakes import FakeNvml, use_fake_nvml
 
 from tests.conftest import ROOT, TINY_MODEL, load_script
-from wattflow import devices
+from wattflow import devices, environment
 from wattflow.devices import slots
-from wattflow.engines.backends.vllm import COMMAND_ENV
-from wattflow.engines.pool import OWNER_ENV, STATE_ENV
 
 SCRIPTS = [
     "validation/h100/measure.py",
@@ -184,9 +182,14 @@ def _tiny_config(extra_workloads: list[str], workload: str) -> dict:
 
 def _fake_gpu_host(monkeypatch, out: Path) -> None:  # noqa: ANN001
     """measure.py's environment on the GPU host, with a fake vLLM and no GPU variables."""
-    monkeypatch.setenv(COMMAND_ENV, f"{sys.executable} -m wattflow.engines.fake_server")
+    monkeypatch.setenv(
+        environment.VLLM_COMMAND, f"{sys.executable} -m wattflow.engines.fake_server"
+    )
     monkeypatch.setenv("OUT", str(out))
-    for k in (STATE_ENV, OWNER_ENV):  # main sets both; restored after the test
+    for k in (
+        environment.STATE_DIR,
+        environment.OWNER_PID,
+    ):  # main sets both; restored after the test
         monkeypatch.setenv(k, "")
     for k in ("CUDA_VISIBLE_DEVICES", "WATTFLOW_GPUS", "SLURM_JOB_ID"):
         monkeypatch.delenv(k, raising=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from wattflow import config as wf_config
-from wattflow import energy_check, outputs
+from wattflow import energy_check, environment, outputs
 from wattflow.analysis import advise as adv
 from wattflow.calibration import accuracy, fit
 from wattflow.cell import run
@@ -92,7 +92,8 @@ def cmd_cell(args: argparse.Namespace) -> int:
     cell = wf_config.Cell(knobs)
     out = Path(args.out) if args.out else Path(wf_config.cell_dir(cfg["results"], cell))
     _check_writable(out)
-    manifest = run(wf_config.cell_spec(cfg, knobs), knobs, out)
+    with environment.results_defaults(cfg["results"]):  # the grid's servers and images
+        manifest = run(wf_config.cell_spec(cfg, knobs), knobs, out)
     e = manifest["energy"]
     joules = "no energy measured" if e["counter_j"] is None else f"{e['counter_j']:.0f} J"
     print(

@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from wattflow import environment
+
 
 class Progress:
     def __init__(
@@ -62,12 +64,11 @@ class Progress:
 #
 # Snakemake's `onstart` hook calls `start_grid` (in the Snakemake process): it counts the
 # cell jobs about to run, writes a fresh state file under the results folder and exports
-# its path in PROGRESS_ENV, which every job Snakemake starts inherits. Each cell's process
+# its path in $WATTFLOW_PROGRESS, which every job Snakemake starts inherits. Each cell's process
 # calls `cell_finished` when it ends (scripts/run_cell.py): under an exclusive flock it
 # advances the state and prints one line, on stdout (a cell's stderr goes to its log).
 # Without the variable (a cell run by hand, `wattflow cell`) nothing happens.
 
-PROGRESS_ENV = "WATTFLOW_PROGRESS"
 STATE_NAME = ".wattflow-progress.json"
 
 
@@ -92,7 +93,7 @@ def start_grid(results: str | Path, cell_dirs: Sequence[str], workflow: Any = No
     state |= {"done": 0, "valid": 0, "invalid": 0, "failed": 0}
     with _locked(path) as f:
         _write(f, state)
-    os.environ[PROGRESS_ENV] = str(path)
+    os.environ[environment.PROGRESS] = str(path)
     if planned:
         print(
             f"[wattflow] {planned} of the grid's {len(cell_dirs)} cells to run",
@@ -110,7 +111,7 @@ def cell_finished(
 ) -> None:
     """Count one finished cell (valid: True/False; None: it failed, for `reason`) and print
     the line; failures are kept in the state for `failures` at the end of the run."""
-    where = os.environ.get(PROGRESS_ENV)
+    where = os.environ.get(environment.PROGRESS)
     if not where:
         return
     try:

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from wattflow import config as C  # noqa: E402
+from wattflow import environment  # noqa: E402
 from wattflow.cell import run  # noqa: E402
 from wattflow.engines import pool  # noqa: E402
 from wattflow.knobs import cell_path, server_identity  # noqa: E402
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(os.environ.get("OUT", "/tmp/out"))
     out.mkdir(parents=True, exist_ok=True)
     state = Path(a.state)
-    os.environ.update({pool.OWNER_ENV: str(os.getpid()), pool.STATE_ENV: str(state)})
+    os.environ.update({environment.OWNER_PID: str(os.getpid()), environment.STATE_DIR: str(state)})
     paths = a.config or [str(ROOT / "validation" / "h100" / "config.yaml")]
     configs = {Path(f).stem: C.load(f) for f in paths}
     results = Path(a.results)

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wattflow import environment
 from wattflow.calibration import dvfs
 from wattflow.calibration.cells import MeasuredCell, find_cells, simulable
 from wattflow.engines.sim import profile as prof
@@ -195,7 +196,6 @@ def _residuals(
     return np.where(np.isfinite(r), r, 10.0), per_cell
 
 
-WORKERS_ENV = "WATTFLOW_FIT_WORKERS"  # processes for the Jacobian's columns (default: CPUs)
 _SHARED: tuple | None = None  # (cells, evidence, names, base) for forked workers
 
 
@@ -204,8 +204,8 @@ def workers() -> int:
     process may use; 1 (serial) off Linux, where fork-started workers are not safe."""
     if not sys.platform.startswith("linux"):
         return 1
-    if os.environ.get(WORKERS_ENV):
-        return max(1, int(os.environ[WORKERS_ENV]))
+    if os.environ.get(environment.FIT_WORKERS):
+        return max(1, int(os.environ[environment.FIT_WORKERS]))
     return len(os.sched_getaffinity(0))
 
 

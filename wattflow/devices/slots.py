@@ -2,7 +2,7 @@
 
 Snakemake's `gpu` resource bounds how many real cells run at once (`--resources gpu=N` on an
 N-GPU node); this module decides *which* GPU each of them gets. A slot is an flock on
-`<state>/gpus/<host>/<index>.lock` (state: $WATTFLOW_STATE_DIR, else results/.servers),
+`<state>/gpus/<host>/<index>.lock` (state: $WATTFLOW_STATE_DIR, RESULTS/.servers in a grid),
 taken by the cell process and held until it exits: the kernel drops the lock when the
 process ends, however it ends, so a crashed cell never leaves a GPU marked busy. The host
 is part of the path so that a state dir on a shared filesystem serves many nodes.
@@ -34,11 +34,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wattflow import environment
 from wattflow.devices import DeviceLibrary, library
-
-GPUS_ENV = "WATTFLOW_GPUS"
-WAIT_ENV = "WATTFLOW_GPU_WAIT_S"
-DEFAULT_STATE_DIR = Path("results/.servers")
 
 _held: set[str] = set()  # lock paths this process holds (flock over NFS is per process)
 _held_lock = threading.Lock()
@@ -88,7 +85,7 @@ def _open(lib: DeviceLibrary | None) -> DeviceLibrary:
     except Exception as exc:  # noqa: BLE001 - ImportError, no library, no driver ...
         raise NoGpu(
             f"no GPU list: {lib.name} is unavailable ({type(exc).__name__}: {exc}) and "
-            f"neither {GPUS_ENV} nor CUDA_VISIBLE_DEVICES is set"
+            f"neither {environment.GPUS} nor CUDA_VISIBLE_DEVICES is set"
         ) from exc
     return lib
 
@@ -111,8 +108,8 @@ def candidates(
     cvd = _entries(env.get("CUDA_VISIBLE_DEVICES", ""))
     if env.get("SLURM_JOB_ID") and cvd:
         return _to_indices(cvd[:1], lib), True
-    if env.get(GPUS_ENV, "").strip():
-        return _to_indices(_entries(env[GPUS_ENV]), lib), False
+    if env.get(environment.GPUS, "").strip():
+        return _to_indices(_entries(env[environment.GPUS]), lib), False
     if cvd:
         return _to_indices(cvd, lib), False
     lib = _open(lib)
@@ -123,7 +120,7 @@ def candidates(
 
 
 def lock_dir(state_dir: str | Path | None = None) -> Path:
-    base = Path(state_dir or os.environ.get("WATTFLOW_STATE_DIR") or DEFAULT_STATE_DIR)
+    base = Path(state_dir) if state_dir else environment.current_state_dir()
     return base / "gpus" / socket.gethostname()
 
 
@@ -178,8 +175,8 @@ def acquire(
     rest = sorted((i for i in indices if i not in preferred), key=lambda i: i in aff.avoid)
     d = lock_dir(state_dir)
     d.mkdir(parents=True, exist_ok=True)
-    if timeout_s is None and os.environ.get(WAIT_ENV):
-        timeout_s = float(os.environ[WAIT_ENV])
+    if timeout_s is None and os.environ.get(environment.GPU_WAIT_S):
+        timeout_s = float(os.environ[environment.GPU_WAIT_S])
     start = time.monotonic()
     deadline = None if timeout_s is None else start + timeout_s
     told = False

@@ -36,15 +36,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from wattflow import outputs
+from wattflow import environment, outputs
 from wattflow.engines.server import RuntimeUnavailable, check_runtime, docker_client
 
 DEFAULT_DOCKERFILE = "containers/Dockerfile"
 DEFAULT_DEFFILE = "containers/wattflow.def"
 VERSION_LABEL = "org.wattflow.server-version"
-IMAGES_ENV = "WATTFLOW_IMAGES_DIR"  # where cells find the manifests (set by the Snakefile)
-DEFAULT_IMAGES_DIR = Path("results/images")
-ISOLATION_ENV = "WATTFLOW_BUILD_ISOLATION"  # podman's RUN isolation; default chroot
 # What the build context holds: the Dockerfiles and the package source. Nothing else (no
 # .venv, results or .git), so a build sends megabytes, not gigabytes.
 CONTEXT_PATHS = ("containers", "wattflow")
@@ -165,7 +162,7 @@ def _build(
     extra = () if dockerfile.startswith(tuple(f"{p}/" for p in CONTEXT_PATHS)) else (dockerfile,)
     kw: dict[str, Any] = {}
     if runtime == "podman":  # buildah's RUN isolation; chroot needs no OCI runtime
-        kw["isolation"] = os.environ.get(ISOLATION_ENV, "chroot")
+        kw["isolation"] = os.environ.get(environment.BUILD_ISOLATION, "chroot")
     version = client.version()
     names = [c.get("Name") for c in version.get("Components") or [] if c.get("Name")]
     server = f"{names[0] if names else runtime} {version.get('Version')}"
@@ -404,23 +401,19 @@ def build(
 # --------------------------------------------------------------------------- the cell
 
 
-def images_dir() -> Path:
-    return Path(os.environ.get(IMAGES_ENV) or DEFAULT_IMAGES_DIR)
-
-
 def load_manifest(name: str, engine: dict, probe: str) -> dict | None:
     """The manifest the `image` rule wrote for engine `name` (None for runtime native,
     which needs none); a clear error when it is missing or describes another build."""
     runtime = engine.get("runtime", "docker")
     if runtime == "native":
         return None
-    path = images_dir() / f"{name}.json"
+    path = environment.current_images_dir() / f"{name}.json"
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise RuntimeError(
             f"engine {name}: no image manifest at {path} ({exc}); the `image` rule builds "
-            f"it (snakemake {path}); by hand, set {IMAGES_ENV} to its folder"
+            f"it (snakemake {path}); by hand, set {environment.IMAGES_DIR} to its folder"
         ) from exc
     want = image_spec(name, engine, probe)
     if manifest.get("spec") != want:

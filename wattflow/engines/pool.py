@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wattflow import environment
 from wattflow.engines.launcher import Launcher
 from wattflow.engines.server import (
     _signal_group,
@@ -44,14 +45,6 @@ from wattflow.engines.server import (
     wait_gone,
 )
 from wattflow.files import default_mode
-
-STATE_ENV = "WATTFLOW_STATE_DIR"
-OWNER_ENV = "WATTFLOW_OWNER_PID"
-DEFAULT_STATE_DIR = Path("results/.servers")
-
-
-def state_dir(path: str | Path | None = None) -> Path:
-    return Path(path or os.environ.get(STATE_ENV) or DEFAULT_STATE_DIR)
 
 
 def server_key(engine_spec: dict, identity: dict) -> str:
@@ -129,13 +122,13 @@ class ServerPool:
         stop_grace_s: float = 30.0,
         owner_pid: int | None = None,
     ) -> None:
-        self.dir = state_dir(path)
+        self.dir = Path(path) if path else environment.current_state_dir()
         self.idle_timeout_s = idle_timeout_s
         self.start_timeout_s = start_timeout_s or float(
-            os.environ.get("WATTFLOW_SERVER_START_TIMEOUT_S", 1200)
+            os.environ.get(environment.SERVER_START_TIMEOUT_S, 1200)
         )
         self.stop_grace_s = stop_grace_s
-        self.owner_pid = owner_pid or int(os.environ.get(OWNER_ENV) or os.getpid())
+        self.owner_pid = owner_pid or int(os.environ.get(environment.OWNER_PID) or os.getpid())
 
     # -- locking and files ------------------------------------------------------------------
     @contextlib.contextmanager
@@ -406,12 +399,18 @@ def stop_all(path: str | Path | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m wattflow.engines.pool [list|stop-all] [--state-dir DIR]"""
+    """python -m wattflow.engines.pool [list|stop-all] [--results DIR | --state-dir DIR]"""
     p = argparse.ArgumentParser(prog="python -m wattflow.engines.pool", description=__doc__)
     p.add_argument("command", choices=["list", "stop-all"])
-    p.add_argument("--state-dir", default=None)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--results", help="the servers of the grid writing here (config results:)")
+    where.add_argument(
+        "--state-dir",
+        help=f"the registry itself (default: ${environment.STATE_DIR}, else "
+        f"{environment.state_dir()})",
+    )
     a = p.parse_args(argv)
-    pool = ServerPool(a.state_dir)
+    pool = ServerPool(a.state_dir or (environment.state_dir(a.results) if a.results else None))
     if a.command == "stop-all":
         print(f"stopped {pool.stop_all()} server(s) registered in {pool.dir}")
     else:

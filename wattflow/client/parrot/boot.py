@@ -38,6 +38,7 @@ import time
 import types
 
 SERVERS = ("parrot.serve.http_server", "parrot.engine.http_server")
+PARENT_ENV = "WATTFLOW_PARENT_PID"  # wattflow.environment.PARENT_PID (no wattflow import here)
 
 
 class _Anything(type):
@@ -97,7 +98,7 @@ def install() -> None:
 def exit_with_parent() -> None:
     """Parrot's servers run until killed: end this one when the wattflow process that
     started it (WATTFLOW_PARENT_PID) is gone, so a crashed run leaves nothing behind."""
-    parent = int(os.environ.get("WATTFLOW_PARENT_PID") or 0)
+    parent = int(os.environ.get(PARENT_ENV) or 0)
     if not parent:
         return
 

@@ -40,12 +40,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from wattflow import environment
+
 UPSTREAM = "https://github.com/microsoft/ParrotServe"
 COMMIT = "2e1825e"
 TARBALL = f"ParrotServe-{COMMIT}.tar.gz"
 TARBALL_SHA256 = "3b2ee0d49880a03c28c8dd63a8e0a57efa896cff04ab60f6b5bfa0c7d9ca8127"
 ROOT = Path(__file__).resolve().parents[3]  # the checkout (or site-packages' parent)
-PYTHON_ENV = "WATTFLOW_PARROT_PYTHON"
 
 # What Parrot's serving core and `openai` engine import beyond the standard library, by
 # import name -> distribution (their own dependencies come with them). Measured: the
@@ -159,8 +160,8 @@ class ParrotEnv:
 
 
 def cache_root() -> Path:
-    if os.environ.get("WATTFLOW_PARROT_HOME"):
-        return Path(os.environ["WATTFLOW_PARROT_HOME"])
+    if os.environ.get(environment.PARROT_HOME):
+        return Path(os.environ[environment.PARROT_HOME])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "wattflow" / "parrot"
 
@@ -169,8 +170,8 @@ def find_tarball() -> Path | None:
     """The vendored tarball: WATTFLOW_PARROT_TARBALL, else shared/vendor/ in the checkout or
     beside it (CI: ../shared/vendor) or beside one of its parents, or the same from the
     current directory."""
-    if os.environ.get("WATTFLOW_PARROT_TARBALL"):
-        return Path(os.environ["WATTFLOW_PARROT_TARBALL"])
+    if os.environ.get(environment.PARROT_TARBALL):
+        return Path(os.environ[environment.PARROT_TARBALL])
     for start in (ROOT, Path.cwd().resolve()):
         for base in (start, *start.parents):
             p = base / "shared" / "vendor" / TARBALL
@@ -181,14 +182,16 @@ def find_tarball() -> Path | None:
 
 def _checkout_src(src: Path) -> Path:
     if not (src / "parrot" / "serve" / "http_server.py").exists():
-        raise ParrotUnavailable(f"WATTFLOW_PARROT_SRC={src} holds no parrot/serve/http_server.py")
+        raise ParrotUnavailable(
+            f"{environment.PARROT_SRC}={src} holds no parrot/serve/http_server.py"
+        )
     if (src / ".git").exists():
         head = subprocess.run(
             ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
         if not head.startswith(COMMIT):
             raise ParrotUnavailable(
-                f"WATTFLOW_PARROT_SRC={src} is at commit {head[:12] or '?'}, not {COMMIT}: "
+                f"{environment.PARROT_SRC}={src} is at commit {head[:12] or '?'}, not {COMMIT}: "
                 f"run `git -C {src} checkout {COMMIT}`"
             )
     return src
@@ -202,7 +205,7 @@ def _unpack(tarball: Path, cache: Path) -> Path:
     if digest != TARBALL_SHA256:
         raise ParrotUnavailable(
             f"{tarball} has SHA-256 {digest}, not the vendored {TARBALL}'s {TARBALL_SHA256}; "
-            "for another copy of the upstream commit, unpack it and set WATTFLOW_PARROT_SRC"
+            f"for another copy of the upstream commit, unpack it and set {environment.PARROT_SRC}"
         )
     dest = cache / f"src-{digest[:16]}"
     if (dest / ".complete").exists():
@@ -265,7 +268,7 @@ def _build_venv(cache: Path, timeout_s: float) -> Path:
         shutil.rmtree(venv, ignore_errors=True)
         raise ParrotUnavailable(
             f"installing Parrot's dependencies failed: {done.stderr.strip()[-1500:]}\n"
-            f"(without PyPI, set {PYTHON_ENV} to an interpreter that has "
+            f"(without PyPI, set {environment.PARROT_PYTHON} to an interpreter that has "
             f"{', '.join(sorted(set(IMPORTS.values())))}: docs/parrot.md)"
         )
     marker.write_text("\n".join(LOCK) + "\n")
@@ -287,14 +290,14 @@ def _locked(cache: Path):  # noqa: ANN202 - generator context manager
 def _source(cache: Path | None) -> tuple[Path, str]:
     """Parrot's source folder and its origin; with `cache` None, only checks that it is
     there (no unpacking, no checksum)."""
-    if os.environ.get("WATTFLOW_PARROT_SRC"):
-        src = _checkout_src(Path(os.environ["WATTFLOW_PARROT_SRC"]))
+    if os.environ.get(environment.PARROT_SRC):
+        src = _checkout_src(Path(os.environ[environment.PARROT_SRC]))
         return src, str(src)
     tarball = find_tarball()
     if tarball is None:
         raise ParrotUnavailable(
-            f"Parrot's source is not here: set WATTFLOW_PARROT_SRC to a checkout of "
-            f"{UPSTREAM} at {COMMIT}, or WATTFLOW_PARROT_TARBALL to {TARBALL} "
+            f"Parrot's source is not here: set {environment.PARROT_SRC} to a checkout of "
+            f"{UPSTREAM} at {COMMIT}, or {environment.PARROT_TARBALL} to {TARBALL} "
             f"(looked for shared/vendor/ in and beside {ROOT} and its parents)"
         )
     if cache is None:
@@ -306,12 +309,12 @@ def _source(cache: Path | None) -> tuple[Path, str]:
 
 def _given_python() -> Path | None:
     """WATTFLOW_PARROT_PYTHON as a path (`current`: this interpreter), or None."""
-    given = os.environ.get(PYTHON_ENV, "").strip()
+    given = os.environ.get(environment.PARROT_PYTHON, "").strip()
     if not given:
         return None
     python = Path(sys.executable if given == "current" else given)
     if not (python.is_file() and os.access(python, os.X_OK)):
-        raise ParrotUnavailable(f"{PYTHON_ENV}={given}: no such executable")
+        raise ParrotUnavailable(f"{environment.PARROT_PYTHON}={given}: no such executable")
     return python
 
 
@@ -345,13 +348,15 @@ def _existing(python: Path, src: Path, origin: str) -> ParrotEnv:
         env={**os.environ, "PYTHONPATH": env.path},
     )
     if probe.returncode != 0:
-        raise ParrotUnavailable(f"{PYTHON_ENV}={python} does not run: {probe.stderr[-1000:]}")
+        raise ParrotUnavailable(
+            f"{environment.PARROT_PYTHON}={python} does not run: {probe.stderr[-1000:]}"
+        )
     found = json.loads(probe.stdout.strip().splitlines()[-1])
     if found["missing"]:
         dists = sorted({IMPORTS[m] for m in found["missing"]})
         raise ParrotUnavailable(
-            f"{PYTHON_ENV}={python} (PYTHONPATH {env.path}) lacks what Parrot's core and "
-            f"openai engine import: {', '.join(dists)}"
+            f"{environment.PARROT_PYTHON}={python} (PYTHONPATH {env.path}) lacks what "
+            f"Parrot's core and openai engine import: {', '.join(dists)}"
         )
     packages = tuple(
         f"{d}=={v}" if v else f"{d} (no version metadata)" for d, v in found["packages"].items()

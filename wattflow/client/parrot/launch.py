@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wattflow import environment
 from wattflow.client.parrot.env import ParrotEnv
 from wattflow.engines.server import free_port, stop_process
 
@@ -188,8 +189,8 @@ class ParrotServer:
             PYTHONUNBUFFERED="1",
             HF_HUB_OFFLINE="1",  # the openai engine needs no tokenizer: never reach a hub
             TRANSFORMERS_OFFLINE="1",
-            WATTFLOW_PARENT_PID=str(os.getpid()),  # boot.py exits when wattflow is gone
         )
+        env[environment.PARENT_PID] = str(os.getpid())  # boot.py exits when wattflow is gone
         cmd = [str(self.env.python), str(BOOT), module, "--config_path", str(config_path)]
         if self.config.release_mode:
             cmd.append("--release_mode")

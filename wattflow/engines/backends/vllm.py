@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
+from wattflow import environment
 from wattflow.engines import bundle, container, http
 from wattflow.engines.base import BATCHING_SCHEMA, Backend, Needs
 from wattflow.engines.launcher import LaunchSpec
@@ -26,8 +27,6 @@ from wattflow.hardware import ModelShape
 from wattflow.knobs import server_identity
 
 MODEL_NAME = "wattflow"  # the served model name
-COMMAND_ENV = "WATTFLOW_VLLM_COMMAND"  # e.g. "python -m wattflow.engines.fake_server" in tests
-MODEL_DIR_ENV = "WATTFLOW_MODEL_DIR"
 DEFAULT_IMAGE = "vllm/vllm-openai:v0.26.0"
 _DTYPE = {
     "bf16": ["--dtype", "bfloat16"],
@@ -76,13 +75,13 @@ class VllmLauncher:
     def program(self, engine: dict) -> list[str]:
         """$WATTFLOW_VLLM_COMMAND, else `vllm serve` next to this interpreter (an
         unactivated venv), else `vllm serve` from PATH."""
-        if os.environ.get(COMMAND_ENV):
-            return shlex.split(os.environ[COMMAND_ENV])
+        if os.environ.get(environment.VLLM_COMMAND):
+            return shlex.split(os.environ[environment.VLLM_COMMAND])
         beside = Path(sys.executable).parent / "vllm"
         return [str(beside) if beside.exists() else "vllm", "serve"]
 
     def prepare(self, engine: dict, state_dir: Path) -> dict:
-        real = engine.get("model_dir") or os.environ.get(MODEL_DIR_ENV)
+        real = engine.get("model_dir") or os.environ.get(environment.MODEL_DIR)
         d = bundle.model_dir(ModelShape(**engine["model"]), state_dir / "models", real)
         return {"model_dir": str(Path(d).resolve()), "model_name": MODEL_NAME}
 

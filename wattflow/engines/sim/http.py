@@ -56,6 +56,7 @@ from typing import Any
 from aiohttp import web
 
 import wattflow
+from wattflow import environment
 from wattflow.config import engine_slice, load
 from wattflow.engines.base import Request, RequestRecord
 from wattflow.engines.bundle import SPECIALS, token
@@ -582,7 +583,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0: any free port (see the ready line)")
-    p.add_argument("--api-key", default=os.environ.get("WATTFLOW_SIM_API_KEY"))
+    p.add_argument("--api-key", default=os.environ.get(environment.SIM_API_KEY))
     p.add_argument("--served-model-name", default=None, help="default: the model's name")
     p.add_argument("--seed", type=int, default=0, help="seeds the output token ids")
     p.add_argument("--log-prompts", action="store_true", help="keep prompt/output ids in the log")

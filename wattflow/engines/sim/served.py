@@ -26,12 +26,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from wattflow import environment
 from wattflow.engines import http
 from wattflow.engines.server import stop_process
 from wattflow.knobs import DEFAULT, server_identity
 
 DEFAULT_REQUEST_TIMEOUT_S = 600.0  # the HTTP engines' schema default
-API_KEY_ENV = "WATTFLOW_SIM_API_KEY"  # the server reads its key here, never its command line
 
 
 class SimServerProcess:
@@ -178,7 +178,7 @@ def served_session(spec: dict, knobs: dict) -> Iterator[ServedSession]:
     e = spec["engine"]
     key = secrets.token_hex(16)
     ident = server_identity(knobs)
-    with SimServerProcess(e, *server_args(knobs), env={API_KEY_ENV: key}) as srv:
+    with SimServerProcess(e, *server_args(knobs), env={environment.SIM_API_KEY: key}) as srv:
         with_timeout = {"request_timeout_s": DEFAULT_REQUEST_TIMEOUT_S, **e}
         s = http.session(
             srv.url,
