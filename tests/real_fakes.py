@@ -156,7 +156,7 @@ def start_fake_server(api_key: str = "k", *extra: str) -> tuple[subprocess.Popen
         [
             sys.executable,
             "-m",
-            "wattflow.engines.fake_server",
+            "wattflow.testing.openai_server",
             "--port",
             str(port),
             "--api-key",

@@ -112,7 +112,8 @@ LAYERS = (
     ("devices", "GPU device libraries (NVML) and their settings", ("devices",)),
     ("telemetry", "power and energy sources over the devices (NVML, RAPL)", ("telemetry",)),
     ("engines", "serving engines: the simulator (with its own telemetry), vLLM, any "
-     "OpenAI endpoint, the server pool, container images", ("engines",)),
+     "OpenAI endpoint, the server pool, container images; a stand-in OpenAI server for "
+     "tests", ("engines", "testing")),
     ("client", "release policies (client modes) driving an engine; Parrot as one",
      ("client",)),
     ("config", "the configuration: validation, the cell grid, config slices", ("config",)),
