@@ -198,7 +198,7 @@ def test_warm_ratio_is_recorded_as_measured():
     assert {r["gpu_indices"][0] for r in ser["cells"]} == {0}
     assert par["wall_s"] == pytest.approx(141.9) and ser["wall_s"] == pytest.approx(232.9)
     assert f"{par['wall_s'] / ser['wall_s']:.2f}" in RATIO.readme()
-    assert f"{par['wall_s'] / ser['wall_s']:.2f}" in (ROOT / "README.md").read_text()
+    assert f"{par['wall_s'] / ser['wall_s']:.2f}" in (ROOT / "docs" / "gpus.md").read_text()
     durations = {
         run: {c.name: json.loads((c / "cell.json").read_text())["duration_s"]
               for c in RATIO.cells(run)}
