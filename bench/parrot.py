@@ -47,7 +47,8 @@ from wattflow.client.executor import execute  # noqa: E402
 from wattflow.client.policies.naive import Naive  # noqa: E402
 from wattflow.config import cell_spec, validate  # noqa: E402
 from wattflow.engines.openai_client import OpenAIEngine  # noqa: E402
-from wattflow.engines.sim.served import SimServerProcess, get_json  # noqa: E402
+from wattflow.engines.sim.served import SimServerProcess  # noqa: E402
+from wattflow.engines.sim.served_telemetry import get_json  # noqa: E402
 from wattflow.knobs import complete  # noqa: E402
 from wattflow.parrot.client import run_parrot  # noqa: E402
 from wattflow.parrot.env import prepare  # noqa: E402

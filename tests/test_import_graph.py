@@ -140,3 +140,18 @@ def test_imports_follow_the_layers() -> None:
     top, _ = graph()
     upward = {(a, b) for a in top for b in top[a] if layer(b) > layer(a)}
     assert upward <= UPWARD_ALLOWED, sorted(upward - UPWARD_ALLOWED)
+
+
+def test_engines_read_no_config_and_telemetry_no_engine() -> None:
+    """The config sits above the engines (an engine gets its slice passed in, a command
+    line reads the config for it) and telemetry below them (a backend brings its own
+    sources): function-local imports count too."""
+    top, local = graph()
+    edges = {(a, b) for a in top for b in top[a]} | {(m, t) for m, t, _ in local}
+    bad = sorted(
+        (a, b)
+        for a, b in edges
+        if (a.startswith("wattflow.engines") and b == "wattflow.config")
+        or (a.startswith("wattflow.telemetry") and b.startswith("wattflow.engines"))
+    )
+    assert not bad, bad

@@ -28,7 +28,8 @@ from wattflow.analysis import findings as fnd
 from wattflow.client.executor import resolve_prompt
 from wattflow.config import cell_spec, validate
 from wattflow.devices import slots
-from wattflow.engines.sim.served import SimServerProcess, get_json
+from wattflow.engines.sim.served import SimServerProcess
+from wattflow.engines.sim.served_telemetry import get_json
 from wattflow.knobs import complete
 from wattflow.parrot import client as parrot_client
 from wattflow.parrot import env as parrot_env_mod

@@ -29,11 +29,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-from wattflow import MODEL_VERSION, telemetry, yamltext
+from wattflow import MODEL_VERSION, yamltext
 from wattflow.calibration import profile
 from wattflow.client.registry import POLICIES
 from wattflow.columns import summary as summary_columns
-from wattflow.engines.registry import backend, backends
+from wattflow.engines.registry import backend, backends, telemetry_sources
 from wattflow.knobs import (
     BY_NAME,
     GRID_KNOBS,
@@ -290,7 +290,7 @@ def check(cfg: dict) -> None:
 def _check_telemetry(name: str, e: dict) -> None:
     chosen = e.get("telemetry")
     if isinstance(chosen, list):
-        known = telemetry.sources()
+        known = telemetry_sources()
         for i, s in enumerate(chosen):
             if s not in known:
                 raise ConfigError(
