@@ -50,7 +50,8 @@ from wattflow.client.parrot.runner import run_parrot  # noqa: E402
 from wattflow.client.policies.naive import Naive  # noqa: E402
 from wattflow.config import cell_spec, validate  # noqa: E402
 from wattflow.engines.openai_engine import OpenAIEngine  # noqa: E402
-from wattflow.engines.sim.served import SimServerProcess, get_json  # noqa: E402
+from wattflow.engines.sim.served import SimServerProcess  # noqa: E402
+from wattflow.engines.sim.served_telemetry import get_json  # noqa: E402
 from wattflow.knobs import complete  # noqa: E402
 from wattflow.progress import Progress  # noqa: E402
 from wattflow.workloads import build  # noqa: E402

@@ -20,6 +20,7 @@ from wattflow import environment
 from wattflow.engines import container
 from wattflow.engines import server as srv
 from wattflow.engines.backends.vllm import VllmLauncher
+from wattflow.engines.base import BATCHING_SCHEMA, batching_default
 from wattflow.engines.server import RuntimeUnavailable
 
 NO_DOCKER = "unix:///nonexistent/wattflow-test/docker.sock"
@@ -185,7 +186,8 @@ def test_container_command_and_gpus(tmp_path, monkeypatch):
     client = type("Client", (), {"containers": _FakeContainers()})()
     monkeypatch.setattr(srv, "docker_client", lambda _runtime: client)
     model = {k: v for k, v in TINY_MODEL.items() if k != "dtype"}
-    base = {**ENGINE, "model": model, "runtime": "podman", "image": "sha256:abc"}
+    batching = {k: batching_default(k) for k in BATCHING_SCHEMA}  # as config validation fills
+    base = {**ENGINE, **batching, "model": model, "runtime": "podman", "image": "sha256:abc"}
     server = {"max_num_seqs": 4, "prefix_caching": True, "scheduling_policy": "fcfs"}
     for spec, entry, gpus in (
         (base, ["vllm"], True),

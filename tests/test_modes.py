@@ -23,10 +23,14 @@ from wattflow.cell import run
 from wattflow.devices import slots
 from wattflow.engines import openai_engine
 from wattflow.engines.backends.vllm import server_args
+from wattflow.engines.base import BATCHING_SCHEMA, batching_default
 from wattflow.engines.pool import ServerHandle, ServerPool
 from wattflow.knobs import complete
 from wattflow.progress import Progress
 from wattflow.studies import seed
+
+# An engine entry as config validation leaves it: the schema's batching defaults filled in.
+VLLM_ENGINE = {"model": MODEL, **{k: batching_default(k) for k in BATCHING_SCHEMA}}
 
 
 def _knobs(mode: str, mns: int = 8, cap: str | int = "default") -> dict:
@@ -205,7 +209,7 @@ def test_vllm_workflow_aware_uses_a_priority_server_and_sends_priorities(
     ]
     prio = {node: b["priority"] for node, b in bodies}
     assert set(prio) == {"plan", "do"} and 1 <= prio["plan"] < prio["do"]
-    args = server_args({"model": MODEL}, acquired[0], "/m", 8000)
+    args = server_args(VLLM_ENGINE, acquired[0], "/m", 8000)
     assert args[args.index("--scheduling-policy") + 1] == "priority"
 
 
@@ -215,7 +219,7 @@ def test_vllm_naive_runs_on_an_fcfs_server_and_sends_no_priority(server, monkeyp
         {"max_num_seqs": 8, "prefix_caching": True, "scheduling_policy": "fcfs", "gpus": [0]}
     ]
     assert bodies and all("priority" not in b for _, b in bodies)
-    args = server_args({"model": MODEL}, acquired[0], "/m", 8000)
+    args = server_args(VLLM_ENGINE, acquired[0], "/m", 8000)
     assert args[args.index("--scheduling-policy") + 1] == "fcfs"
 
 

@@ -31,7 +31,8 @@ from wattflow.client.parrot.launch import BOOT
 from wattflow.client.parrot.runner import run_parrot
 from wattflow.config import cell_spec, validate
 from wattflow.devices import slots
-from wattflow.engines.sim.served import SimServerProcess, get_json
+from wattflow.engines.sim.served import SimServerProcess
+from wattflow.engines.sim.served_telemetry import get_json
 from wattflow.knobs import complete
 from wattflow.progress import Progress
 from wattflow.studies import seed

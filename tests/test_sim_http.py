@@ -1,4 +1,4 @@
-"""The simulator served over HTTP in wall-clock time (wattflow.engines.sim.http).
+"""The simulator served over HTTP in wall-clock time (wattflow.engines.sim.openai_server).
 
 Each test starts its own server process on a free loopback port (0.3 s) and talks to it with
 wattflow's OpenAIEngine or a plain aiohttp client. The central check replays the requests
@@ -19,24 +19,31 @@ import polars as pl
 import pytest
 import yaml
 
-from wattflow import cell
+from wattflow import cell, cli
 from wattflow.client import registry
 from wattflow.client.executor import ClientNeeds
 from wattflow.client.policies.naive import Naive
 from wattflow.config import cell_spec, engine_slice, load, validate
 from wattflow.engines.base import Request
 from wattflow.engines.openai_engine import OpenAIEngine
-from wattflow.engines.sim import http as sim_http
+from wattflow.engines.sim import openai_server, server_flags
+from wattflow.engines.sim import telemetry as sim_telemetry
 from wattflow.engines.sim.blocks import block_segments
 from wattflow.engines.sim.clock import run_virtual
 from wattflow.engines.sim.engine import SimEngine, SimKnobs
-from wattflow.engines.sim.factory import gpu_and_constants
-from wattflow.engines.sim.served import SimServerProcess, get_json, server_args, telemetry_rows
+from wattflow.engines.sim.factory import (
+    build_engine,
+    build_served,
+    gpu_and_constants,
+    server_settings,
+)
+from wattflow.engines.sim.served import SimServerProcess
+from wattflow.engines.sim.served_telemetry import get_json, telemetry_rows
+from wattflow.engines.sim.server_flags import server_args
 from wattflow.engines.words import ids_to_text
 from wattflow.hardware import ModelShape
 from wattflow.knobs import complete
 from wattflow.progress import Progress
-from wattflow.telemetry import sim as sim_telemetry
 from wattflow.workloads import build
 from wattflow.workloads.core import Segment
 
@@ -262,14 +269,41 @@ def test_bad_requests_get_clear_errors():
 
 
 def test_command_line_and_engine_slice_validation(tmp_path):
-    args = sim_http.parse_args(["--config", str(ROOT / "config" / "config.yaml"), "--port", "0"])
-    assert sim_http._load_slice(args) == SLICE
+    args = cli.parser().parse_args(
+        ["--config", str(ROOT / "config" / "config.yaml"), "sim-serve", "--port", "0"]
+    )
+    assert cli._sim_engine(args) == SLICE
+    defaults = server_flags.settings(openai_server.parse_args(["--slice", "x.json"]))
+    assert defaults == server_settings({})  # the flags' defaults are the knobs'
     with pytest.raises(ValueError, match="kind 'vllm'"):
-        sim_http.engine_from_slice({**SLICE, "kind": "vllm"})
+        build_served({**SLICE, "kind": "vllm"}, defaults)
     with pytest.raises(ValueError, match="settable range"):
-        sim_http.engine_from_slice(SLICE, power_cap_w=50)
-    eng = sim_http.engine_from_slice(SLICE, max_num_seqs=3, scheduling_policy="priority")
+        build_served(SLICE, {**defaults, "power_cap_w": 50})
+    flags = ["--slice", "x.json", "--max-num-seqs", "3", "--scheduling-policy", "priority"]
+    eng = build_served(SLICE, server_flags.settings(openai_server.parse_args(flags)))
     assert eng.knobs.max_num_seqs == 3 and eng.knobs.scheduling_policy == "priority"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {},
+        {"mode": "workflow-aware", "max_num_seqs": 4, "prefix_caching": False},
+        {"power_cap_w": 400, "sm_clock_mhz": 1500, "max_num_seqs": 64},
+    ],
+)
+def test_the_served_simulator_is_the_cells_own(given):
+    """A cell's knobs, as the flags its server process gets, build the engine the cell
+    would run in virtual time: same factory, same options, same constants."""
+    knobs = complete({"engine": "sim", "workload": "agentic", **given})
+    spec = {**SLICE, "max_num_batched_tokens": 4096}  # the slice's own, not a default
+    args = openai_server.parse_args(["--slice", "x.json", *server_args(knobs)])
+    served = build_served(spec, server_flags.settings(args))
+    virtual = build_engine(spec, knobs)
+    assert served.knobs == virtual.knobs and served.knobs.max_num_batched_tokens == 4096
+    assert (served.model, served.gpu, served.constants) == (
+        virtual.model, virtual.gpu, virtual.constants
+    )  # fmt: skip
 
 
 def test_a_mode_that_needs_an_endpoint_gets_the_simulator_served(monkeypatch, tmp_path):

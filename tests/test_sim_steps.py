@@ -3,9 +3,12 @@ profile gives, and caps act on steps as a power limit must."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import ROOT
+from wattflow import cli
 from wattflow import config as C
 from wattflow.engines.sim import steps
 
@@ -19,7 +22,7 @@ def test_model_md_shows_the_shipped_profiles_steps(engine):
     """A refit changes these numbers; the doc must be regenerated with the command it names."""
     table = steps.markdown(steps.rows(engine), engine["gpu"]["max_power_limit_w"])
     model_md = (ROOT / "wattflow" / "engines" / "sim" / "MODEL.md").read_text()
-    assert table in model_md, "MODEL.md §5: rerun `python -m wattflow.engines.sim.steps`"
+    assert table in model_md, "MODEL.md §5: rerun `wattflow sim-steps`"
 
 
 def test_model_md_states_the_shipped_front_end_delay(engine):
@@ -46,12 +49,25 @@ def test_prefill_is_capped_at_the_default_limit_and_small_decode_is_not(engine):
     """The H100's telemetry: prefill runs clock-throttled at 700 W (f about 0.76), batch-1
     decode at the maximum clock; the model must keep both."""
     table = {r.label: r for r in steps.rows(engine)}
-    prefill = table[f"prefill, one {steps.CHUNK}-token chunk"]
+    prefill = table[f"prefill, one {engine['max_num_batched_tokens']}-token chunk"]
     assert 0.6 < prefill.default.f < 0.9 and prefill.uncapped_w > 700
     assert table["decode, batch 1"].default.f == 1.0
     assert table["decode, batch 1"].capped[450.0] == table["decode, batch 1"].default
 
 
 def test_main_names_a_missing_engine(capsys):
-    assert steps.main(["--config", str(ROOT / "config" / "config.yaml"), "--engine", "nope"]) == 2
+    cfg = str(ROOT / "config" / "config.yaml")
+    assert cli.main(["--config", cfg, "sim-steps", "--engine", "nope"]) == 2
     assert "no engine 'nope'" in capsys.readouterr().err
+
+
+def test_the_table_prints_from_a_config_or_an_engine_slice(engine, tmp_path, capsys):
+    """`wattflow sim-steps` (a config's engine) and `python -m wattflow.engines.sim.steps
+    --slice` (an engine slice) print the same table and front-end line."""
+    assert cli.main(["--config", str(ROOT / "config" / "config.yaml"), "sim-steps"]) == 0
+    from_config = capsys.readouterr().out
+    (tmp_path / "engine.json").write_text(json.dumps(engine))
+    assert steps.main(["--slice", str(tmp_path / "engine.json")]) == 0
+    assert capsys.readouterr().out == from_config
+    assert steps.markdown(steps.rows(engine), engine["gpu"]["max_power_limit_w"]) in from_config
+    assert "Front end (§1): the shipped profile gives" in from_config

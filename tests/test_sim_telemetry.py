@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from test_sim_common import H100, req, serve
 
+from wattflow import telemetry
+from wattflow.engines import registry
 from wattflow.engines.sim.engine import SimKnobs
 from wattflow.engines.sim.power import REASON_GPU_IDLE, REASON_SW_POWER_CAP
+from wattflow.engines.sim.telemetry import sample
 from wattflow.outputs import TELEMETRY
-from wattflow.telemetry.sim import sample
 from wattflow.workloads.core import Segment
 
 KEYS = set(TELEMETRY)  # exactly the columns the real NVML sampler writes
@@ -58,3 +60,16 @@ def test_sampling_past_the_trace_idles():
     rows = sample(eng.power_trace, H100, 700.0, 6.0)
     assert rows[-1]["power_w"] == pytest.approx(H100.idle_w)
     assert rows[-1]["energy_j"] == pytest.approx(eng.power_trace.energy_j() + 2.0 * H100.idle_w)
+
+
+def test_the_sim_backend_brings_its_sources():
+    """`sim` and `sim-http` come with the sim backend, not the telemetry package: the
+    registry that config and cell ask knows them beside the telemetry package's own."""
+    own = telemetry.sources()
+    every = registry.telemetry_sources()
+    assert {"sim", "sim-http"}.isdisjoint(own) and {"nvml", "rapl"} <= set(own)
+    assert {"sim", "sim-http", "nvml", "rapl"} <= set(every)
+    assert registry.telemetry_source("sim", "sim") is every["sim"]
+    assert registry.telemetry_source("sim-http", "openai") is every["sim-http"]
+    with pytest.raises(ValueError, match="unknown telemetry source 'nope'"):
+        registry.telemetry_source("nope", "sim")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from wattflow import energy_check, outputs, telemetry
+from wattflow import energy_check, outputs
 from wattflow.attribution import attribute
 from wattflow.client import registry as client_registry
 from wattflow.devices import names as device_libraries
@@ -116,7 +116,7 @@ def _open_sources(
     notes: dict = {}
     for name in names:
         try:
-            opened.append(telemetry.source(name).open(ctx))
+            opened.append(registry.telemetry_source(name, kind).open(ctx))
             notes[name] = "open"
         except SourceUnavailable as exc:
             notes[name] = f"unavailable: {exc}"

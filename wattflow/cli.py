@@ -1,5 +1,6 @@
 """`wattflow`: validate a config, list its cells, run one cell outside Snakemake, fit the
-simulator to measured cells (`calibrate`) or report its accuracy on them (`accuracy`).
+simulator to measured cells (`calibrate`) or report its accuracy on them (`accuracy`),
+serve a config's simulator over HTTP (`sim-serve`) or print its step table (`sim-steps`).
 
 `wattflow cell` writes exactly the files the pipeline's `cell` rule writes, so one cell can
 be debugged (or profiled) by hand. User errors end with one line on stderr and exit
@@ -22,6 +23,8 @@ from wattflow.analysis import advise as adv
 from wattflow.calibration import accuracy, fit
 from wattflow.cell import run
 from wattflow.engines.sim import profile as prof
+from wattflow.engines.sim import server_flags
+from wattflow.engines.sim import steps as sim_steps
 from wattflow.knobs import BY_NAME, GRID_KNOBS, KNOB_NAMES, KnobError, complete
 
 
@@ -196,6 +199,32 @@ def cmd_advise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_engine(args: argparse.Namespace) -> dict:
+    """The engine slice of `--engine` (default: the config's only sim engine)."""
+    cfg = _load(args.config)
+    names = [n for n, e in cfg["engines"].items() if e["kind"] == "sim"]
+    name = args.engine or (names[0] if len(names) == 1 else None)
+    if name is None:
+        raise UserError(f"--engine is required: {args.config} has sim engines {names}")
+    if name not in cfg["engines"]:
+        raise UserError(f"no engine {name!r} in {args.config}")
+    if name not in names:
+        raise UserError(f"engine {name!r} in {args.config} is not a simulator (kind: sim)")
+    return wf_config.engine_slice(cfg, name)
+
+
+def cmd_sim_steps(args: argparse.Namespace) -> int:
+    print(sim_steps.report(_sim_engine(args)))
+    return 0
+
+
+def cmd_sim_serve(args: argparse.Namespace) -> int:
+    from wattflow.engines.sim import openai_server  # aiohttp: loaded only to serve
+
+    openai_server.run(_sim_engine(args), args)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wattflow", description=__doc__)
     p.add_argument("--config", default=str(wf_config.DEFAULT_CONFIG), help="config YAML")
@@ -267,6 +296,19 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--workload", action="append", help="only these workloads (repeatable)")
     v.add_argument("--json", action="store_true", help="one JSON row per scenario")
     v.set_defaults(fn=cmd_advise)
+    engine_help = "a sim engine of the config (default: its only one)"
+    t = sub.add_parser(
+        "sim-steps", help="what single simulator steps cost on the engine's GPU (MODEL.md §5)"
+    )
+    t.add_argument("--engine", help=engine_help)
+    t.set_defaults(fn=cmd_sim_steps)
+    s = sub.add_parser(
+        "sim-serve",
+        help="serve the engine's simulator as an OpenAI-compatible endpoint (wall clock)",
+    )
+    s.add_argument("--engine", help=engine_help)
+    server_flags.add_arguments(s)
+    s.set_defaults(fn=cmd_sim_serve)
     return p
 
 

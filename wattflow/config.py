@@ -31,11 +31,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-from wattflow import MODEL_VERSION, telemetry, yamltext
+from wattflow import MODEL_VERSION, yamltext
 from wattflow.client.registry import POLICIES, server_knobs
 from wattflow.client.registry import choices as mode_choices
 from wattflow.columns import summary as summary_columns
-from wattflow.engines.registry import backend, backends
+from wattflow.engines.registry import backend, backends, telemetry_sources
 from wattflow.engines.sim import profile
 from wattflow.knobs import (
     BY_NAME,
@@ -339,7 +339,7 @@ def check(cfg: dict) -> None:
 def _check_telemetry(name: str, e: dict) -> None:
     chosen = e.get("telemetry")
     if isinstance(chosen, list):
-        known = telemetry.sources()
+        known = telemetry_sources()
         for i, s in enumerate(chosen):
             if s not in known:
                 raise ConfigError(

@@ -358,22 +358,28 @@ def parse_path(path: str) -> dict[str, Any]:
 
 
 # The server-side scheduling policy a client mode runs against (vLLM's
-# --scheduling-policy; the simulator's too): not a knob of its own but derived from `mode`.
+# --scheduling-policy; the simulator's too): not a knob of its own but derived from `mode`
+# by the client layer (wattflow.client.registry.server_knobs). A server asked for by no
+# client mode runs vLLM's default.
 SCHEDULING_POLICY = "scheduling_policy"
+DEFAULT_SCHEDULING_POLICY = "fcfs"
 
 
 def server_identity(knobs: Mapping[str, Any]) -> dict[str, Any]:
     """What a server is for these knobs: every server-scope knob but the engine (the
-    backend adds the engine's config), and the scheduling policy the client mode needs,
-    which the client layer adds to the knobs it hands an engine
-    (wattflow.client.registry.server_knobs)."""
+    backend adds the engine's config), and the scheduling policy of the client mode (as the
+    client layer adds it to the knobs it hands an engine). Knobs naming a mode other than
+    the default without its policy are an error: the server would silently run another."""
     out = {k.name: knobs[k.name] for k in KNOBS if k.scope == "server" and k.name != "engine"}
-    if SCHEDULING_POLICY not in knobs:
-        raise KnobError(
-            f"knobs {dict(knobs)} lack the client mode's {SCHEDULING_POLICY} "
-            "(wattflow.client.registry.server_knobs adds it)"
-        )
-    out[SCHEDULING_POLICY] = knobs[SCHEDULING_POLICY]
+    policy = knobs.get(SCHEDULING_POLICY)
+    if policy is None:
+        if knobs.get("mode", BY_NAME["mode"].default) != BY_NAME["mode"].default:
+            raise KnobError(
+                f"mode {knobs['mode']!r}: its {SCHEDULING_POLICY} was not resolved "
+                "(wattflow.client.registry.server_knobs adds it)"
+            )
+        policy = DEFAULT_SCHEDULING_POLICY
+    out[SCHEDULING_POLICY] = policy
     return out
 
 

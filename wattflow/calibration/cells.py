@@ -33,7 +33,7 @@ from wattflow.client.registry import policy
 from wattflow.engines.sim.clock import run_virtual
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.factory import build_engine
-from wattflow.knobs import complete
+from wattflow.knobs import DEFAULT, complete
 from wattflow.outputs import cell_dirs
 from wattflow.workloads import build
 
@@ -62,9 +62,10 @@ class MeasuredCell:
                 raise CellError(f"{path}: no {t}.parquet")
         return cls(path, manifest)
 
-    @property
+    @cached_property
     def knobs(self) -> dict:
-        return self.manifest["knobs"]
+        """Every knob: a cell measured before a knob was declared ran at its default."""
+        return complete(self.manifest["knobs"])
 
     @property
     def valid(self) -> bool:
@@ -76,7 +77,7 @@ class MeasuredCell:
 
     @property
     def mode(self) -> str:
-        return self.knobs.get("mode", "naive")
+        return self.knobs["mode"]
 
     @property
     def not_simulable(self) -> str | None:
@@ -105,9 +106,9 @@ class MeasuredCell:
         k = self.knobs
         parts = [self.workload, self.mode, f"mns={k['max_num_seqs']}"]
         for name in ("power_cap_w", "sm_clock_mhz"):
-            if k.get(name, "default") != "default":
+            if k[name] != DEFAULT:
                 parts.append(f"{name}={k[name]}")
-        if k.get("rep", 0):
+        if k["rep"]:
             parts.append(f"rep={k['rep']}")
         return "/".join(str(p) for p in parts)
 
@@ -131,7 +132,7 @@ class MeasuredCell:
     @cached_property
     def workflows(self) -> list:
         spec = self.manifest["spec"]
-        return build(spec["workload"], spec["seed"], int(self.knobs.get("rep", 0)))
+        return build(spec["workload"], spec["seed"], int(self.knobs["rep"]))
 
     def simulate(self, constants: SimConstants) -> dict[str, float]:
         """Run the simulator on this cell's workflows in memory; its metrics."""
@@ -222,7 +223,7 @@ def simulate(spec: dict, knobs: dict, workflows: list, constants: SimConstants) 
     power, clock, energy = trace_samples(engine.power_trace, t_end)
     out = cell_metrics(req, energy, power, clock)
     # What a pipeline cell records as its energy: the counter at the last 100 ms sample
-    # (wattflow.telemetry.sim), not at the last finish.
+    # (wattflow.engines.sim.telemetry), not at the last finish.
     out["energy_sampled_j"] = float(power.sum() * PERIOD_S)
     return out
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from wattflow.engines.base import batching_default
 from wattflow.engines.sim import profile as prof
 from wattflow.engines.sim.constants import ALPHA, MEMORY_KNEE, SimConstants
 from wattflow.engines.sim.perf import Roofline, StepCost
@@ -506,7 +507,11 @@ def simulator_points(gpu: str, points: Iterable[Point] | None = None) -> list[Po
 
 
 def predict_on_simulator(
-    p: Point, model: Any, gpu: Any, constants: Any, chunk_tokens: int = 8192
+    p: Point,
+    model: Any,
+    gpu: Any,
+    constants: Any,
+    chunk_tokens: int = batching_default("max_num_batched_tokens"),
 ) -> float:
     """A cap_slowdown point predicted by the simulator itself: one saturated prefill chunk
     (`chunk_tokens`, compute-bound) under the point's cap vs the GPU's default limit, in
@@ -669,7 +674,7 @@ def derive_h100(root: str | Path) -> dict[str, Any]:
             continue
         tel = pl.read_parquet(cj.parent / "telemetry.parquet").sort("t_s")
         req = pl.read_parquet(cj.parent / "requests.parquet").filter(pl.col("status") == "ok")
-        budget = meta["spec"]["engine"].get("max_num_batched_tokens", 8192)
+        budget = meta["spec"]["engine"]["max_num_batched_tokens"]
         slots = int(meta["knobs"]["max_num_seqs"])
         fmax = float(meta["gpu"]["max_sm_clock_mhz"])
         disp, ft, fin = (req[c].to_numpy() for c in ("dispatch_s", "first_token_s", "finish_s"))

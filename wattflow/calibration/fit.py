@@ -115,7 +115,7 @@ class Evidence:
     points: list  # dvfs.Point (kind cap_slowdown)
     model: object  # ModelShape
     gpu: object  # GpuSpec
-    chunk_tokens: int = 8192
+    chunk_tokens: int  # one saturated prefill chunk: the engine's max_num_batched_tokens
 
     @classmethod
     def for_cells(cls, cells: list[MeasuredCell], gpu_name: str) -> Evidence | None:
@@ -124,7 +124,7 @@ class Evidence:
             return None
         engine = cells[0].sim_spec()["engine"]
         gpu, _ = gpu_and_constants(engine)
-        chunk = int(engine.get("max_num_batched_tokens", 8192))
+        chunk = int(engine["max_num_batched_tokens"])
         return cls(points, model_shape(engine), gpu, chunk)
 
     def errors(self, c: SimConstants) -> dict[str, float]:

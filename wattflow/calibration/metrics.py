@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from wattflow.telemetry.sim import PERIOD_S  # the simulator's telemetry period, NVML's
+from wattflow.engines.sim.telemetry import PERIOD_S  # the simulator's telemetry period, NVML's
 
 # The accuracy report's metrics, in its order (summary.parquet column names).
 REPORT_METRICS = (
@@ -117,7 +117,7 @@ def measured_metrics(cell_dir) -> dict[str, float]:  # noqa: ANN001 - a Path
 
 def trace_samples(trace, t_end: float) -> tuple[np.ndarray, np.ndarray, float]:  # noqa: ANN001
     """(100 ms average power, instantaneous clock) at t = 0.1, 0.2, ... <= t_end, and the
-    exact energy from 0 to t_end, from a simulator `PowerTrace` (as `telemetry.sim`)."""
+    exact energy from 0 to t_end, from a simulator `PowerTrace` (as `engines.sim.telemetry`)."""
     t1 = np.frombuffer(trace.t1, dtype=float) if len(trace) else np.zeros(0)
     p = np.frombuffer(trace.power, dtype=float) if len(trace) else np.zeros(0)
     f = np.frombuffer(trace.clock, dtype=float) if len(trace) else np.zeros(0)

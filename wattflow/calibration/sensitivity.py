@@ -34,6 +34,7 @@ from wattflow.calibration.cells import not_simulable, simulate
 from wattflow.engines.sim import profile as prof
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.factory import gpu_and_constants
+from wattflow.knobs import complete
 from wattflow.workloads import build
 
 CONSTANTS = prof.DVFS_REQUIRED  # alpha, memory_knee: the profile's dvfs: keys
@@ -82,7 +83,7 @@ def edges(profile: prof.Profile | None) -> list[Edge]:
 
 def _cell(cell_dir: str | Path) -> tuple[dict, dict]:
     meta = json.loads((Path(cell_dir) / "cell.json").read_text())
-    return meta["spec"], meta["knobs"]
+    return meta["spec"], complete(meta["knobs"])  # knobs declared later: at their default
 
 
 def _profile_of(spec: dict) -> prof.Profile | None:
@@ -119,7 +120,7 @@ def cap_savings(summary: pl.DataFrame, batch: int | None = None) -> pl.DataFrame
         specs = [s for group in cells.values() for s, _ in group]
         if any(s["engine"].get("kind") != "sim" for s in specs):
             continue
-        if any(not_simulable(k.get("mode", "naive")) for g in cells.values() for _, k in g):
+        if any(not_simulable(k["mode"]) for g in cells.values() for _, k in g):
             continue  # e.g. parrot: its own driver, in wall-clock time
         runs = {k: [_run(spec, knobs) for spec, knobs in group] for k, group in cells.items()}
         for edge in edges(_profile_of(specs[0])):
@@ -145,7 +146,7 @@ def _run(spec: dict, knobs: dict) -> tuple[dict, dict, list, SimConstants]:
     """What rerunning one cell needs, prepared once for every edge: its spec and knobs,
     its workflows and its own constants."""
     _, constants = gpu_and_constants(spec["engine"])
-    workflows = build(spec["workload"], spec["seed"], int(knobs.get("rep", 0)))
+    workflows = build(spec["workload"], spec["seed"], int(knobs["rep"]))
     return spec, knobs, workflows, constants
 
 

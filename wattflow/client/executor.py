@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
 from wattflow.engines.base import Engine, Request, RequestRecord, Session, describe
+from wattflow.knobs import DEFAULT_SCHEDULING_POLICY
 from wattflow.workloads.core import Call, Segment, Workflow
 
 OUT_PREFIX = "out:"
@@ -78,7 +79,7 @@ class ReleasePolicy:
     doc: ClassVar[str]
     # The server-side scheduling policy this mode runs against (vLLM --scheduling-policy,
     # the simulator's scheduler): part of a server's identity.
-    server_policy: ClassVar[str] = "fcfs"
+    server_policy: ClassVar[str] = DEFAULT_SCHEDULING_POLICY
     # Whether the application's round trip (config `client.rtt_s`) delays its calls: it then
     # enters the cells' params (only where it acts, so other cells keep theirs).
     uses_rtt: ClassVar[bool] = False

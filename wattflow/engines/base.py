@@ -6,8 +6,9 @@ attribution and Parquet writing never ask which engine produced a record.
 
 A backend (one module in wattflow/engines/backends/, defining `BACKEND`) declares what it
 needs (a GPU, a serving image, a pooled server), what identifies its server, the config
-keys of its engines (a JSON Schema fragment) and how it opens a session that yields an
-`Engine`. Nothing outside its module names an engine kind.
+keys of its engines (a JSON Schema fragment), the telemetry sources it brings (a modelled
+GPU's) and how it opens a session that yields an `Engine`. Nothing outside its module
+names an engine kind.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from wattflow.telemetry.base import SourceFactory
 from wattflow.workloads.core import Segment
 
 
@@ -123,6 +125,12 @@ BATCHING_SCHEMA: dict[str, dict] = {
 }
 
 
+def batching_default(key: str) -> Any:
+    """A batching-server key's default, as the schema declares it (config validation fills
+    it into every engine entry): for what builds an engine without a config."""
+    return BATCHING_SCHEMA[key]["default"]
+
+
 class Backend:
     """Base class of engine backends; see the module doc. Subclasses set the ClassVars."""
 
@@ -134,6 +142,9 @@ class Backend:
     modelled_gpu: ClassVar[bool] = False
     # Telemetry sources a cell opens when the engine's config names none.
     default_telemetry: ClassVar[tuple[str, ...]] = ()
+    # Telemetry sources this backend brings besides wattflow.telemetry's (the simulator's
+    # modelled GPU), by their names (wattflow.engines.registry.telemetry_sources).
+    sources: ClassVar[tuple[SourceFactory, ...]] = ()
     # JSON Schema of the engine-entry keys this kind accepts (besides kind, model, gpu).
     schema: ClassVar[dict[str, dict]] = {}
     required: ClassVar[tuple[str, ...]] = ()

@@ -1,6 +1,7 @@
-"""Telemetry sources by name: `sim` (the simulator's power model), `rapl` (CPU package and
-DRAM energy), and one GPU sampler per device library (`nvml`). An engine's `telemetry:`
-config names the ones a cell opens."""
+"""Telemetry sources by name: `rapl` (CPU package and DRAM energy) and one GPU sampler per
+device library (`nvml`). An engine's `telemetry:` config names the ones a cell opens; an
+engine backend may bring more (the simulator's `sim` and `sim-http`), which
+wattflow.engines.registry adds: this layer sits below the engines and imports none."""
 
 from __future__ import annotations
 

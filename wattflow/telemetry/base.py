@@ -1,7 +1,8 @@
 """The telemetry seam: a source of time-series rows with the TELEMETRY columns.
 
 Sources are registered by name (one module each in wattflow/telemetry/ defining `SOURCE`,
-plus one GPU sampler per device library) and chosen by the engine's `telemetry:` config.
+plus one GPU sampler per device library, plus those an engine backend brings: its
+`sources`) and chosen by the engine's `telemetry:` config.
 A cell opens its sources, takes an idle baseline, starts them when its workflows start and
 stops them at the end; the cell's energy is the GPU sources' energy counter, the power
 integral its cross-check.

@@ -4,7 +4,8 @@ time, with a modelled GPU power trace. No GPU, no server, no container.
 Where the client mode needs an OpenAI-compatible endpoint (it talks HTTP itself, e.g.
 `parrot`), the session is the same simulator served over HTTP in wall-clock time by a
 server process of the cell's own (wattflow.engines.sim.served), with the cell's server and
-GPU knobs; its telemetry is then the server's power trace (the `sim-http` source)."""
+GPU knobs; its telemetry is then the server's power trace (the `sim-http` source). Both
+sources, `sim` and `sim-http`, come with this backend (its `sources`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from typing import ClassVar
 
 from wattflow.engines.base import BATCHING_SCHEMA, Backend, Needs, Session
 from wattflow.engines.sim.factory import build_engine
+from wattflow.engines.sim.served_telemetry import SimHttpSource
+from wattflow.engines.sim.telemetry import SimSource
+from wattflow.telemetry.base import SourceFactory
 
 
 class SimBackend(Backend):
@@ -22,6 +26,7 @@ class SimBackend(Backend):
     needs: ClassVar[Needs] = Needs()
     modelled_gpu: ClassVar[bool] = True
     default_telemetry: ClassVar[tuple[str, ...]] = ("sim",)
+    sources: ClassVar[tuple[SourceFactory, ...]] = (SimSource(), SimHttpSource())
     schema: ClassVar[dict[str, dict]] = {
         **BATCHING_SCHEMA,
         # no default: a key enters a cell's params only where set (no finished cell reruns)

@@ -19,13 +19,14 @@ from collections import deque
 from dataclasses import dataclass
 
 import wattflow
-from wattflow.engines.base import Request, RequestRecord
+from wattflow.engines.base import Request, RequestRecord, batching_default
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.kvcache import KvCache, kv_capacity_blocks
 from wattflow.engines.sim.perf import Roofline
 from wattflow.engines.sim.power import REASON_GPU_IDLE, PowerModel, PowerTrace
 from wattflow.engines.sim.scheduler import Batch, Scheduler, Seq
 from wattflow.hardware import GpuSpec, ModelShape
+from wattflow.knobs import BY_NAME, DEFAULT_SCHEDULING_POLICY
 
 MAX_MACRO_STEPS = 4096  # bounds planning work thrown away by a cut
 CLOCK_SLACK_S = 1e-9  # float noise of the virtual clock (it advances by adding timeouts)
@@ -33,16 +34,20 @@ CLOCK_SLACK_S = 1e-9  # float noise of the virtual clock (it advances by adding 
 
 @dataclass(frozen=True)
 class SimKnobs:
-    """vLLM serving options and GPU settings the simulator honours (vLLM defaults)."""
+    """vLLM serving options and GPU settings the simulator honours. Defaults are vLLM's, as
+    declared once: the knobs' (wattflow.knobs) and the engine schema's (engines.base)."""
 
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192  # token budget per step (chunked prefill)
+    max_num_seqs: int = BY_NAME["max_num_seqs"].default
+    # token budget per step (chunked prefill)
+    max_num_batched_tokens: int = batching_default("max_num_batched_tokens")
     power_cap_w: float | None = None  # None = GPU default (max power limit)
     sm_clock_mhz: float | None = None  # None = boost up to max_sm_clock_mhz; else locked
-    prefix_caching: bool = True
-    gpu_memory_utilization: float = 0.9
+    prefix_caching: bool = BY_NAME["prefix_caching"].default
+    gpu_memory_utilization: float = batching_default("gpu_memory_utilization")
     block_size: int = 16
-    scheduling_policy: str = "fcfs"  # "fcfs" | "priority" (lower request.priority first)
+    scheduling_policy: str = (
+        DEFAULT_SCHEDULING_POLICY  # or "priority" (lower request.priority first)
+    )
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.block_size < 1:

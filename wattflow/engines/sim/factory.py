@@ -1,22 +1,30 @@
 """Build the simulated engine of one cell from its config slice: the one place where a
-spec's model, GPU, calibration profile and server options become a `SimEngine`.
+spec's model, GPU, calibration profile and server options become a `SimEngine`, in
+virtual time (`build_engine`) or served in wall-clock time (`build_served`).
 
 `engine_spec` is a cell spec's `engine` entry (`wattflow.config.engine_slice`): the model
 shape and GPU entry inlined, and, where the GPU entry names a profile, that profile's
 constants inlined as `gpu.profile` ({"name", "constants", "dvfs"}), so a cell carries
-everything its physics depends on.
+everything its physics depends on. Its batching keys (`max_num_batched_tokens`,
+`gpu_memory_utilization`) are there too: config validation fills in the schema's defaults.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields, replace
+from typing import Any
 
+from wattflow.engines.base import BATCHING_SCHEMA
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.engine import SimEngine, SimKnobs
+from wattflow.engines.sim.realtime import RealtimeSimEngine
 from wattflow.hardware import GpuSpec, ModelShape
-from wattflow.knobs import DEFAULT, SCHEDULING_POLICY
+from wattflow.knobs import DEFAULT, KNOBS, server_identity
 
 _GPU_FIELDS = {f.name for f in fields(GpuSpec)}
+_KNOB_FIELDS = {f.name for f in fields(SimKnobs)}
+GPU_KNOBS = tuple(k.name for k in KNOBS if k.scope == "gpu")  # power cap, clock lock
 
 
 def model_shape(engine_spec: dict) -> ModelShape:
@@ -41,30 +49,60 @@ def gpu_and_constants(engine_spec: dict) -> tuple[GpuSpec, SimConstants]:
     return gpu, constants
 
 
-# Server-side knobs that are SimKnobs fields of the same name reach the engine as they are
-# (the scheduling policy as the client layer derives it from the mode:
-# wattflow.client.registry.server_knobs); one not given keeps the engine's own default
-# (vLLM's).
-_SERVER_FIELDS = ("max_num_seqs", "prefix_caching", SCHEDULING_POLICY)
+def server_settings(knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """What the simulator takes from a cell's knobs (a knob not given: its declared
+    default): its server's identity (`wattflow.knobs.server_identity`: the server knobs and
+    the client mode's scheduling policy) and the GPU knobs, which the modelled GPU applies."""
+    full = {k.name: k.default for k in KNOBS if k.default is not None} | dict(knobs)
+    return {**server_identity(full), **{k: full[k] for k in GPU_KNOBS}}
 
 
-def sim_knobs(engine_spec: dict, knobs: dict) -> SimKnobs:
-    cap, clock = knobs.get("power_cap_w", DEFAULT), knobs.get("sm_clock_mhz", DEFAULT)
+def sim_knobs(engine_spec: dict, settings: Mapping[str, Any]) -> SimKnobs:
+    """The engine's options: the spec's batching keys and `settings` (`server_settings`),
+    each a `SimKnobs` field of the same name. A setting the simulator has no field for
+    stops it (it would silently not reach the engine)."""
+    unknown = set(settings) - _KNOB_FIELDS
+    if unknown:
+        raise ValueError(f"setting(s) {sorted(unknown)} do not reach the simulator")
+    missing = [k for k in BATCHING_SCHEMA if k not in engine_spec]
+    if missing:
+        raise ValueError(
+            f"the engine slice lacks {missing}: take it from a validated config "
+            "(wattflow.config.engine_slice), whose schema fills in their defaults"
+        )
+    gpu = {k: None if settings[k] == DEFAULT else float(settings[k]) for k in GPU_KNOBS}
     return SimKnobs(
-        max_num_batched_tokens=engine_spec.get("max_num_batched_tokens", 8192),
-        power_cap_w=None if cap == DEFAULT else float(cap),
-        sm_clock_mhz=None if clock == DEFAULT else float(clock),
-        gpu_memory_utilization=engine_spec.get("gpu_memory_utilization", 0.9),
-        **{k: knobs[k] for k in _SERVER_FIELDS if k in knobs},
+        **{**settings, **gpu},
+        max_num_batched_tokens=engine_spec["max_num_batched_tokens"],
+        gpu_memory_utilization=engine_spec["gpu_memory_utilization"],
     )
 
 
-def build_engine(
-    engine_spec: dict, knobs: dict, constants: SimConstants | None = None
-) -> SimEngine:
-    """The simulator for one cell; `constants` overrides the profile's (the fitter's hook)."""
+def _parts(
+    engine_spec: dict, settings: Mapping[str, Any], constants: SimConstants | None = None
+) -> tuple[ModelShape, GpuSpec, SimKnobs, SimConstants]:
+    kind = engine_spec["kind"]
+    if kind != "sim":
+        raise ValueError(f"engine kind {kind!r} is not the simulator (kind: sim)")
     gpu, fitted = gpu_and_constants(engine_spec)
-    c = constants or fitted
     if constants is not None:
-        gpu = replace(gpu, idle_w=c.idle_w)
-    return SimEngine(model_shape(engine_spec), gpu, sim_knobs(engine_spec, knobs), c)
+        gpu = replace(gpu, idle_w=constants.idle_w)
+    knobs = sim_knobs(engine_spec, settings)
+    return model_shape(engine_spec), gpu, knobs, constants or fitted
+
+
+def build_engine(
+    engine_spec: dict, knobs: Mapping[str, Any], constants: SimConstants | None = None
+) -> SimEngine:
+    """The simulator for one cell, in virtual time; `constants` overrides the profile's
+    (the fitter's hook)."""
+    return SimEngine(*_parts(engine_spec, server_settings(knobs), constants))
+
+
+def build_served(
+    engine_spec: dict, settings: Mapping[str, Any], **realtime: Any
+) -> RealtimeSimEngine:
+    """The simulator a server process serves in wall-clock time, for `settings` (a cell's
+    `server_settings`, passed to the process as flags); `realtime`: RealtimeSimEngine's
+    own options (max_lag_s)."""
+    return RealtimeSimEngine(*_parts(engine_spec, settings), **realtime)

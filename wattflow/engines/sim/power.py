@@ -82,8 +82,8 @@ class PowerModel:
         self.cap_w = float(gpu.max_power_limit_w if power_cap_w is None else power_cap_w)
         if not gpu.min_power_limit_w <= self.cap_w <= gpu.max_power_limit_w:
             raise ValueError(
-                f"power cap {self.cap_w} W outside [{gpu.min_power_limit_w}, "
-                f"{gpu.max_power_limit_w}] W of {gpu.name}"
+                f"power cap {self.cap_w:g} W is outside {gpu.name}'s settable range "
+                f"{gpu.min_power_limit_w:g}-{gpu.max_power_limit_w:g} W"
             )
         fmax = gpu.max_sm_clock_mhz
         self.locked = sm_clock_mhz is not None

@@ -33,6 +33,7 @@ from wattflow.engines.sim.scheduler import DECODE
 from wattflow.hardware import GpuSpec, ModelShape
 
 TokenSink = Callable[[float], None]  # called with the token's simulated time
+MAX_LAG_S = 1.0  # a step-end callback later than this (s) stalls the simulated GPU
 
 
 class EngineClock:
@@ -61,7 +62,7 @@ class RealtimeSimEngine(SimEngine):
         knobs: SimKnobs | None = None,
         constants: SimConstants | None = None,
         *,
-        max_lag_s: float = 1.0,
+        max_lag_s: float = MAX_LAG_S,
     ) -> None:
         super().__init__(model, gpu, knobs, constants)
         self.max_lag_s = max_lag_s

@@ -1,11 +1,11 @@
-"""The simulator's HTTP endpoint seen from the client: start it, read its telemetry.
+"""The simulator's HTTP endpoint seen from the client: start it, open a cell's session on it.
 
-`SimServerProcess` runs `python -m wattflow.engines.sim.http` in a child process on a free
-loopback port and stops it on exit; `telemetry_rows` fetches the simulated GPU's NVML-like
-rows and puts them on the caller's time base, so a cell measured against the endpoint gets
-its energy the way a real cell gets it from NVML (the `sim-http` telemetry source,
-wattflow/telemetry/sim_http.py). `served_session` is the sim backend's session for a
-client mode that needs an endpoint: the cell's server knobs on a server of its own.
+`SimServerProcess` runs `python -m wattflow.engines.sim.openai_server` in a child process
+on a free loopback port and stops it on exit. `served_session` is the sim backend's session
+for a client mode that needs an endpoint: the cell's engine slice and knobs on a server of
+its own, built there by the same factory as the virtual-time simulator. A cell measured
+against it gets its energy the way a real cell gets it from NVML: the `sim-http` telemetry
+source (served_telemetry.py) reads the simulated GPU's NVML-like rows.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -29,9 +27,9 @@ from typing import Any
 from wattflow import environment
 from wattflow.engines import http
 from wattflow.engines.server import stop_process
-from wattflow.knobs import DEFAULT, server_identity
-
-DEFAULT_REQUEST_TIMEOUT_S = 600.0  # the HTTP engines' schema default
+from wattflow.engines.sim.factory import server_settings
+from wattflow.engines.sim.served_telemetry import get_json
+from wattflow.engines.sim.server_flags import server_args
 
 
 class SimServerProcess:
@@ -62,7 +60,7 @@ class SimServerProcess:
         (tmp / "engine.json").write_text(json.dumps(self.engine_slice))
         self.log_path = tmp / "server.log"
         slice_file = str(tmp / "engine.json")
-        cmd = [sys.executable, "-m", "wattflow.engines.sim.http", "--slice", slice_file]
+        cmd = [sys.executable, "-m", "wattflow.engines.sim.openai_server", "--slice", slice_file]
         cmd += ["--host", self.host, "--port", "0", *self.args]
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(
@@ -110,47 +108,6 @@ def _readline(proc: subprocess.Popen, timeout_s: float) -> str:
     return out[0].decode().strip() if out else ""
 
 
-def get_json(url: str, path: str, params: dict | None = None, timeout_s: float = 30.0) -> dict:
-    q = f"?{urllib.parse.urlencode(params)}" if params else ""
-    with urllib.request.urlopen(f"{url.rstrip('/')}{path}{q}", timeout=timeout_s) as r:
-        return json.loads(r.read())
-
-
-def telemetry_rows(url: str, t0_monotonic: float, since_s: float = 0.0) -> tuple[list[dict], dict]:
-    """The server's telemetry from `since_s` (caller's seconds), shifted so that `t_s` is
-    seconds since the caller's `t0_monotonic` (a `time.monotonic()`/`loop.time()` reading on
-    this host). Returns (rows, the rest of the answer: clock, power limit, idle power)."""
-    clock = get_json(url, "/wattflow/clock")
-    shift = clock["t0_monotonic"] - t0_monotonic  # server time + shift = caller time
-    answer = get_json(url, "/wattflow/telemetry", {"since": max(0.0, since_s - shift)})
-    rows = answer.pop("rows")
-    for r in rows:
-        r["t_s"] += shift
-    return rows, answer
-
-
-# Server-side knobs and the flag of `python -m wattflow.engines.sim.http` each becomes; a
-# server knob not listed here stops the cell (it would silently not reach the simulator).
-_SERVER_FLAGS = {"max_num_seqs", "prefix_caching", "scheduling_policy"}
-
-
-def server_args(knobs: dict) -> list[str]:
-    """The server's flags for a cell's knobs: the server-side knobs (as the virtual-time
-    simulator gets them) and the GPU knobs, which the modelled GPU applies itself."""
-    ident = server_identity(knobs)
-    unknown = set(ident) - _SERVER_FLAGS
-    if unknown:
-        raise ValueError(f"server knob(s) {sorted(unknown)} have no simulator server flag")
-    args = ["--max-num-seqs", str(int(ident["max_num_seqs"]))]
-    args += ["--scheduling-policy", ident["scheduling_policy"]]
-    if not ident["prefix_caching"]:
-        args.append("--no-prefix-caching")
-    for knob, flag in (("power_cap_w", "--power-cap-w"), ("sm_clock_mhz", "--sm-clock-mhz")):
-        if knobs.get(knob, DEFAULT) != DEFAULT:
-            args += [flag, str(float(knobs[knob]))]
-    return args
-
-
 @dataclass
 class ServedSession(http.HttpSession):
     """A cell's session on the simulator served over HTTP (wall-clock time). On closing,
@@ -174,21 +131,23 @@ class ServedSession(http.HttpSession):
 def served_session(spec: dict, knobs: dict) -> Iterator[ServedSession]:
     """The cell's simulator as an OpenAI-compatible endpoint of its own, in wall-clock time,
     with the cell's server and GPU knobs; its telemetry is the `sim-http` source (the
-    server's power trace). A random API key reaches the server through its environment."""
+    server's power trace). A random API key reaches the server through its environment.
+    Requests wait as long as an HTTP engine's would (`request_timeout_s`, its default the
+    HTTP engines' schema's)."""
     e = spec["engine"]
     key = secrets.token_hex(16)
-    ident = server_identity(knobs)
+    policy = server_settings(knobs)["scheduling_policy"]
     with SimServerProcess(e, *server_args(knobs), env={environment.SIM_API_KEY: key}) as srv:
-        with_timeout = {"request_timeout_s": DEFAULT_REQUEST_TIMEOUT_S, **e}
+        with_timeout = {"request_timeout_s": http.SCHEMA["request_timeout_s"]["default"], **e}
         s = http.session(
             srv.url,
             key,
             srv.info["model"],
             with_timeout,
             name="sim-http",
-            priority=ident["scheduling_policy"] == "priority",
+            priority=policy == "priority",
             extra={
-                "scheduling_policy": ident["scheduling_policy"],
+                "scheduling_policy": policy,
                 "kv_capacity_tokens": srv.info.get("kv_capacity_tokens"),
             },
             telemetry=("sim-http",),

@@ -7,24 +7,25 @@ allowance), with the constants of the GPU's profile. The table is printed from t
 copied by hand, so a refit cannot leave it stale (tests/test_sim_steps.py compares it with
 MODEL.md):
 
-    python -m wattflow.engines.sim.steps [--config config/config.yaml] [--engine sim]
+    wattflow [--config config/config.yaml] sim-steps [--engine sim]
+    python -m wattflow.engines.sim.steps --slice engine.json   # an engine slice's
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from wattflow import config as C
 from wattflow.engines.sim import factory
 from wattflow.engines.sim.perf import Roofline
 from wattflow.engines.sim.power import PowerModel, steady_step
 
 CAPS_W = (450.0, 250.0)
 BATCHES = (1, 32, 128, 256)
-CHUNK = 8192  # max_num_batched_tokens: one full prefill chunk
 CONTEXT = 1152  # tokens per decoding sequence (a 1024-token prompt, 128 generated)
 
 
@@ -49,10 +50,11 @@ def rows(
     engine: dict,
     caps: Sequence[float] = CAPS_W,
     batches: Sequence[int] = BATCHES,
-    chunk: int = CHUNK,
     context: int = CONTEXT,
 ) -> list[Row]:
-    """The steps of `engine` (an engine slice, `config.engine_slice`) under each cap."""
+    """The steps of `engine` (an engine slice, `config.engine_slice`) under each cap; its
+    prefill step is one full chunk (the engine's `max_num_batched_tokens`)."""
+    chunk = engine["max_num_batched_tokens"]
     model = factory.model_shape(engine)
     gpu, constants = factory.gpu_and_constants(engine)
     roof = Roofline.build(model, gpu, constants)
@@ -109,20 +111,20 @@ def markdown(table: list[Row], default_w: float) -> str:
     return "\n".join(lines)
 
 
+def report(engine: dict) -> str:
+    """The step table (MODEL.md §5) and the front end's delays (§1) of an engine slice."""
+    table = markdown(rows(engine), engine["gpu"]["max_power_limit_w"])
+    return f"{table}\n\nFront end (§1): {frontend_sentence(frontend_delays(engine))}."
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m wattflow.engines.sim.steps", description=__doc__.split("\n")[0]
+        prog="python -m wattflow.engines.sim.steps",
+        description="Print the step table (MODEL.md §5) and the front end's delays (§1) of "
+        "an engine slice; from a config's engine: wattflow sim-steps.",
     )
-    ap.add_argument("--config", default="config/config.yaml")
-    ap.add_argument("--engine", default="sim", help="a sim engine of the config")
-    a = ap.parse_args(argv)
-    cfg = C.load(a.config)
-    if a.engine not in cfg["engines"]:
-        print(f"error: no engine {a.engine!r} in {a.config}", file=sys.stderr)
-        return 2
-    engine = C.engine_slice(cfg, a.engine)
-    print(markdown(rows(engine), engine["gpu"]["max_power_limit_w"]))
-    print(f"\nFront end (§1): {frontend_sentence(frontend_delays(engine))}.")
+    ap.add_argument("--slice", required=True, help="JSON file of a sim engine's config slice")
+    print(report(json.loads(Path(ap.parse_args(argv).slice).read_text())))
     return 0
 
 

@@ -1,25 +1,48 @@
-"""`sim-http`: telemetry of the simulator served over HTTP (wattflow.engines.sim.http), read
-from the server's power trace (`GET /wattflow/telemetry`) when the cell's workflows end.
+"""The served simulator's telemetry, read by its client: the `sim-http` source.
 
-The server samples its modelled GPU at 10 Hz on its own clock (rows NVML-like, energy
-counter included); `served.telemetry_rows` puts them on the cell's time base (both clocks
-are this host's time.monotonic). The rows kept are those an NVML sampler started with the
-workflows and stopped after them would have: from the last sample before time 0 (so the
-counter covers the whole run) to the first sample after the last call's end (what a client
-does afterwards, e.g. Parrot's shutdown, is not the cell's energy).
+The server (wattflow.engines.sim.openai_server) samples its modelled GPU at 10 Hz on its
+own clock (rows NVML-like, energy counter included) and answers them at
+`GET /wattflow/telemetry`; `telemetry_rows` puts them on the caller's time base (both
+clocks are this host's time.monotonic). The rows a cell keeps are those an NVML sampler
+started with the workflows and stopped after them would have: from the last sample before
+time 0 (so the counter covers the whole run) to the first sample after the last call's end
+(what a client does afterwards, e.g. Parrot's shutdown, is not the cell's energy).
 
-It opens on any session whose endpoint is such a server: the sim backend's served session,
-or an `openai` engine pointed at `python -m wattflow.engines.sim.http`.
+The source opens on any session whose endpoint is such a server: the sim backend's served
+session, or an `openai` engine pointed at `python -m wattflow.engines.sim.openai_server`.
+The sim backend brings it (with `sim`) to the telemetry registry.
 """
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.parse
+import urllib.request
 from typing import ClassVar
 
-from wattflow.engines.sim.served import get_json, telemetry_rows
+from wattflow.engines.sim.telemetry import PERIOD_S  # the server's sampling period
 from wattflow.telemetry.base import SourceContext, SourceUnavailable
-from wattflow.telemetry.sim import PERIOD_S  # the server's sampling period
+
+
+def get_json(url: str, path: str, params: dict | None = None, timeout_s: float = 30.0) -> dict:
+    """One of the server's JSON answers (`/wattflow/telemetry`, `/wattflow/requests`, ...)."""
+    q = f"?{urllib.parse.urlencode(params)}" if params else ""
+    with urllib.request.urlopen(f"{url.rstrip('/')}{path}{q}", timeout=timeout_s) as r:
+        return json.loads(r.read())
+
+
+def telemetry_rows(url: str, t0_monotonic: float, since_s: float = 0.0) -> tuple[list[dict], dict]:
+    """The server's telemetry from `since_s` (caller's seconds), shifted so that `t_s` is
+    seconds since the caller's `t0_monotonic` (a `time.monotonic()`/`loop.time()` reading on
+    this host). Returns (rows, the rest of the answer: clock, power limit, idle power)."""
+    clock = get_json(url, "/wattflow/clock")
+    shift = clock["t0_monotonic"] - t0_monotonic  # server time + shift = caller time
+    answer = get_json(url, "/wattflow/telemetry", {"since": max(0.0, since_s - shift)})
+    rows = answer.pop("rows")
+    for r in rows:
+        r["t_s"] += shift
+    return rows, answer
 
 
 def until_done(rows: list[dict], t_end: float) -> list[dict]:
@@ -80,6 +103,3 @@ class SimHttpSource:
                 f"{url} serves no /wattflow/telemetry (not wattflow's simulator): {exc}"
             ) from exc
         return SimHttpTrace(url, meta)
-
-
-SOURCE = SimHttpSource()

@@ -1,12 +1,14 @@
 """The simulator served as an OpenAI-compatible endpoint, in wall-clock time.
 
-    python -m wattflow.engines.sim.http --config config/config.yaml --engine sim \\
-        --max-num-seqs 64 --port 8000
-    python -m wattflow.engines.sim.http --slice engine.json --port 0   # prints its URL
+    wattflow sim-serve --engine sim --max-num-seqs 64 --port 8000   # a config's engine
+    python -m wattflow.engines.sim.openai_server --slice engine.json --port 0   # prints its URL
 
 Any OpenAI client (wattflow's `OpenAIEngine`, Parrot's `openai` engine, `vllm bench serve`,
 `aiperf`) can then run against a simulated GPU: requests go through `RealtimeSimEngine`
-(`realtime.py`), and each output token is streamed at its simulated time.
+(`realtime.py`), built by the same factory as a cell's virtual-time simulator
+(`factory.build_served`) from an engine slice (`wattflow.config.engine_slice`: model and
+GPU inline, with the GPU's calibration profile if it names one) and the server's settings,
+whose flags are the cell's knobs' (a flag not given: its knob's declared default).
 
 Endpoints, shaped like vLLM's:
 
@@ -22,9 +24,10 @@ Endpoints, shaped like vLLM's:
   rest of the context).
 * `GET /v1/models`, `/health`, `/version`.
 * `GET /wattflow/telemetry?since=S`: NVML-like 10 Hz rows of the simulated GPU
-  (`wattflow.telemetry.sim.sample` of the power trace) with `t_s` >= S, in seconds since the
-  server started, plus the clock (`t0_monotonic`: the server's time 0 on this host's
-  `time.monotonic`, which asyncio's loop reads), so a client can put them on its own time base.
+  (`wattflow.engines.sim.telemetry.sample` of the power trace) with `t_s` >= S, in seconds
+  since the server started, plus the clock (`t0_monotonic`: the server's time 0 on this
+  host's `time.monotonic`, which asyncio's loop reads), so a client can put them on its own
+  time base (`served_telemetry.py`).
 * `GET /wattflow/requests?since=S`: what the server saw of each request (arrival, first
   token, finish, prompt/cached/output tokens; prompt and output ids with `--log-prompts`;
   the latest `--log-size` requests);
@@ -56,16 +59,14 @@ from typing import Any
 from aiohttp import web
 
 import wattflow
-from wattflow import environment
-from wattflow.config import engine_slice, load
 from wattflow.engines.base import Request, RequestRecord
 from wattflow.engines.bundle import SPECIALS, token
+from wattflow.engines.sim import server_flags
+from wattflow.engines.sim import telemetry as sim_telemetry
 from wattflow.engines.sim.blocks import block_segments
-from wattflow.engines.sim.engine import SimKnobs
-from wattflow.engines.sim.factory import gpu_and_constants, model_shape
+from wattflow.engines.sim.factory import build_served
 from wattflow.engines.sim.realtime import RealtimeSimEngine
 from wattflow.engines.words import text_to_ids
-from wattflow.telemetry import sim as sim_telemetry
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's default for /v1/completions
 
@@ -88,43 +89,6 @@ class ApiError(Exception):
             }
         }
         return web.json_response(body, status=self.status)
-
-
-def engine_from_slice(
-    engine: dict,
-    *,
-    max_num_seqs: int = 256,
-    power_cap_w: float | None = None,
-    sm_clock_mhz: float | None = None,
-    scheduling_policy: str = "fcfs",
-    max_num_batched_tokens: int | None = None,
-    prefix_caching: bool = True,
-    max_lag_s: float = 1.0,
-) -> RealtimeSimEngine:
-    """A wall-clock simulator for a config's engine slice (`wattflow.config.engine_slice`:
-    model and GPU inline, with the GPU's calibration profile if it names one)."""
-    kind = engine.get("kind", "sim")
-    if kind != "sim":
-        raise ValueError(f"engine kind {kind!r} is not the simulator (kind: sim)")
-    model = model_shape(engine)
-    gpu, constants = gpu_and_constants(engine)
-    if power_cap_w is not None and not (
-        gpu.min_power_limit_w <= power_cap_w <= gpu.max_power_limit_w
-    ):
-        raise ValueError(
-            f"power cap {power_cap_w} W is outside {gpu.name}'s settable range "
-            f"{gpu.min_power_limit_w:g}-{gpu.max_power_limit_w:g} W"
-        )
-    knobs = SimKnobs(
-        max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=max_num_batched_tokens or engine.get("max_num_batched_tokens", 8192),
-        power_cap_w=power_cap_w,
-        sm_clock_mhz=sm_clock_mhz,
-        prefix_caching=prefix_caching,
-        gpu_memory_utilization=engine.get("gpu_memory_utilization", 0.9),
-        scheduling_policy=scheduling_policy,
-    )
-    return RealtimeSimEngine(model, gpu, knobs, constants, max_lag_s=max_lag_s)
 
 
 class SimServer:
@@ -551,66 +515,39 @@ async def serve(
         await runner.cleanup()
 
 
-def _load_slice(args: argparse.Namespace) -> dict:
-    if args.slice:
-        return json.loads(Path(args.slice).read_text())
-    cfg = load(args.config)
-    names = [n for n, e in cfg["engines"].items() if e.get("kind") == "sim"]
-    name = args.engine or (names[0] if len(names) == 1 else None)
-    if name is None:
-        raise SystemExit(f"--engine is required: {args.config} has sim engines {names}")
-    if name not in cfg["engines"]:
-        raise SystemExit(f"engines.{name}: no such engine in {args.config}")
-    return engine_slice(cfg, name)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m wattflow.engines.sim.http",
-        description="Serve wattflow's simulator as an OpenAI-compatible endpoint (wall clock).",
+        prog="python -m wattflow.engines.sim.openai_server",
+        description="Serve wattflow's simulator as an OpenAI-compatible endpoint (wall clock). "
+        "From a config's engine: wattflow sim-serve --engine NAME.",
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config", help="wattflow config file (with --engine)")
-    src.add_argument("--slice", help="JSON file of one engine's config slice (model, gpu inline)")
-    p.add_argument("--engine", help="name under engines: (default: the config's only sim engine)")
-    p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--max-num-batched-tokens", type=int, default=None)
-    p.add_argument("--power-cap-w", type=float, default=None)
-    p.add_argument("--sm-clock-mhz", type=float, default=None)
-    p.add_argument("--scheduling-policy", choices=("fcfs", "priority"), default="fcfs")
     p.add_argument(
-        "--no-prefix-caching", action="store_true", help="the prefix_caching knob at off"
+        "--slice",
+        required=True,
+        help="JSON file of one engine's config slice (model, gpu inline)",
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000, help="0: any free port (see the ready line)")
-    p.add_argument("--api-key", default=os.environ.get(environment.SIM_API_KEY))
-    p.add_argument("--served-model-name", default=None, help="default: the model's name")
-    p.add_argument("--seed", type=int, default=0, help="seeds the output token ids")
-    p.add_argument("--log-prompts", action="store_true", help="keep prompt/output ids in the log")
-    p.add_argument("--log-size", type=int, default=100_000, help="requests kept in the log")
-    p.add_argument(
-        "--max-lag-s",
-        type=float,
-        default=1.0,
-        help="a step-end callback later than this stalls the simulated GPU (see realtime.py)",
-    )
+    server_flags.add_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        engine = engine_from_slice(
-            _load_slice(args),
-            max_num_seqs=args.max_num_seqs,
-            power_cap_w=args.power_cap_w,
-            sm_clock_mhz=args.sm_clock_mhz,
-            scheduling_policy=args.scheduling_policy,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            prefix_caching=not args.no_prefix_caching,
-            max_lag_s=args.max_lag_s,
-        )
-    except (ValueError, KeyError, TypeError, OSError) as exc:
+        engine_slice = json.loads(Path(args.slice).read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"wattflow sim server: {exc}") from None
+    run(engine_slice, args)
+    sys.exit(0)
+
+
+def run(engine_slice: dict, args: argparse.Namespace) -> None:
+    """Serve `engine_slice` with the server's flags `args` until SIGINT or SIGTERM."""
+    if args.max_num_batched_tokens is not None:
+        engine_slice = {**engine_slice, "max_num_batched_tokens": args.max_num_batched_tokens}
+    try:
+        settings = server_flags.settings(args)
+        engine = build_served(engine_slice, settings, max_lag_s=args.max_lag_s)
+    except (ValueError, KeyError, TypeError) as exc:
         raise SystemExit(f"wattflow sim server: {exc}") from None
     server = SimServer(
         engine,
@@ -621,7 +558,7 @@ def main(argv: list[str] | None = None) -> None:
         log_size=args.log_size,
     )
 
-    async def run() -> None:
+    async def serve_until_signal() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -641,8 +578,7 @@ def main(argv: list[str] | None = None) -> None:
 
         await serve(server, args.host, args.port, ready=ready, stop=stop)
 
-    asyncio.run(run())
-    sys.exit(0)
+    asyncio.run(serve_until_signal())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""10 Hz NVML-like telemetry rows from the simulator's power trace.
+"""The `sim` telemetry source: 10 Hz NVML-like rows from the simulator's power trace.
 
 Rows mirror what the real NVML sampler records, so the analysis never asks which engine
 produced them: power_w is the average over the last period (as NVML's power reading on
@@ -157,6 +157,3 @@ class SimSource:
         if not hasattr(engine, "power_trace"):
             raise SourceUnavailable("only the simulator engine has a modelled power trace")
         return SimTrace(engine)
-
-
-SOURCE = SimSource()
