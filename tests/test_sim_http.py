@@ -295,7 +295,7 @@ def test_command_line_and_engine_slice_validation(tmp_path):
 def test_the_served_simulator_is_the_cells_own(given):
     """A cell's knobs, as the flags its server process gets, build the engine the cell
     would run in virtual time: same factory, same options, same constants."""
-    knobs = complete({"engine": "sim", "workload": "agentic", **given})
+    knobs = registry.server_knobs(complete({"engine": "sim", "workload": "agentic", **given}))
     spec = {**SLICE, "max_num_batched_tokens": 4096}  # the slice's own, not a default
     args = openai_server.parse_args(["--slice", "x.json", *server_args(knobs)])
     served = build_served(spec, server_flags.settings(args))
@@ -325,11 +325,11 @@ def test_a_mode_that_needs_an_endpoint_gets_the_simulator_served(monkeypatch, tm
          "power_cap_w": 400, "max_output_tokens": 64}
     )  # fmt: skip
     spec = cell_spec(cfg, knobs)
-    assert server_args(knobs) == [
+    assert server_args(registry.server_knobs(knobs)) == [
         "--max-num-seqs", "4", "--scheduling-policy", "fcfs", "--power-cap-w", "400.0",
     ]  # fmt: skip
     other = dict(knobs, mode="workflow-aware", prefix_caching=False, power_cap_w="default")
-    assert server_args(dict(other, sm_clock_mhz=1500)) == [
+    assert server_args(registry.server_knobs(dict(other, sm_clock_mhz=1500))) == [
         "--max-num-seqs", "4", "--scheduling-policy", "priority", "--no-prefix-caching",
         "--sm-clock-mhz", "1500.0",
     ]  # fmt: skip

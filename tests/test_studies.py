@@ -14,7 +14,7 @@ import yaml
 from tests.conftest import ROOT, small_config
 from tests.test_analysis import synth_grid
 from wattflow import config as C
-from wattflow import studies
+from wattflow import plugins, studies
 from wattflow.analysis import findings as fnd
 from wattflow.analysis.report import write_report
 from wattflow.analysis.summary import summarize
@@ -43,7 +43,8 @@ def tiny(monkeypatch: pytest.MonkeyPatch) -> fnd.Study:
     """TINY installed as a distribution would install it: an entry point `tiny` of group
     wattflow.studies."""
     ep = importlib.metadata.EntryPoint("tiny", f"{__name__}:TINY", "wattflow.studies")
-    monkeypatch.setattr(studies, "entry_points", lambda g: (ep,) if g == "studies" else ())
+    for module in (studies, plugins):  # the registry and the config's name check
+        monkeypatch.setattr(module, "entry_points", lambda g: (ep,) if g == "studies" else ())
     monkeypatch.setattr(studies, "_loaded", {})
     return TINY
 
@@ -99,7 +100,8 @@ def test_the_report_checks_the_selected_studies_only(tiny, summary, tmp_path: Pa
 
 def test_a_study_declares_its_own_name(monkeypatch):
     ep = importlib.metadata.EntryPoint("mislabelled", f"{__name__}:MISLABELLED", "wattflow.studies")
-    monkeypatch.setattr(studies, "entry_points", lambda g: (ep,) if g == "studies" else ())
+    for module in (studies, plugins):  # the registry and the config's name check
+        monkeypatch.setattr(module, "entry_points", lambda g: (ep,) if g == "studies" else ())
     with pytest.raises(RuntimeError, match="declares the name 'other'"):
         studies.study("mislabelled")
 
