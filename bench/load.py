@@ -202,7 +202,7 @@ def main() -> None:
     res = {
         "benchmark": "client overhead against a server that answers at once",
         "command": "python bench/load.py " + " ".join(sys.argv[1:]),
-        "server": "wattflow.testing.openai_server --token-delay-s 0 (one process)",
+        "server": "wattflow.testing.standin_server --token-delay-s 0 (one process)",
         "shape": {
             "requests": a.requests,
             "concurrency": a.concurrency,

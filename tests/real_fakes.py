@@ -156,7 +156,7 @@ def start_fake_server(api_key: str = "k", *extra: str) -> tuple[subprocess.Popen
         [
             sys.executable,
             "-m",
-            "wattflow.testing.openai_server",
+            "wattflow.testing.standin_server",
             "--port",
             str(port),
             "--api-key",

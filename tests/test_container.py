@@ -68,7 +68,7 @@ def test_context_holds_only_package_and_containers():
 
     with tarfile.open(fileobj=container.context_tar(ROOT)) as tar:
         names = tar.getnames()
-    assert "containers/Dockerfile" in names and "wattflow/testing/openai_server.py" in names
+    assert "containers/Dockerfile" in names and "wattflow/testing/standin_server.py" in names
     assert {n.split("/")[0] for n in names} == {"containers", "wattflow"}
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
 
@@ -99,7 +99,7 @@ def test_native_manifest(tmp_path, monkeypatch):
     with pytest.raises(RuntimeUnavailable, match="runtime native"):
         container.build(spec, tmp_path / "n.json", program=srv.native_program(spec, LAUNCHER))
     monkeypatch.setenv(
-        environment.VLLM_COMMAND, f"{sys.executable} -m wattflow.testing.openai_server"
+        environment.VLLM_COMMAND, f"{sys.executable} -m wattflow.testing.standin_server"
     )
     m = container.build(spec, tmp_path / "n.json", program=srv.native_program(spec, LAUNCHER))
     assert json.loads((tmp_path / "n.json").read_text()) == m
@@ -192,7 +192,7 @@ def test_container_command_and_gpus(tmp_path, monkeypatch):
     for spec, entry, gpus in (
         (base, ["vllm"], True),
         (
-            {**base, "command": "python3 -m wattflow.testing.openai_server serve"},
+            {**base, "command": "python3 -m wattflow.testing.standin_server serve"},
             ["python3"],
             True,
         ),

@@ -146,7 +146,7 @@ def _config(results: str) -> dict:
             "runtime": "podman",
             "image": BASE_IMAGE,  # what the Dockerfile builds FROM
             "build": {"dockerfile": "containers/Dockerfile.sim-server", "tag": BUILT_TAG},
-            "command": "python3 -m wattflow.testing.openai_server serve",
+            "command": "python3 -m wattflow.testing.standin_server serve",
             "container_gpus": False,
             "telemetry": "none",
             "request_timeout_s": 60,

@@ -122,7 +122,7 @@ def _fake_vllm_config(results: str) -> dict:
             "model": "tiny",
             "gpu": "h100-sxm",
             "runtime": "native",
-            "command": f"{sys.executable} -m wattflow.testing.openai_server serve",
+            "command": f"{sys.executable} -m wattflow.testing.standin_server serve",
             "telemetry": "none",
             "request_timeout_s": 30,
         }

@@ -22,7 +22,7 @@ MOT = {"max_output_tokens": 16}
 
 
 def engine(*fault: str) -> dict:
-    server = f"{sys.executable} -m wattflow.testing.openai_server serve --token-delay-s 0"
+    server = f"{sys.executable} -m wattflow.testing.standin_server serve --token-delay-s 0"
     return {
         "kind": "vllm",
         "model": "tiny",

@@ -46,7 +46,7 @@ def ident(max_num_seqs: int, prefix_caching: bool = True, policy: str = "fcfs") 
 @pytest.fixture
 def fake_vllm(monkeypatch):
     monkeypatch.setenv(
-        environment.VLLM_COMMAND, f"{sys.executable} -m wattflow.testing.openai_server"
+        environment.VLLM_COMMAND, f"{sys.executable} -m wattflow.testing.standin_server"
     )
 
 
@@ -148,7 +148,7 @@ def test_reuse_replace_and_stop_all(tmp_path, fake_vllm):
     # the API key is not on the server's command line (`ps` shows it to every user), yet
     # the warm-up requests authenticated with it
     cmdline = Path(f"/proc/{a.server_pid}/cmdline").read_bytes().decode()
-    assert a.api_key not in cmdline and "openai_server" in cmdline
+    assert a.api_key not in cmdline and "standin_server" in cmdline
     # the GPU the server really got, read back from its process (what cell.json records)
     assert srv.process_env(a.server_pid, "CUDA_VISIBLE_DEVICES") == "0"
     assert srv.process_env(a.server_pid, "NO_SUCH_VARIABLE") is None
@@ -292,7 +292,7 @@ def test_warm_gpus_name_the_gpus_serving_an_identity(tmp_path, fake_vllm):
 
 def _slow_start(monkeypatch, delay_s: float) -> None:
     """The stand-in server takes `delay_s` to come up, as vLLM takes minutes."""
-    cmd = f"{sys.executable} -m wattflow.testing.openai_server --startup-delay-s {delay_s}"
+    cmd = f"{sys.executable} -m wattflow.testing.standin_server --startup-delay-s {delay_s}"
     monkeypatch.setenv(environment.VLLM_COMMAND, cmd)
 
 

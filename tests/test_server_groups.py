@@ -25,7 +25,7 @@ def config() -> dict:
             "model": "tiny",
             "gpu": "h100-sxm",
             "runtime": "native",
-            "command": f"{sys.executable} -m wattflow.testing.openai_server serve",
+            "command": f"{sys.executable} -m wattflow.testing.standin_server serve",
             "telemetry": "none",
             "request_timeout_s": 30,
         }
@@ -67,6 +67,6 @@ def test_one_server_start_per_group_and_none_left(tmp_path):
     pids = [yaml.safe_load(f.read_text()).get("server_pid") for f in registry]
     assert not [p for p in pids if p and pid_alive(p)]
     ps = subprocess.run(
-        ["pgrep", "-f", "wattflow.testing.openai_server"], capture_output=True, text=True
+        ["pgrep", "-f", "wattflow.testing.standin_server"], capture_output=True, text=True
     )
     assert str(work) not in ps.stdout

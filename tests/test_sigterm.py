@@ -93,7 +93,7 @@ def _config() -> dict:
             "model": "tiny",
             "gpu": "h100-sxm",
             "runtime": "native",
-            "command": f"{sys.executable} -m wattflow.testing.openai_server serve "
+            "command": f"{sys.executable} -m wattflow.testing.standin_server serve "
             "--token-delay-s 0.01",
             "telemetry": "none",
             "request_timeout_s": 30,

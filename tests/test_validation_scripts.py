@@ -183,7 +183,7 @@ def _tiny_config(extra_workloads: list[str], workload: str) -> dict:
 def _fake_gpu_host(monkeypatch, out: Path) -> None:  # noqa: ANN001
     """measure.py's environment on the GPU host, with a fake vLLM and no GPU variables."""
     monkeypatch.setenv(
-        environment.VLLM_COMMAND, f"{sys.executable} -m wattflow.testing.openai_server"
+        environment.VLLM_COMMAND, f"{sys.executable} -m wattflow.testing.standin_server"
     )
     monkeypatch.setenv("OUT", str(out))
     for k in (

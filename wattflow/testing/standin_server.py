@@ -7,7 +7,7 @@ style arguments, so it can stand in for the vLLM command (WATTFLOW_VLLM_COMMAND)
 vLLM it takes its API key from `--api-key` or else from $VLLM_API_KEY (so the key need not
 appear on a command line), then $OPENAI_API_KEY.
 
-    python -m wattflow.testing.openai_server --port P [--api-key K] [--token-delay-s 0.002]
+    python -m wattflow.testing.standin_server --port P [--api-key K] [--token-delay-s 0.002]
         [--fault NAME[:K]]
 
 `--fault` makes it misbehave the way real servers do, for the fault-injection tests
