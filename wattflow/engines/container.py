@@ -37,7 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from wattflow import environment, outputs
-from wattflow.engines.server import RuntimeUnavailable, check_runtime, docker_client
+from wattflow.engines.server import (
+    DEFAULT_RUNTIME,
+    RuntimeUnavailable,
+    check_runtime,
+    docker_client,
+)
 
 DEFAULT_DOCKERFILE = "containers/Dockerfile"
 DEFAULT_DEFFILE = "containers/wattflow.def"
@@ -62,7 +67,7 @@ class BuildError(RuntimeError):
 def image_spec(name: str, engine: dict, probe: str) -> dict:
     """The slice of an engine's config the image depends on: the `image` rule's params.
     `probe`: the Python distribution whose version is the server's (the backend's)."""
-    runtime = engine.get("runtime", "docker")
+    runtime = engine.get("runtime", DEFAULT_RUNTIME)
     build = dict(engine.get("build") or {})
     spec: dict[str, Any] = {"engine": name, "kind": engine["kind"], "runtime": runtime}
     spec["probe"] = probe
@@ -404,7 +409,7 @@ def build(
 def load_manifest(name: str, engine: dict, probe: str) -> dict | None:
     """The manifest the `image` rule wrote for engine `name` (None for runtime native,
     which needs none); a clear error when it is missing or describes another build."""
-    runtime = engine.get("runtime", "docker")
+    runtime = engine.get("runtime", DEFAULT_RUNTIME)
     if runtime == "native":
         return None
     path = environment.current_images_dir() / f"{name}.json"

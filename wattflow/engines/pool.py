@@ -36,6 +36,7 @@ from pathlib import Path
 from wattflow import environment
 from wattflow.engines.launcher import Launcher
 from wattflow.engines.server import (
+    DEFAULT_RUNTIME,
     _signal_group,
     check_runtime,
     docker_client,
@@ -380,7 +381,7 @@ def _spawn_detached(cmd: list[str], log: Path) -> int:
 
 def _stop_container(e: dict, container_id: str) -> None:
     try:
-        client = docker_client(e["engine_spec"].get("runtime", "docker"))
+        client = docker_client(e["engine_spec"].get("runtime", DEFAULT_RUNTIME))
         client.containers.get(container_id).stop(timeout=10)
     except Exception:  # noqa: BLE001 - gone already, or no runtime left to ask
         pass

@@ -104,10 +104,14 @@ def docker_client(runtime: str, who: str = "engine") -> Any:
     )
 
 
+# The runtime an engine entry that names none uses (the vLLM backend's schema default).
+DEFAULT_RUNTIME = "docker"
+
+
 def check_runtime(engine: dict, program: list[str], who: str = "engine") -> None:
     """Fail early, before any cell work, if the runtime cannot be used. `program` is what
     runtime native would run (the engine's `command`, else the launcher's program)."""
-    runtime = engine.get("runtime", "docker")
+    runtime = engine.get("runtime", DEFAULT_RUNTIME)
     if runtime in ("docker", "podman"):
         docker_client(runtime, who).close()
     elif runtime == "apptainer":
@@ -182,7 +186,7 @@ class Server:
         self.host, self.port = host, port
         self.api_key = api_key
         self.model_name = model_name
-        self.runtime = engine.get("runtime", "docker")
+        self.runtime = engine.get("runtime", DEFAULT_RUNTIME)
         self.labels = {"wattflow": "1", **(labels or {})}
         self.proc: subprocess.Popen | None = None
         self.container: Any = None

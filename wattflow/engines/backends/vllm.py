@@ -22,7 +22,7 @@ from wattflow.engines import bundle, container, http
 from wattflow.engines.base import BATCHING_SCHEMA, Backend, Needs
 from wattflow.engines.launcher import LaunchSpec
 from wattflow.engines.pool import ServerPool
-from wattflow.engines.server import process_env
+from wattflow.engines.server import DEFAULT_RUNTIME, process_env
 from wattflow.hardware import ModelShape
 from wattflow.knobs import server_identity
 
@@ -116,7 +116,10 @@ class VllmBackend(Backend):
     schema: ClassVar[dict[str, dict]] = {
         **http.SCHEMA,
         **BATCHING_SCHEMA,
-        "runtime": {"enum": ["docker", "podman", "apptainer", "native"], "default": "docker"},
+        "runtime": {
+            "enum": ["docker", "podman", "apptainer", "native"],
+            "default": DEFAULT_RUNTIME,
+        },
         "image": {
             "type": "string",
             "default": DEFAULT_IMAGE,
