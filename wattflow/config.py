@@ -53,6 +53,7 @@ from wattflow.knobs import (
 )
 from wattflow.knobs import parse_path as knobs_parse_path
 from wattflow.objectives import ObjectiveError, parse_objective
+from wattflow.workloads import build
 from wattflow.workloads.registry import pattern, patterns
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
@@ -185,10 +186,24 @@ def _workload_schema(workload: dict) -> None:
         )
 
 
+def _strict_integers(checker, instance: Any) -> bool:  # noqa: ANN001
+    """`integer` means an int: JSON Schema also takes 4.0, which crashes a cell that
+    counts with it (`workflows: 4.0`); YAML writes an integer without the `.0`."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+@functools.cache
+def _validator() -> type:
+    """Draft 2020-12 with integers that are ints (`_strict_integers`)."""
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine("integer", _strict_integers)
+    return jsonschema.validators.extend(base, type_checker=checker)
+
+
 @functools.cache
 def _with_defaults() -> type:
     """A validator that fills in `default`s, as it validates, where a value is missing."""
-    base = jsonschema.Draft202012Validator
+    base = _validator()
     props = base.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):  # noqa: ANN001, ANN202
@@ -201,7 +216,7 @@ def _with_defaults() -> type:
 
 
 def _schema_validate(cfg: dict) -> None:
-    errors = list(jsonschema.Draft202012Validator(schema()).iter_errors(cfg))
+    errors = list(_validator()(schema()).iter_errors(cfg))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
         where = _key(err.absolute_path) or "(top level)"
@@ -311,6 +326,9 @@ def check(cfg: dict) -> None:
             raise ConfigError(str(exc)) from None
     for name, w in workloads.items():
         _check_workload(name, w, workloads)
+    for name in dict.fromkeys(cfg["grid"]["workload"]):
+        if name in workloads:
+            _check_builds(cfg, name)
     _check_analysis(cfg)
     grid = cfg["grid"]
     for section, knob in (("engines", "engine"), ("workloads", "workload")):
@@ -323,6 +341,7 @@ def check(cfg: dict) -> None:
         why = POLICIES[mode].unavailable()
         if why:
             raise ConfigError(f"grid.mode[{i}]: client mode {mode} cannot run here: {why}")
+    _check_budget(cfg)
     ctx = _Context(cfg)
     for k in GRID_KNOBS:
         if k.check is None:
@@ -366,6 +385,28 @@ def _check_analysis(cfg: dict) -> None:
                 parse_objective(text, known)
             except ObjectiveError as err:
                 raise ConfigError(f"{key}[{i}]: {err}") from None
+
+
+def _check_builds(cfg: dict, name: str) -> None:
+    """Build the workload's first repetition as its cells will: what would fail or never
+    end there (a float count, an arrival a lifetime away, more calls than fit) fails here."""
+    try:
+        build({"name": name, **workload_slice(cfg, name)}, cfg["seed"], 0)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ConfigError(f"workloads.{name}: {exc}") from None
+
+
+def _check_budget(cfg: dict) -> None:
+    """A step schedules at most max_num_batched_tokens tokens, at least one per sequence."""
+    grid = cfg["grid"]
+    for e in dict.fromkeys(grid["engine"]):
+        budget = cfg["engines"][e].get("max_num_batched_tokens")
+        for i, seqs in enumerate(grid["max_num_seqs"]):
+            if budget is not None and seqs > budget:
+                raise ConfigError(
+                    f"grid.max_num_seqs[{i}]: {seqs} exceeds engines.{e}.max_num_batched_tokens "
+                    f"({budget}); a step schedules at least one token per sequence"
+                )
 
 
 def _check_workload(name: str, w: dict, workloads: dict) -> None:

@@ -66,6 +66,20 @@ def _sha256(path: str, _mtime_ns: int, _size: int) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are unique (json keeps the last silently; the YAML config
+    refuses a repeated key too)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(repr(k) for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
 def load_rows(path: str | Path) -> list[dict]:
     path = trace_path(path)
     rows = []
@@ -80,9 +94,11 @@ def load_rows(path: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise TraceError(f"{path}:{n}: not valid JSON: {exc.msg}") from None
+        except _DuplicateKey as exc:
+            raise TraceError(f"{path}:{n}: the key {exc} is given twice in one row") from None
         if not isinstance(row, dict):
             raise TraceError(f"{path}:{n}: expected a JSON object")
         row["_line"] = f"{path}:{n}"
