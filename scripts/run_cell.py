@@ -12,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from wattflow import orphan  # noqa: E402
 from wattflow.cell import CellFailed, run  # noqa: E402
 from wattflow.knobs import parse_path  # noqa: E402
 from wattflow.progress import cell_finished  # noqa: E402
@@ -34,6 +35,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 signal.signal(signal.SIGTERM, _terminate)
+orphan.end_with_parent()  # a killed job's shell: this process ends too, writing nothing
 try:
     manifest = run(json.loads(args.spec), parse_path(args.cell), out, failed_dir=failed)
 except CellFailed as err:
