@@ -21,7 +21,7 @@ _held: dict[str, IO[str]] = {}  # results folder -> the open lock file (the lock
 
 
 class ResultsBusy(RuntimeError):
-    """Another process holds the results folder."""
+    """Another process holds the results folder (or it cannot be locked at all)."""
 
 
 def hold(results: str | os.PathLike[str]) -> None:
@@ -29,8 +29,11 @@ def hold(results: str | os.PathLike[str]) -> None:
     root = Path(results).resolve()
     if str(root) in _held:
         return
-    root.mkdir(parents=True, exist_ok=True)
-    f = open(root / LOCK_NAME, "a+")  # noqa: SIM115 - held open: the fd is the lock
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        f = open(root / LOCK_NAME, "a+")  # noqa: SIM115 - held open: the fd is the lock
+    except OSError as exc:
+        raise ResultsBusy(f"results folder {root} cannot be locked: {exc}") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
