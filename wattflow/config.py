@@ -21,6 +21,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import posixpath
 import re
 from collections.abc import Iterable
@@ -59,6 +60,7 @@ from wattflow.workloads.registry import pattern, patterns
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 DEFAULT_CONFIG = Path("config/config.yaml")
 NAMED_SECTIONS = ("engines", "models", "gpus", "workloads")
+MAX_CELLS = 100_000  # a grid (times its repetitions) larger than this is a typo
 
 
 class ConfigError(ValueError):
@@ -192,11 +194,22 @@ def _strict_integers(checker, instance: Any) -> bool:  # noqa: ANN001
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
+def _finite_numbers(checker, instance: Any) -> bool:  # noqa: ANN001
+    """`number` means a finite one: YAML's .inf and .nan are no rate, length or time."""
+    return (
+        isinstance(instance, int | float)
+        and not isinstance(instance, bool)
+        and (math.isfinite(instance))
+    )
+
+
 @functools.cache
 def _validator() -> type:
-    """Draft 2020-12 with integers that are ints (`_strict_integers`)."""
+    """Draft 2020-12 with integers that are ints (`_strict_integers`) and finite numbers."""
     base = jsonschema.Draft202012Validator
-    checker = base.TYPE_CHECKER.redefine("integer", _strict_integers)
+    checker = base.TYPE_CHECKER.redefine_many(
+        {"integer": _strict_integers, "number": _finite_numbers}
+    )
     return jsonschema.validators.extend(base, type_checker=checker)
 
 
@@ -341,6 +354,7 @@ def check(cfg: dict) -> None:
         why = POLICIES[mode].unavailable()
         if why:
             raise ConfigError(f"grid.mode[{i}]: client mode {mode} cannot run here: {why}")
+    _check_grid_size(cfg)
     _check_budget(cfg)
     ctx = _Context(cfg)
     for k in GRID_KNOBS:
@@ -394,6 +408,12 @@ def _check_builds(cfg: dict, name: str) -> None:
         build({"name": name, **workload_slice(cfg, name)}, cfg["seed"], 0)
     except (ValueError, TypeError, OverflowError) as exc:
         raise ConfigError(f"workloads.{name}: {exc}") from None
+
+
+def _check_grid_size(cfg: dict) -> None:
+    n = math.prod(len(v) for v in cfg["grid"].values()) * cfg["repetitions"]
+    if n > MAX_CELLS:
+        raise ConfigError(f"grid: {n} cells (axes times repetitions); at most {MAX_CELLS}")
 
 
 def _check_budget(cfg: dict) -> None:
