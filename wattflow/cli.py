@@ -161,6 +161,9 @@ def cmd_revalidate(args: argparse.Namespace) -> int:
         cells += found
     changed = 0
     for c in cells:
+        why = outputs.damage(c)
+        if why is not None:
+            raise UserError(f"revalidate: {c}: {why}")
         try:
             before, m = energy_check.revalidate(c)
         except (OSError, KeyError, ValueError, pl.exceptions.PolarsError) as err:

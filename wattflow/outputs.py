@@ -115,7 +115,7 @@ def damage(cell_dir: Path) -> str | None:
     for name in TABLE_FILES:
         path = cell_dir / name
         if not path.is_file():
-            return f"{name} is missing"
+            return f"{name} is missing (or not a file)"
         try:
             if name in recorded:
                 if _sha256(path) != recorded[name]:

@@ -38,7 +38,7 @@ def hold(results: str | os.PathLike[str]) -> None:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
-        holder = f.read().strip() or "another process"
+        holder = _holder(f.read())
         f.close()
         raise ResultsBusy(
             f"results folder {root} is in use by {holder}; wait for that run to end "
@@ -50,6 +50,14 @@ def hold(results: str | os.PathLike[str]) -> None:
     f.write(json.dumps(who) + "\n")
     f.flush()
     _held[str(root)] = f
+
+
+def _holder(text: str) -> str:
+    try:
+        who = json.loads(text)
+        return f"process {who['pid']} on {who['host']} (working directory {who['cwd']})"
+    except (ValueError, TypeError, KeyError):
+        return "another process"
 
 
 def release(results: str | os.PathLike[str]) -> None:

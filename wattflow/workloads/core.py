@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 # What one cell may hold: a cell takes minutes to hours, and a larger one would exhaust
 # memory or never end rather than fail (issue 21). `check_cell` enforces both.
-MAX_CALLS = 1_000_000
+MAX_CALLS = 250_000
 MAX_WORKFLOWS = 100_000  # schema.yaml's maximum of a workload's `workflows`, too
 MAX_START_S = 86_400.0  # no call is due later than a day after the cell starts
 
