@@ -248,7 +248,8 @@ def _check_names(cfg: dict) -> None:
         for name in entries:
             if not isinstance(name, str) or not pattern.match(name):
                 raise ConfigError(f"{section}: {name!r} {NAME_RULE}")
-    for name, e in (cfg.get("engines") or {}).items():
+    engines = cfg.get("engines")
+    for name, e in engines.items() if isinstance(engines, dict) else ():
         for key in set(e if isinstance(e, dict) else ()) & set(BY_NAME):
             raise ConfigError(
                 f"engines.{name}.{key}: {key} is a knob: list its values under "

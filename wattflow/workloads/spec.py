@@ -519,6 +519,10 @@ def parse(doc: dict, overrides: dict | None = None, *, label: str = "spec") -> S
     unknown = set(doc) - _TOP
     if unknown:
         raise SpecError(f"{label}: unknown key {sorted(unknown)[0]!r}; known: {sorted(_TOP)}")
+    for key, kind in (("params", dict), ("vars", dict), ("segments", dict), ("loops", list)):
+        if doc.get(key) is not None and not isinstance(doc[key], kind):
+            what = "a mapping" if kind is dict else "a list"
+            raise SpecError(f"{label}: {key}: expected {what}, got {doc[key]!r}")
     params = dict(doc.get("params") or {})
     for k in overrides or {}:
         if k not in params:
@@ -698,6 +702,8 @@ def _node(n: dict, index: int, segments: dict, var_names: set, ids: set) -> Node
     after = n.get("after") or []
     if isinstance(after, str):
         after = [after]
+    if not isinstance(after, list):
+        raise SpecError(f"{where}: after: expected a node id or a list of them, got {after!r}")
     refs = [_ref(a, f"{where}: after") for a in after]
     for r in refs + [it.ref for it in prompt if it.ref]:
         if r.name not in ids:
