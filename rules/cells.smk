@@ -29,4 +29,4 @@ rule cell:
         spec=cell_spec,
     shell:
         '"$WATTFLOW_PYTHON" scripts/run_cell.py --cell {wildcards.cell:q} --spec {params.spec:q}'
-        " --out $(dirname {output.manifest:q}) 2> {log:q}"
+        ' --out "$(dirname {output.manifest:q})" 2> {log:q}'

@@ -4,11 +4,14 @@ import glob
 import json
 import os
 import sys
+from pathlib import Path
 
 from wattflow import config as wf_config
 from wattflow import environment as wf_env
 from wattflow.engines import container as wf_container
 from wattflow import files as wf_files
+from wattflow import outputs as wf_outputs
+from wattflow import results_lock as wf_lock
 from wattflow import progress as wf_progress
 from wattflow.engines.registry import backend
 
@@ -27,6 +30,22 @@ SERVER_STATE = wf_env.export_for_jobs(RESULTS, remote=workflow.remote_exec)
 
 def cell_dirs():
     return [wf_config.cell_dir(RESULTS, c) for c in CELLS]
+
+
+# A real run (not a dry run, not a cluster job's own Snakemake) owns the results folder
+# (wattflow.results_lock), and sets aside finished cells whose files are damaged before the
+# DAG is built, so they run again (wattflow.outputs.set_aside_damaged).
+if workflow.is_main_process and not workflow.dryrun:
+    try:
+        wf_lock.hold(RESULTS)
+    except wf_lock.ResultsBusy as err:
+        sys.exit(f"wattflow: {err}")
+    damaged = wf_outputs.set_aside_damaged(RESULTS, cell_dirs())
+    for line in damaged:
+        print(f"wattflow: damaged cell {line}", file=sys.stderr)
+    if damaged:  # else Snakemake takes the summary as current and the cells as unneeded
+        for table in ("summary.parquet", "stages.parquet"):
+            Path(RESULTS, table).unlink(missing_ok=True)
 
 
 def cell_knobs(wildcards):

@@ -12,7 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from wattflow import orphan  # noqa: E402
 from wattflow.cell import CellFailed, run  # noqa: E402
+from wattflow.engines.openai_engine import EngineUnhealthy  # noqa: E402
 from wattflow.knobs import parse_path  # noqa: E402
 from wattflow.progress import cell_finished  # noqa: E402
 
@@ -34,9 +36,10 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 signal.signal(signal.SIGTERM, _terminate)
+orphan.end_with_parent()  # a killed job's shell: this process ends too, writing nothing
 try:
     manifest = run(json.loads(args.spec), parse_path(args.cell), out, failed_dir=failed)
-except CellFailed as err:
+except (CellFailed, EngineUnhealthy) as err:  # said in full by the message: no traceback
     cell_finished(args.out, None, reason=str(err))
     print(f"wattflow: {err}", file=sys.stderr)
     sys.exit(1)

@@ -261,3 +261,42 @@ def test_mape_and_batch_effect_arithmetic():
     be = accuracy.batch_effect(df).row(0, named=True)
     assert be["measured_ratio"] == pytest.approx(2.0)
     assert be["error_pct"] == pytest.approx((110 / 45 / 2 - 1) * 100)
+
+
+def test_calibrate_and_accuracy_refuse_simulator_output(tmp_path):
+    """Cells the simulator wrote are no measurement: taken as one, accuracy reported 0 %
+    and calibrate fitted the simulator to itself (issue 21)."""
+    cell = MeasuredCell.load(C8)
+    d = tmp_path / "sim" / "cells" / "engine=sim" / "workload=single-c8" / "default"
+    run_cell(cell.sim_spec(), cell.sim_knobs(), d, quiet=True)
+    assert MeasuredCell.load(d).not_measured == "engine kind sim models its GPU: simulator output"
+    assert cell.not_measured is None
+    for run in (
+        lambda log: fit.calibrate([d], log=log),
+        lambda log: accuracy.run([d], tmp_path / "acc", log=log),
+    ):
+        lines = []
+        with pytest.raises(ValueError, match="no cell measured on hardware"):
+            run(lines.append)
+        assert lines == [
+            "leaving out 1 cell(s) not measured on hardware (engine kind sim models its "
+            "GPU: simulator output): single-c8/naive/mns=256"
+        ]
+
+
+def test_every_knob_is_in_the_label(tmp_path):
+    """Two measured cells differing only in prefix_caching: distinct labels, one row each
+    in accuracy.md (the pivot crashed on the shared label)."""
+    manifest = json.loads((C8 / "cell.json").read_text())
+    manifest["knobs"]["prefix_caching"] = False
+    root = tmp_path / "set" / "cells" / "engine=vllm" / "workload=single-c8"
+    off = root / cell_path(complete(manifest["knobs"])).rsplit("/", 1)[-1]
+    shutil.copytree(C8, root / "default")
+    shutil.copytree(C8, off)
+    (off / "cell.json").write_text(json.dumps(manifest))
+    labels = {MeasuredCell.load(d).label() for d in (root / "default", off)}
+    assert labels == {"single-c8/naive/mns=256", "single-c8/naive/mns=256/prefix_caching=off"}
+    acc = tmp_path / "acc"
+    accuracy.run([tmp_path / "set", off], acc, profile="none")  # `off` named twice: once
+    md = (acc / "accuracy.md").read_text()
+    assert "| set | single-c8/naive/mns=256/prefix_caching=off |" in md

@@ -117,8 +117,10 @@ LAYERS = (
     ("client", "release policies (client modes) driving an engine; Parrot as one",
      ("client",)),
     ("config", "the configuration: validation, the cell grid, config slices", ("config",)),
-    ("cell", "one cell: run, attribute, check and write it; progress",
-     ("cell", "attribution", "energy_check", "progress", "snakemake_signals")),
+    ("cell", "one cell: run, attribute, check and write it; progress; a run's hold on its "
+     "results folder and its cells' processes",
+     ("cell", "attribution", "energy_check", "progress", "snakemake_signals", "orphan",
+      "results_lock")),
     ("analysis", "summary, figures, report, advisor, studies, calibration, CLI",
      ("analysis", "studies", "calibration", "cli", "__main__")),
 )  # fmt: skip

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from wattflow import energy_check, outputs
+from wattflow import energy_check, orphan, outputs
 from wattflow.attribution import attribute
 from wattflow.client import registry as client_registry
 from wattflow.devices import names as device_libraries
@@ -255,6 +255,8 @@ def run(
         manifest["started_at"] = started.isoformat()
         manifest["ended_at"] = dt.datetime.now(dt.UTC).isoformat()
         manifest["wall_s"] = round(time.monotonic() - wall0, 3)
+        manifest["files"] = outputs.digests(out_dir)  # a damaged table is found (onstart)
+        orphan.check()  # a job killed meanwhile: its clean-up ran, this cell is not done
         outputs.write_json(out_dir / "cell.json", manifest)
     except BaseException:
         _remove_cell_files(out_dir)  # half a cell is no cell (SIGINT, SIGTERM, an error)
@@ -262,7 +264,7 @@ def run(
     failed = manifest["failed_requests"]
     if failed_dir is not None and failed:
         kept = Path(failed_dir) / started.strftime("%Y%m%dT%H%M%SZ")
-        _move_cell_files(out_dir, kept)
+        outputs.move_cell_files(out_dir, kept)
         raise CellFailed(
             f"cell {out_dir}: {failed} of {manifest['requests']} requests failed; first: "
             f"{manifest['first_error']}. What was measured is kept in {kept}; the cell is "
@@ -277,15 +279,6 @@ def _remove_cell_files(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         out_dir.rmdir()  # only if empty
-
-
-def _move_cell_files(out_dir: Path, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in outputs.CELL_FILES:
-        if (out_dir / name).exists():
-            (out_dir / name).replace(dest / name)
-    with contextlib.suppress(OSError):
-        out_dir.rmdir()
 
 
 def write(

@@ -22,6 +22,7 @@ from wattflow import energy_check, environment, outputs
 from wattflow.analysis import advise as adv
 from wattflow.calibration import accuracy, fit
 from wattflow.cell import run
+from wattflow.engines.openai_engine import EngineUnhealthy
 from wattflow.engines.sim import profile as prof
 from wattflow.engines.sim import server_flags
 from wattflow.engines.sim import steps as sim_steps
@@ -96,7 +97,10 @@ def cmd_cell(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(wf_config.cell_dir(cfg["results"], cell))
     _check_writable(out)
     with environment.results_defaults(cfg["results"]):  # the grid's servers and images
-        manifest = run(wf_config.cell_spec(cfg, knobs), knobs, out)
+        try:
+            manifest = run(wf_config.cell_spec(cfg, knobs), knobs, out)
+        except EngineUnhealthy as err:  # no server where the config says: a user's to fix
+            raise UserError(f"cell {out}: {err}") from None
     e = manifest["energy"]
     joules = "no energy measured" if e["counter_j"] is None else f"{e['counter_j']:.0f} J"
     print(
@@ -161,6 +165,9 @@ def cmd_revalidate(args: argparse.Namespace) -> int:
         cells += found
     changed = 0
     for c in cells:
+        why = outputs.damage(c)
+        if why is not None:
+            raise UserError(f"revalidate: {c}: {why}")
         try:
             before, m = energy_check.revalidate(c)
         except (OSError, KeyError, ValueError, pl.exceptions.PolarsError) as err:
@@ -319,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"wattflow: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a cell removed its files on the way out
+        print("wattflow: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # the reader went away (`wattflow cells | head`): not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import posixpath
 import re
 from collections.abc import Iterable
@@ -54,11 +55,13 @@ from wattflow.knobs import (
 from wattflow.knobs import parse_path as knobs_parse_path
 from wattflow.objectives import ObjectiveError, parse_objective
 from wattflow.plugins import names as plugin_names
+from wattflow.workloads import build
 from wattflow.workloads.registry import pattern, patterns
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 DEFAULT_CONFIG = Path("config/config.yaml")
 NAMED_SECTIONS = ("engines", "models", "gpus", "workloads")
+MAX_CELLS = 100_000  # a grid (times its repetitions) larger than this is a typo
 
 
 class ConfigError(ValueError):
@@ -186,10 +189,35 @@ def _workload_schema(workload: dict) -> None:
         )
 
 
+def _strict_integers(checker, instance: Any) -> bool:  # noqa: ANN001
+    """`integer` means an int: JSON Schema also takes 4.0, which crashes a cell that
+    counts with it (`workflows: 4.0`); YAML writes an integer without the `.0`."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+def _finite_numbers(checker, instance: Any) -> bool:  # noqa: ANN001
+    """`number` means a finite one: YAML's .inf and .nan are no rate, length or time."""
+    return (
+        isinstance(instance, int | float)
+        and not isinstance(instance, bool)
+        and (math.isfinite(instance))
+    )
+
+
+@functools.cache
+def _validator() -> type:
+    """Draft 2020-12 with integers that are ints (`_strict_integers`) and finite numbers."""
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine_many(
+        {"integer": _strict_integers, "number": _finite_numbers}
+    )
+    return jsonschema.validators.extend(base, type_checker=checker)
+
+
 @functools.cache
 def _with_defaults() -> type:
     """A validator that fills in `default`s, as it validates, where a value is missing."""
-    base = jsonschema.Draft202012Validator
+    base = _validator()
     props = base.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):  # noqa: ANN001, ANN202
@@ -202,7 +230,7 @@ def _with_defaults() -> type:
 
 
 def _schema_validate(cfg: dict) -> None:
-    errors = list(jsonschema.Draft202012Validator(schema()).iter_errors(cfg))
+    errors = list(_validator()(schema()).iter_errors(cfg))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
         where = _key(err.absolute_path) or "(top level)"
@@ -221,7 +249,8 @@ def _check_names(cfg: dict) -> None:
         for name in entries:
             if not isinstance(name, str) or not pattern.match(name):
                 raise ConfigError(f"{section}: {name!r} {NAME_RULE}")
-    for name, e in (cfg.get("engines") or {}).items():
+    engines = cfg.get("engines")
+    for name, e in engines.items() if isinstance(engines, dict) else ():
         for key in set(e if isinstance(e, dict) else ()) & set(BY_NAME):
             raise ConfigError(
                 f"engines.{name}.{key}: {key} is a knob: list its values under "
@@ -312,6 +341,9 @@ def check(cfg: dict) -> None:
             raise ConfigError(str(exc)) from None
     for name, w in workloads.items():
         _check_workload(name, w, workloads)
+    for name in dict.fromkeys(cfg["grid"]["workload"]):
+        if name in workloads:
+            _check_builds(cfg, name)
     _check_analysis(cfg)
     grid = cfg["grid"]
     for section, knob in (("engines", "engine"), ("workloads", "workload")):
@@ -324,6 +356,8 @@ def check(cfg: dict) -> None:
         why = POLICIES[mode].unavailable()
         if why:
             raise ConfigError(f"grid.mode[{i}]: client mode {mode} cannot run here: {why}")
+    _check_grid_size(cfg)
+    _check_budget(cfg)
     ctx = _Context(cfg)
     for k in GRID_KNOBS:
         if k.check is None:
@@ -373,6 +407,34 @@ def _check_analysis(cfg: dict) -> None:
                 parse_objective(text, known)
             except ObjectiveError as err:
                 raise ConfigError(f"{key}[{i}]: {err}") from None
+
+
+def _check_builds(cfg: dict, name: str) -> None:
+    """Build the workload's first repetition as its cells will: what would fail or never
+    end there (a float count, an arrival a lifetime away, more calls than fit) fails here."""
+    try:
+        build({"name": name, **workload_slice(cfg, name)}, cfg["seed"], 0)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ConfigError(f"workloads.{name}: {exc}") from None
+
+
+def _check_grid_size(cfg: dict) -> None:
+    n = math.prod(len(v) for v in cfg["grid"].values()) * cfg["repetitions"]
+    if n > MAX_CELLS:
+        raise ConfigError(f"grid: {n} cells (axes times repetitions); at most {MAX_CELLS}")
+
+
+def _check_budget(cfg: dict) -> None:
+    """A step schedules at most max_num_batched_tokens tokens, at least one per sequence."""
+    grid = cfg["grid"]
+    for e in dict.fromkeys(grid["engine"]):
+        budget = cfg["engines"][e].get("max_num_batched_tokens")
+        for i, seqs in enumerate(grid["max_num_seqs"]):
+            if budget is not None and seqs > budget:
+                raise ConfigError(
+                    f"grid.max_num_seqs[{i}]: {seqs} exceeds engines.{e}.max_num_batched_tokens "
+                    f"({budget}); a step schedules at least one token per sequence"
+                )
 
 
 def _check_workload(name: str, w: dict, workloads: dict) -> None:

@@ -8,9 +8,12 @@ half-written file that Snakemake would take as done.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -77,6 +80,80 @@ ADDED_LATER = {"telemetry": ("source", "zone")}
 
 SCHEMAS = {"requests": REQUESTS, "workflows": WORKFLOWS, "telemetry": TELEMETRY}
 CELL_FILES = ("requests.parquet", "workflows.parquet", "telemetry.parquet", "cell.json")
+
+
+TABLE_FILES = CELL_FILES[:3]
+MANIFEST_KEYS = ("knobs", "spec", "duration_s", "energy")  # what every reader of a cell needs
+
+
+def digests(cell_dir: Path) -> dict[str, str]:
+    """The SHA-256 of each table of a cell, as its cell.json records them (`files`)."""
+    return {name: _sha256(Path(cell_dir) / name) for name in TABLE_FILES}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def damage(cell_dir: Path) -> str | None:
+    """Why a finished cell (one with cell.json) cannot be used, or None: cell.json not a
+    readable object with what readers need, a table missing, or a table whose checksum
+    differs from the one cell.json recorded (cells written before checksums: its Parquet
+    footer unreadable)."""
+    cell_dir = Path(cell_dir)
+    try:
+        meta = json.loads((cell_dir / "cell.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"cell.json cannot be read: {exc}"
+    if not isinstance(meta, dict) or not all(k in meta for k in MANIFEST_KEYS):
+        return f"cell.json lacks one of {list(MANIFEST_KEYS)}"
+    recorded = meta.get("files") or {}
+    for name in TABLE_FILES:
+        path = cell_dir / name
+        if not path.is_file():
+            return f"{name} is missing (or not a file)"
+        try:
+            if name in recorded:
+                if _sha256(path) != recorded[name]:
+                    return f"{name} differs from the checksum in cell.json"
+            else:
+                pl.read_parquet_schema(path)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            return f"{name} cannot be read: {exc}"
+    return None
+
+
+def move_cell_files(cell_dir: Path, dest: Path) -> None:
+    """A cell's files into `dest` (kept aside: failed or damaged), its folder removed."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in CELL_FILES:
+        if (cell_dir / name).exists():
+            (cell_dir / name).replace(dest / name)
+    with contextlib.suppress(OSError):
+        cell_dir.rmdir()
+
+
+def set_aside_damaged(results: str | os.PathLike[str], dirs: Iterable[str]) -> list[str]:
+    """Finished cells among `dirs` (under RESULTS/cells/) that are damaged (`damage`) move
+    to RESULTS/failed/<cell>/<time>-damaged/, as failed cells are kept, so this run
+    measures them again; one line per cell moved, saying why."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    cells_root = Path(results) / "cells"
+    lines = []
+    for d in map(Path, dirs):
+        if not (d / "cell.json").exists():
+            continue
+        why = damage(d)
+        if why is None:
+            continue
+        dest = Path(results) / "failed" / d.relative_to(cells_root) / f"{stamp}-damaged"
+        move_cell_files(d, dest)
+        lines.append(f"{d}: {why}; its files are kept in {dest} and the cell runs again")
+    return lines
 
 
 def cell_dirs(path: Path) -> list[Path]:

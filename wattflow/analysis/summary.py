@@ -37,7 +37,7 @@ from wattflow.analysis.extras import extra_columns
 from wattflow.analysis.scan import FILE_COLUMN, scan_cells
 from wattflow.columns import LATENCIES, QUANTILES, pct_name
 from wattflow.knobs import BY_NAME, DEFAULT, KNOBS, KnobError, parse_path
-from wattflow.outputs import write_frame
+from wattflow.outputs import damage, write_frame
 
 _CELL = "_cell"  # row index of the cell in the input list, the join key
 
@@ -58,7 +58,11 @@ def _percentiles(col: str) -> list[pl.Expr]:
 
 
 def _read_cell_json(cell_dir: Path) -> dict[str, Any]:
-    return json.loads((cell_dir / "cell.json").read_text())
+    f = cell_dir / "cell.json"
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{f} cannot be read: {exc}") from None
 
 
 def cell_knobs(
@@ -209,7 +213,11 @@ def summarize(
     meta = pl.concat([meta, cell_knobs(dirs, metas)], how="horizontal")
     req = _request_stats([str(d / "requests.parquet") for d in dirs])
     wf = _workflow_stats([str(d / "workflows.parquet") for d in dirs])
-    req_df, wf_df = pl.collect_all([req, wf])
+    try:
+        req_df, wf_df = pl.collect_all([req, wf])
+    except (pl.exceptions.PolarsError, OSError) as exc:  # one scan: name the damaged cells
+        bad = [f"{d}: {why}" for d in dirs if (why := damage(d))]
+        raise ValueError("; ".join(bad) or f"the cells' tables cannot be read: {exc}") from None
     df = (
         meta.join(req_df, on=_CELL, how="left")
         .join(wf_df, on=_CELL, how="left")

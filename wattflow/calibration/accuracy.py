@@ -27,7 +27,7 @@ import polars as pl
 import vl_convert as vlc
 
 from wattflow.analysis.summary import summarize
-from wattflow.calibration.cells import MeasuredCell, find_cells, simulable
+from wattflow.calibration.cells import MeasuredCell, find_cells, measured, simulable
 from wattflow.calibration.metrics import REPORT_METRICS
 from wattflow.cell import run as run_cell
 from wattflow.engines.sim import profile as prof
@@ -95,10 +95,14 @@ def run(
     log=None,  # noqa: ANN001
 ) -> pl.DataFrame:
     out_dir = Path(out_dir)
-    cells = [c for c in find_cells(paths) if c.valid]
+    cells, not_measured = measured(find_cells(paths), log, what="accuracy")
+    cells = [c for c in cells if c.valid]
     if not cells:
         raise ValueError("accuracy: no valid cells")
     cells, left_out = simulable(cells, log, what="accuracy")
+    left_out = {f"not measured on hardware: {why}": cs for why, cs in not_measured.items()} | (
+        left_out
+    )
     skipped = {why: [f"{_group(c)}: {c.label()}" for c in cs] for why, cs in left_out.items()}
     spec, fitted = profile_spec(profile, cells)
     fitted = {str(Path(p).resolve()) for p in (fit_cells if fit_cells is not None else fitted)}

@@ -30,11 +30,12 @@ from wattflow.calibration.metrics import (
 from wattflow.cell import client_rtt_s
 from wattflow.client.executor import ReleasePolicy, execute
 from wattflow.client.registry import policy
+from wattflow.engines.registry import backend
 from wattflow.engines.sim.clock import run_virtual
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.factory import build_engine
-from wattflow.knobs import DEFAULT, complete
-from wattflow.outputs import cell_dirs
+from wattflow.knobs import KNOBS, complete
+from wattflow.outputs import cell_dirs, damage
 from wattflow.workloads import build
 
 
@@ -53,6 +54,9 @@ class MeasuredCell:
         f = path / "cell.json"
         if not f.is_file():
             raise CellError(f"{path}: no cell.json (not a cell directory)")
+        why = damage(path)
+        if why is not None:
+            raise CellError(f"{path}: {why}")
         manifest = json.loads(f.read_text())
         for key in ("spec", "knobs", "energy", "duration_s"):
             if key not in manifest:
@@ -102,15 +106,29 @@ class MeasuredCell:
                 e.get("version"))  # fmt: skip
 
     def label(self) -> str:
-        """Short id: workload/mode/max_num_seqs (+ non-default GPU knobs)."""
+        """Short id: workload/mode/max_num_seqs, then every other knob not at its default
+        (two cells differing in any knob, prefix_caching too, never share a label)."""
         k = self.knobs
         parts = [self.workload, self.mode, f"mns={k['max_num_seqs']}"]
-        for name in ("power_cap_w", "sm_clock_mhz"):
-            if k[name] != DEFAULT:
-                parts.append(f"{name}={k[name]}")
-        if k["rep"]:
+        shown = ("engine", "workload", "mode", "max_num_seqs", "rep")
+        for knob in KNOBS:
+            v = k.get(knob.name, knob.default)
+            if knob.name not in shown and knob.format(v) != knob.format(knob.default):
+                parts.append(f"{knob.name}={knob.format(v)}")
+        if k.get("rep", 0):
             parts.append(f"rep={k['rep']}")
         return "/".join(str(p) for p in parts)
+
+    @property
+    def not_measured(self) -> str | None:
+        """Why this cell is no measurement (its engine models the GPU: the simulator's own
+        output, which `calibrate` and `accuracy` would take as truth), or None."""
+        kind = self.manifest["spec"].get("engine", {}).get("kind")
+        try:
+            modelled = backend(kind).modelled_gpu
+        except ValueError as err:
+            return str(err)
+        return f"engine kind {kind} models its GPU: simulator output" if modelled else None
 
     def sim_spec(self, profile_spec: dict | None = None) -> dict:
         """The cell's spec with the engine switched to the simulator (same model, GPU,
@@ -155,6 +173,31 @@ def not_simulable(mode: str) -> str | None:
         need = "needs an OpenAI-compatible endpoint in wall-clock time"
         why = f"{why}, and {need}" if own else f"client mode {mode} {need}"
     return f"{why}; the simulator reruns a cell with the executor in virtual time"
+
+
+def measured(
+    cells: list[MeasuredCell],
+    log=None,  # noqa: ANN001
+    *,
+    what: str,
+) -> tuple[list[MeasuredCell], dict[str, list[MeasuredCell]]]:
+    """(the cells measured on hardware, the others by why not); `log` gets one line per
+    reason, naming its cells. ValueError, prefixed with `what`, if none was measured."""
+    out = [c for c in cells if c.not_measured is None]
+    left: dict[str, list[MeasuredCell]] = {}
+    for c in cells:
+        if c.not_measured is not None:
+            left.setdefault(c.not_measured, []).append(c)
+    lines = [
+        f"leaving out {len(cs)} cell(s) not measured on hardware ({why}): "
+        + ", ".join(c.label() for c in cs)
+        for why, cs in left.items()
+    ]
+    for line in lines if log else ():
+        log(line)
+    if not out:
+        raise ValueError(f"{what}: no cell measured on hardware; " + "; ".join(lines))
+    return out, left
 
 
 def simulable(
@@ -239,4 +282,5 @@ def find_cells(paths: list[str | Path]) -> list[MeasuredCell]:
         if not found:
             raise CellError(f"{p}: no cell.json below it")
         out += [MeasuredCell.load(c) for c in found]
-    return out
+    unique = {c.path.resolve(): c for c in out}  # a cell named twice counts once
+    return list(unique.values())

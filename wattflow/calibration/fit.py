@@ -48,7 +48,7 @@ import numpy as np
 
 from wattflow import environment
 from wattflow.calibration import dvfs
-from wattflow.calibration.cells import MeasuredCell, find_cells, simulable
+from wattflow.calibration.cells import MeasuredCell, find_cells, measured, simulable
 from wattflow.engines.sim import profile as prof
 from wattflow.engines.sim.constants import SimConstants
 from wattflow.engines.sim.factory import gpu_and_constants, model_shape
@@ -334,7 +334,7 @@ def calibrate(
     """Fit a profile to the cells under `paths` (one model, GPU and engine version);
     `pattern`: only cells whose workload has this pattern (e.g. `single`, the single-call
     cells the shipped profile is fitted on), so adding cells is adding directories."""
-    all_cells = find_cells(paths)
+    all_cells, _ = measured(find_cells(paths), log, what="calibrate")
     if pattern is not None:
         all_cells = [c for c in all_cells if c.pattern == pattern]
         if not all_cells:

@@ -272,19 +272,43 @@ class OpenAIEngine:
         """The first model GET /v1/models lists, within `timeout_s`; RuntimeError saying why
         not (for endpoints whose model name the config does not give)."""
         url = f"{self.base_url}/v1/models"
+        hint = "set the engine's served_model"  # it answered, but lists no model we can read
         try:
             session = self._get_session()
             async with session.get(url, timeout=self._timeout(self.timeout_s)) as r:
+                if r.status == 404:
+                    hint = (
+                        f"nothing is served at {url}: give the server's base URL (scheme, "
+                        "host and port; /v1 is added), without a further path"
+                    )
                 if r.status != 200:
-                    raise _Status(f"HTTP {r.status}: {(await r.text())[:200]}")
+                    body = " ".join((await r.text()).split())  # one line, an HTML page too
+                    raise _Status(f"HTTP {r.status}: {body[:200]}")
                 return str((await r.json(content_type=None))["data"][0]["id"])
         except TimeoutError as exc:
             why = f"no answer within {self.timeout_s} s ({describe(exc)})"
+            hint = "is the server up, and are the URL's host and port its own?"
         except (_Status, aiohttp.ClientError, OSError, ValueError, KeyError, IndexError) as exc:
             why = str(exc) if isinstance(exc, _Status) else describe(exc)
+            hint = _connection_hint(exc, self.base_url) or hint
         except TypeError as exc:  # a body that is JSON but not {"data": [{"id": ...}]}
             why = describe(exc)
-        raise EngineUnhealthy(f"cannot list models at {url}: {why}; set the engine's served_model")
+        raise EngineUnhealthy(f"cannot list models at {url}: {why}; {hint}")
+
+
+def _connection_hint(exc: BaseException, base_url: str) -> str | None:
+    """What to fix when no HTTP answer came at all (None: one came)."""
+    if isinstance(exc, aiohttp.ClientSSLError) or "SSL" in str(exc):
+        if base_url.startswith("https://"):
+            return "the server does not speak TLS there: use http:// instead of https://"
+        return "TLS failed: check the server's certificate"
+    if isinstance(exc, aiohttp.ClientConnectorError | ConnectionError):
+        return (
+            "nothing answers there: is the server running, and are the URL's host and port right?"
+        )
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return "the server closed the connection: is it an HTTP server (http://, not https://)?"
+    return None
 
 
 class _Status(Exception):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from wattflow.workloads.core import Call, Segment, Workflow
+from wattflow.workloads.core import Call, Segment, Workflow, check_cell
 from wattflow.workloads.registry import pattern
 
 __all__ = ["Call", "Segment", "Workflow", "build", "workload_seed"]
@@ -26,6 +26,9 @@ def workload_seed(seed: int, name: str, rep: int) -> int:
 
 
 def build(p: dict, seed: int, rep: int) -> list[Workflow]:
-    """Workflows for a workload slice (`config.workload_slice` plus its `name`)."""
+    """Workflows for a workload slice (`config.workload_slice` plus its `name`); ValueError
+    where they are more than a cell can run (`core.check_cell`)."""
     rng = random.Random(workload_seed(seed, p.get("name", p["pattern"]), rep))
-    return pattern(p["pattern"]).generate(p, rng)
+    workflows = pattern(p["pattern"]).generate(p, rng)
+    check_cell(workflows)
+    return workflows

@@ -9,8 +9,15 @@ prefixes without hashing thousands of ids per request.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from dataclasses import dataclass, field
+
+# What one cell may hold: a cell takes minutes to hours, and a larger one would exhaust
+# memory or never end rather than fail (issue 21). `check_cell` enforces both.
+MAX_CALLS = 250_000
+MAX_WORKFLOWS = 100_000  # schema.yaml's maximum of a workload's `workflows`, too
+MAX_START_S = 86_400.0  # no call is due later than a day after the cell starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +93,24 @@ def poisson_arrivals(rng: random.Random, n: int, rate: float) -> list[float]:
             t += rng.expovariate(rate)
         out.append(round(t, 6))
     return out
+
+
+def check_cell(workflows: list[Workflow]) -> None:
+    """ValueError where the workflows are more than one cell can run: over MAX_CALLS calls,
+    or a call due (its workflow's arrival plus the think times on its longest path of
+    parents) later than MAX_START_S or at a time that is not a number. Linear in the
+    calls and their parents."""
+    calls = sum(len(w.calls) for w in workflows)
+    if calls > MAX_CALLS:
+        raise ValueError(f"{calls} calls in one cell; at most {MAX_CALLS}")
+    for w in workflows:
+        due: dict[str, float] = {}
+        for c in w.calls:
+            t = max((due[p] for p in c.parents), default=w.arrival) + c.think_time
+            if not (math.isfinite(t) and 0 <= t <= MAX_START_S):
+                raise ValueError(
+                    f"workflow {w.workflow_id}: call {c.node_id} is due {t:g} s into the cell "
+                    f"(arrival plus think times); at most {MAX_START_S:g} s (a day), or the "
+                    "cell would not end"
+                )
+            due[c.node_id] = t

@@ -68,7 +68,15 @@ from pathlib import Path
 from typing import Any
 
 from wattflow import yamltext
-from wattflow.workloads.core import Call, Segment, Workflow, output_segment, poisson_arrivals
+from wattflow.workloads.core import (
+    MAX_CALLS,
+    MAX_WORKFLOWS,
+    Call,
+    Segment,
+    Workflow,
+    output_segment,
+    poisson_arrivals,
+)
 from wattflow.workloads.distributions import EMPIRICAL, Dist
 
 BUNDLED = Path(__file__).with_name("specs")
@@ -511,6 +519,10 @@ def parse(doc: dict, overrides: dict | None = None, *, label: str = "spec") -> S
     unknown = set(doc) - _TOP
     if unknown:
         raise SpecError(f"{label}: unknown key {sorted(unknown)[0]!r}; known: {sorted(_TOP)}")
+    for key, kind in (("params", dict), ("vars", dict), ("segments", dict), ("loops", list)):
+        if doc.get(key) is not None and not isinstance(doc[key], kind):
+            what = "a mapping" if kind is dict else "a list"
+            raise SpecError(f"{label}: {key}: expected {what}, got {doc[key]!r}")
     params = dict(doc.get("params") or {})
     for k in overrides or {}:
         if k not in params:
@@ -525,6 +537,8 @@ def parse(doc: dict, overrides: dict | None = None, *, label: str = "spec") -> S
     workflows = body.get("workflows", 1)
     if isinstance(workflows, bool) or not isinstance(workflows, int) or workflows < 1:
         raise SpecError(f"workflows: must be an integer >= 1, got {workflows!r}")
+    if workflows > MAX_WORKFLOWS:
+        raise SpecError(f"workflows: {workflows} exceeds {MAX_WORKFLOWS}")
     rate, times = _arrival(body.get("arrival", {"rate": 1.0}))
 
     # vars in dependency order, ties by name: the key order of a mapping carries no
@@ -688,6 +702,8 @@ def _node(n: dict, index: int, segments: dict, var_names: set, ids: set) -> Node
     after = n.get("after") or []
     if isinstance(after, str):
         after = [after]
+    if not isinstance(after, list):
+        raise SpecError(f"{where}: after: expected a node id or a list of them, got {after!r}")
     refs = [_ref(a, f"{where}: after") for a in after]
     for r in refs + [it.ref for it in prompt if it.ref]:
         if r.name not in ids:
@@ -916,8 +932,10 @@ def compile_spec(
             )
             glob[s.name] = Segment(f"{prefix}:{s.key}", length)
     out = []
+    budget = MAX_CALLS
     for w, arrival in enumerate(arrivals):
-        out.append(_workflow(spec, rng, f"{prefix}-{w}", arrival, glob, upper))
+        out.append(_workflow(spec, rng, f"{prefix}-{w}", arrival, glob, upper, budget))
+        budget -= len(out[-1].calls)
     return out
 
 
@@ -933,10 +951,17 @@ class _State:
     out_len: dict[str, int] = field(default_factory=dict)
     ancestors: dict[str, frozenset] = field(default_factory=dict)
     taken: set[str] = field(default_factory=set)  # call ids given so far
+    budget: int = MAX_CALLS  # calls this workflow may still have (the cell's MAX_CALLS)
 
 
 def _workflow(
-    spec: Spec, rng: random.Random, wf: str, arrival: float, glob: dict, upper: bool
+    spec: Spec,
+    rng: random.Random,
+    wf: str,
+    arrival: float,
+    glob: dict,
+    upper: bool,
+    budget: int = MAX_CALLS,
 ) -> Workflow:
     env: dict[str, Any] = {"round": 0}
     for name, v in spec.vars:
@@ -948,7 +973,7 @@ def _workflow(
             segs[s.name] = Segment(
                 f"{wf}:{s.key}", _length(_draw(s.tokens, env, rng, upper, where), where, "tokens")
             )
-    st = _State(wf, env, segs)
+    st = _State(wf, env, segs, budget=budget)
     for u in spec.units:
         if isinstance(u, Loop):
             where = u.label
@@ -1032,11 +1057,16 @@ def _emit(spec: Spec, st: _State, node: Node, r: int, rng: random.Random, upper:
         ids = [node.name.render({**env, "i": j, "n": width or 1}) for j in range(width or 1)]
     else:
         ids = [f"{base}[{j}]" for j in range(width)] if width is not None else [base]
-    taken = [c for c in ids if c in st.taken] or [c for c in ids if ids.count(c) > 1]
+    taken = [c for c in ids if c in st.taken]
+    if not taken and len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        taken = [c for c in ids if c in seen or seen.add(c)]
     if taken:
         how = f"name {node.name.text!r}" if node.name is not None else "its default id"
         raise SpecError(f"{where}: {how} gives the call id {taken[0]!r} twice ({st.wf})")
     st.taken.update(ids)
+    if st.budget < len(st.calls) + len(ids):
+        raise SpecError(f"{where}: more than {MAX_CALLS} calls in one cell")
     for j, cid in enumerate(ids):
         ienv = {**env, "i": j, "n": width or 1}
         w = f"node {node.id} ({st.wf}/{cid})"
@@ -1093,8 +1123,10 @@ def _emit(spec: Spec, st: _State, node: Node, r: int, rng: random.Random, upper:
                     raise SpecError(f"{w}: reads {p} but does not wait for it (add it to after)")
         else:  # the nodes the prompt reads, less those reachable through the others
             parents = list(dict.fromkeys(read))
-            anc = {p: st.ancestors[p] for p in parents}
-            parents = [p for p in parents if not any(p in anc[q] for q in parents if q != p)]
+            # p is reachable through another parent iff it is an ancestor of any parent
+            # (none is its own): one union, linear, where a pairwise test is quadratic
+            reachable = frozenset().union(*(st.ancestors[p] for p in parents))
+            parents = [p for p in parents if p not in reachable]
         st.ancestors[cid] = frozenset(parents).union(*(st.ancestors[p] for p in parents))
         st.prompts[cid] = tuple(prompt)
         st.out_len[cid] = out
@@ -1166,6 +1198,6 @@ def _max_prompt_cached(key: str) -> int:
 
 
 def check(p: dict) -> None:
-    """Compile once with a throwaway seed, so a broken spec fails before any cell runs."""
-    generate(p, random.Random(0))
-    compile_spec(_parse_slice(p), random.Random(0), workflows=1, upper=True)
+    """Compile once with a throwaway seed and once at the upper bounds, so a broken spec
+    fails before any cell runs (the two compiles `max_prompt_tokens` keeps)."""
+    max_prompt_tokens(p)

@@ -66,6 +66,20 @@ def _sha256(path: str, _mtime_ns: int, _size: int) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are unique (json keeps the last silently; the YAML config
+    refuses a repeated key too)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(repr(k) for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
 def load_rows(path: str | Path) -> list[dict]:
     path = trace_path(path)
     rows = []
@@ -80,11 +94,15 @@ def load_rows(path: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise TraceError(f"{path}:{n}: not valid JSON: {exc.msg}") from None
+        except _DuplicateKey as exc:
+            raise TraceError(f"{path}:{n}: the key {exc} is given twice in one row") from None
         if not isinstance(row, dict):
             raise TraceError(f"{path}:{n}: expected a JSON object")
+        if "_line" in row:  # the loader's own bookkeeping key: no trace field
+            raise TraceError(f"{path}:{n}: unknown field '_line'; known: {sorted(_KEYS)}")
         row["_line"] = f"{path}:{n}"
         rows.append(row)
     if not rows:
@@ -127,6 +145,8 @@ def build_trace(rows: list[dict]) -> list[Workflow]:
             if not isinstance(row[key], str):
                 raise TraceError(f"{line}: {key} must be a string, got {row[key]!r}")
         wf, node = row["workflow_id"], row["node_id"]
+        if not wf:
+            raise TraceError(f"{line}: workflow_id may not be empty")
         where = f"{line}: workflow {wf}, node {node}"
         extra = set(row) - _KEYS - {"_line"}
         if extra:
@@ -140,7 +160,8 @@ def build_trace(rows: list[dict]) -> list[Workflow]:
     out = []
     for wf, wrows in by_wf.items():
         ids = [str(r["node_id"]) for r in wrows]
-        dup = next((i for i in ids if ids.count(i) > 1), None)
+        seen: set[str] = set()
+        dup = next((i for i in ids if i in seen or seen.add(i)), None)
         if dup is not None:
             raise TraceError(f"workflow {wf}, node {dup}: appears twice")
         roots = []
