@@ -283,8 +283,8 @@ class _Context:
     def models_gpu(self, engine: str) -> bool:
         return backend(self.engine(engine)["kind"]).modelled_gpu
 
-    def runs_on_gpus(self, engine: str) -> bool:
-        return backend(self.engine(engine)["kind"]).needs.gpu
+    def starts_server(self, engine: str) -> bool:
+        return backend(self.engine(engine)["kind"]).needs.server
 
 
 def check(cfg: dict) -> None:

@@ -48,7 +48,7 @@ class CheckContext(Protocol):
     def longest_prompt(self, workload: str) -> int: ...
     def telemetry_measures_power(self, engine: str) -> bool: ...
     def models_gpu(self, engine: str) -> bool: ...  # the GPU is a model (the simulator)
-    def runs_on_gpus(self, engine: str) -> bool: ...  # wattflow starts it on GPUs it holds
+    def starts_server(self, engine: str) -> bool: ...  # wattflow starts its server (vLLM)
 
 
 # A cross-check: (context, engine name, workload names, value, where) -> raises ValueError.
@@ -230,7 +230,7 @@ def _shards(ctx: CheckContext, engine: str, _w: list[str], value: Any, where: st
     has its own parallelism: the knob would not act."""
     if value == 1:
         return
-    if not ctx.runs_on_gpus(engine) and not ctx.models_gpu(engine):
+    if not ctx.starts_server(engine) and not ctx.models_gpu(engine):
         raise ValueError(
             f"{where}: tensor_parallel_size {value} cannot act on engine {engine} (kind "
             f"{ctx.engine(engine)['kind']}): wattflow does not start its server"
