@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -14,9 +15,11 @@ import polars as pl
 import pytest
 from real_fakes import FakeNvml, lib, use_fake_nvml
 
-from tests.conftest import TINY_MODEL
+from tests.conftest import ROOT, TINY_MODEL
 from wattflow import cell, devices, environment
 from wattflow import config as wf_config
+from wattflow.calibration import accuracy
+from wattflow.calibration.cells import MeasuredCell
 from wattflow.devices import slots
 from wattflow.engines.backends.vllm import server_args
 from wattflow.engines.pool import ServerPool
@@ -100,9 +103,10 @@ def test_interconnect_keys_reach_only_tp_simulator_cells(raw_config):
     # ... and the analysis jobs' config hash is what it was before
     hashes = [wf_config.config_hash(wf_config.validate(c)) for c in (shipped, before)]
     assert hashes[0] == hashes[1]
+    # a measured TP cell carries them too: `wattflow accuracy` reruns it on the simulator
     real = wf_config.validate(_cfg(raw_config, "gpu", tensor_parallel_size=[2]))
     gpu = wf_config.cell_spec(real, {**one, "engine": "gpu", "tensor_parallel_size": 2})
-    assert "allreduce_bus_gbps" not in gpu["engine"]["gpu"]  # the real link needs no figure
+    assert gpu["engine"]["gpu"]["allreduce_bus_gbps"] == 370
 
 
 def test_vllm_gets_the_flag_only_when_tp_is_not_one():
@@ -319,3 +323,42 @@ def test_sim_cells_tp1_vs_tp2(raw_config, tmp_path):
     )
     assert r2["tpot_s"].mean() < r1["tpot_s"].mean()  # half the weights to stream per step
     assert m2["kv_capacity_tokens"] > 2 * m1["kv_capacity_tokens"]
+
+
+# -- accuracy: a TP cell is reported like any other -------------------------------------------
+
+H100_C8 = ROOT / "validation" / "h100" / "cells" / "engine=vllm" / "workload=single-c8" / "default"
+
+
+def _as_tp2(root: Path) -> Path:
+    """The measured single-c8 cell relabelled as a TP-2 cell in its Hive path, with the
+    interconnect keys its spec would carry (its numbers are still TP 1's: this tests the
+    plumbing, not the physics; no two-GPU measurement exists here)."""
+    manifest = json.loads((H100_C8 / "cell.json").read_text())
+    manifest["knobs"]["tensor_parallel_size"] = 2
+    manifest["spec"]["engine"]["gpu"].update(allreduce_bus_gbps=370, allreduce_latency_us=8)
+    d = root / "cells" / "engine=vllm" / "workload=single-c8"
+    d = d / cell_path(complete(manifest["knobs"])).rsplit("/", 1)[-1]
+    shutil.copytree(H100_C8, d)
+    (d / "cell.json").write_text(json.dumps(manifest))
+    return d
+
+
+def test_accuracy_reruns_a_tp_cell_at_its_tp_and_labels_it(tmp_path):
+    d = _as_tp2(tmp_path / "tp")
+    assert d.name == "tensor_parallel_size=2"
+    cell2 = MeasuredCell.load(d)
+    assert cell2.label() == "single-c8/naive/mns=256/tensor_parallel_size=2"
+    assert cell2.sim_knobs()["tensor_parallel_size"] == 2
+    df = accuracy.run([d, H100_C8], tmp_path / "acc")
+    by = {(r["cell"], r["metric"]): r for r in df.iter_rows(named=True)}
+    tp2 = by[("single-c8/naive/mns=256/tensor_parallel_size=2", "avg_power_w")]
+    tp1 = by[("single-c8/naive/mns=256", "avg_power_w")]
+    assert tp2["measured"] == tp1["measured"]  # the same measurement ...
+    assert tp2["simulated"] > 1.5 * tp1["simulated"]  # ... simulated on two GPUs
+    assert "tensor_parallel_size=2" in (tmp_path / "acc" / "accuracy.md").read_text()
+    # the in-memory rerun (calibrate's) counts both GPUs' energy too, as the twin cell does
+    twin_spec = cell2.sim_spec(accuracy.profile_spec(None, [cell2])[0])
+    _, constants = factory.gpu_and_constants(twin_spec["engine"])
+    twin = by[("single-c8/naive/mns=256/tensor_parallel_size=2", "j_per_workflow")]
+    assert cell2.simulate(constants)["j_per_workflow"] == pytest.approx(twin["simulated"], rel=0.03)

@@ -528,9 +528,10 @@ def cell_spec(cfg: dict, knobs: dict) -> dict:
     elsewhere in the config does not rerun it. (The knobs are in the cell's path.)"""
     knobs = complete(knobs)
     engine = engine_slice(cfg, knobs["engine"])
-    if knobs["tensor_parallel_size"] == 1 or not backend(engine["kind"]).modelled_gpu:
-        # the interconnect acts only where the simulator models a TP server: the GPU entry
-        # keys describing it reach no other cell's params (declaring them reran none)
+    if knobs["tensor_parallel_size"] == 1:
+        # the interconnect acts only in a tensor-parallel cell (the simulator's model of
+        # it; a measured one's twin in `wattflow accuracy`): the GPU entry's keys for it
+        # reach no other cell's params (declaring them reran none)
         for key in INTERCONNECT_KEYS:
             engine["gpu"].pop(key, None)
     spec = {

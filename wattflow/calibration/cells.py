@@ -102,12 +102,14 @@ class MeasuredCell:
                 e.get("version"))  # fmt: skip
 
     def label(self) -> str:
-        """Short id: workload/mode/max_num_seqs (+ non-default GPU knobs)."""
+        """Short id: workload/mode/max_num_seqs (+ non-default GPU knobs and TP)."""
         k = self.knobs
         parts = [self.workload, self.mode, f"mns={k['max_num_seqs']}"]
         for name in ("power_cap_w", "sm_clock_mhz"):
             if k[name] != DEFAULT:
                 parts.append(f"{name}={k[name]}")
+        if k["tensor_parallel_size"] != 1:
+            parts.append(f"tensor_parallel_size={k['tensor_parallel_size']}")
         if k["rep"]:
             parts.append(f"rep={k['rep']}")
         return "/".join(str(p) for p in parts)
@@ -221,10 +223,13 @@ def simulate(spec: dict, knobs: dict, workflows: list, constants: SimConstants) 
         workflows_failed=failed,
     )
     power, clock, energy = trace_samples(engine.power_trace, t_end)
-    out = cell_metrics(req, energy, power, clock)
+    # one GPU's trace; a tensor-parallel server's GPUs all draw it: the cell's energy is
+    # theirs together, its power samples each one's (as measured: one row per GPU)
+    n = engine.gpus
+    out = cell_metrics(req, energy * n, power, clock)
     # What a pipeline cell records as its energy: the counter at the last 100 ms sample
     # (wattflow.engines.sim.telemetry), not at the last finish.
-    out["energy_sampled_j"] = float(power.sum() * PERIOD_S)
+    out["energy_sampled_j"] = float(power.sum() * PERIOD_S) * n
     return out
 
 
