@@ -102,7 +102,9 @@ def cell_priority(wildcards):
 
 
 def cell_gpus(wildcards):
-    return 1 if needs(cell_knobs(wildcards)["engine"]).gpu else 0
+    """The GPUs a real cell holds: its server's tensor-parallel size."""
+    knobs = cell_knobs(wildcards)
+    return int(knobs["tensor_parallel_size"]) if needs(knobs["engine"]).gpu else 0
 
 
 def cell_realtime_cpu(wildcards):

@@ -166,7 +166,8 @@ def test_cli_advise(tmp_path: Path, raw_config: dict, capsys: pytest.CaptureFixt
     assert cli.main([*args, "--objective", "makespan_p90_s<=30"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["recommended"].startswith(
-        "mode=naive max_num_seqs=256 prefix_caching=on power_cap_w=250"
+        # every setting knob, the summary's missing tensor_parallel_size at its default
+        "mode=naive max_num_seqs=256 prefix_caching=on tensor_parallel_size=1 power_cap_w=250"
     )
     assert row["saving_pct"] == pytest.approx(20.0)
     assert cli.main([*args, "--objective", "p90<=3"]) == 2

@@ -145,7 +145,8 @@ def test_server_ranks_group_real_cells_by_server(raw_config):
     ranks = C.server_ranks(cfg, cells)
 
     def group(n: int, p: str) -> tuple:
-        return ("gpu", (("max_num_seqs", n), ("prefix_caching", True), ("scheduling_policy", p)))
+        knobs = (("max_num_seqs", n), ("prefix_caching", True), ("tensor_parallel_size", 1))
+        return ("gpu", (*knobs, ("scheduling_policy", p)))
 
     assert set(ranks) == {group(n, p) for n in (8, 64) for p in ("fcfs", "priority")}
     assert sorted(ranks.values()) == [1, 2, 3, 4]

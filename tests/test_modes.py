@@ -205,7 +205,13 @@ def test_vllm_workflow_aware_uses_a_priority_server_and_sends_priorities(
 ):
     acquired, bodies = _vllm_measure(server, "workflow-aware", monkeypatch, tmp_path)
     assert acquired == [
-        {"max_num_seqs": 8, "prefix_caching": True, "scheduling_policy": "priority", "gpus": [0]}
+        {
+            "max_num_seqs": 8,
+            "prefix_caching": True,
+            "tensor_parallel_size": 1,
+            "scheduling_policy": "priority",
+            "gpus": [0],
+        }
     ]
     prio = {node: b["priority"] for node, b in bodies}
     assert set(prio) == {"plan", "do"} and 1 <= prio["plan"] < prio["do"]
@@ -216,7 +222,13 @@ def test_vllm_workflow_aware_uses_a_priority_server_and_sends_priorities(
 def test_vllm_naive_runs_on_an_fcfs_server_and_sends_no_priority(server, monkeypatch, tmp_path):
     acquired, bodies = _vllm_measure(server, "naive", monkeypatch, tmp_path)
     assert acquired == [
-        {"max_num_seqs": 8, "prefix_caching": True, "scheduling_policy": "fcfs", "gpus": [0]}
+        {
+            "max_num_seqs": 8,
+            "prefix_caching": True,
+            "tensor_parallel_size": 1,
+            "scheduling_policy": "fcfs",
+            "gpus": [0],
+        }
     ]
     assert bodies and all("priority" not in b for _, b in bodies)
     args = server_args(VLLM_ENGINE, acquired[0], "/m", 8000)

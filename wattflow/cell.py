@@ -79,11 +79,13 @@ def _cell_gpus(
     cap: float | None,
     clock: float | None,
     warm: tuple[list[int], list[int]] = ([], []),
+    count: int = 1,
 ) -> list[int]:
-    """This cell's GPU (a slot held until the process exits), or [] where it has none.
-    An engine whose GPU is optional (an endpoint), or one measured without telemetry
-    (`telemetry: none`, a stand-in server in CI), runs without a known GPU. `warm`: the
-    backend's (GPUs serving this cell's server, GPUs serving others)."""
+    """This cell's GPUs (`count`: its server's tensor-parallel size; slots held until the
+    process exits), or [] where it has none. An engine whose GPU is optional (an endpoint),
+    or one measured without telemetry (`telemetry: none`, a stand-in server in CI), runs
+    without a known GPU. `warm`: the backend's (GPUs serving this cell's server, GPUs
+    serving others)."""
     required = _gpu_required(backend, names, cap, clock)
     measures_gpu = bool(set(names) & set(device_libraries()))
     wanted = (backend.needs.gpu and (backend.needs.gpu_required or measures_gpu)) or required
@@ -92,7 +94,7 @@ def _cell_gpus(
     mine, others = warm
     affinity = slots.Affinity(tuple(mine), tuple(others), AFFINITY_WAIT_S)
     try:
-        return [slots.cell_slot(affinity=affinity).index]
+        return [slot.index for slot in slots.cell_slots(count, affinity=affinity)]
     except slots.NoGpu as exc:
         if required:
             raise RuntimeError(f"{exc}; no request was sent") from exc
@@ -150,7 +152,8 @@ def measure(spec: dict, knobs: dict, workflows: list[Workflow], progress: Progre
         )
     server = client_registry.server_knobs(knobs)  # what the engine sees: the mode's policy
     warm = backend.warm_gpus(spec, server) if physical else ([], [])
-    gpus = _cell_gpus(backend, names, cap, clock, warm) if physical else []
+    tp = int(knobs["tensor_parallel_size"])
+    gpus = _cell_gpus(backend, names, cap, clock, warm, tp) if physical else []
     period = float(e.get("telemetry_period_s", DEFAULT_PERIOD_S))
     baseline_s = float(e.get("idle_baseline_s", DEFAULT_BASELINE_S)) if physical else 0.0
     client_info: dict = {}

@@ -41,6 +41,7 @@ from wattflow.engines.sim import profile
 from wattflow.knobs import (
     BY_NAME,
     GRID_KNOBS,
+    INTERCONNECT_KEYS,
     KNOB_NAMES,
     KNOBS,
     NAME_PATTERN,
@@ -307,6 +308,12 @@ class _Context:
 
     def telemetry_measures_power(self, engine: str) -> bool:
         return self.engine(engine).get("telemetry") != "none"
+
+    def models_gpu(self, engine: str) -> bool:
+        return backend(self.engine(engine)["kind"]).modelled_gpu
+
+    def starts_server(self, engine: str) -> bool:
+        return backend(self.engine(engine)["kind"]).needs.server
 
 
 def check(cfg: dict) -> None:
@@ -582,8 +589,15 @@ def cell_spec(cfg: dict, knobs: dict) -> dict:
     """Everything one cell needs and nothing more: the rule's params, so that an edit
     elsewhere in the config does not rerun it. (The knobs are in the cell's path.)"""
     knobs = complete(knobs)
+    engine = engine_slice(cfg, knobs["engine"])
+    if knobs["tensor_parallel_size"] == 1:
+        # the interconnect acts only in a tensor-parallel cell (the simulator's model of
+        # it; a measured one's twin in `wattflow accuracy`): the GPU entry's keys for it
+        # reach no other cell's params (declaring them reran none)
+        for key in INTERCONNECT_KEYS:
+            engine["gpu"].pop(key, None)
     spec = {
-        "engine": engine_slice(cfg, knobs["engine"]),
+        "engine": engine,
         "workload": {"name": knobs["workload"], **workload_slice(cfg, knobs["workload"])},
         "seed": cfg["seed"],
         "model_version": MODEL_VERSION,
@@ -597,13 +611,18 @@ def cell_spec(cfg: dict, knobs: dict) -> dict:
 
 def canonical(cfg: dict) -> dict:
     """The config without grid axes that hold only their knob's default: what it was before
-    such a knob existed, so declaring a knob changes no job's params."""
+    such a knob existed, so declaring a knob changes no job's params (nor do the GPU
+    entries' interconnect keys while no cell is tensor-parallel)."""
     out = copy.deepcopy(cfg)
     out["grid"] = {
         k: v
         for k, v in cfg["grid"].items()
         if not (k in BY_NAME and v == [BY_NAME[k].default] and k not in ("engine", "workload"))
     }
+    if "tensor_parallel_size" not in out["grid"]:  # the GPU keys only a TP cell reads
+        for gpu in (out.get("gpus") or {}).values():
+            for key in INTERCONNECT_KEYS:
+                gpu.pop(key, None)
     return out
 
 

@@ -67,3 +67,7 @@ class GpuSpec:
     idle_w: float
     max_sm_clock_mhz: float
     min_sm_clock_mhz: float
+    # Between the GPUs of one tensor-parallel server (optional: only TP > 1 reads them):
+    # NCCL's achieved all-reduce bus bandwidth (GB/s) and one small all-reduce's time (µs).
+    allreduce_bus_gbps: float | None = None
+    allreduce_latency_us: float | None = None

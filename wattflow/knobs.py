@@ -47,6 +47,8 @@ class CheckContext(Protocol):
     def engine(self, engine: str) -> dict: ...
     def longest_prompt(self, workload: str) -> int: ...
     def telemetry_measures_power(self, engine: str) -> bool: ...
+    def models_gpu(self, engine: str) -> bool: ...  # the GPU is a model (the simulator)
+    def starts_server(self, engine: str) -> bool: ...  # wattflow starts its server (vLLM)
 
 
 # A cross-check: (context, engine name, workload names, value, where) -> raises ValueError.
@@ -216,6 +218,43 @@ def _fits_context(ctx: CheckContext, engine: str, workloads: list[str], value: A
             )
 
 
+# What the simulator needs of a GPU entry to model a tensor-parallel server (MODEL.md §11).
+INTERCONNECT_KEYS = ("allreduce_bus_gbps", "allreduce_latency_us")
+
+
+def _shards(ctx: CheckContext, engine: str, _w: list[str], value: Any, where: str) -> None:
+    """vLLM shards attention heads across the TP ranks: TP must divide the query heads and
+    the KV heads (vLLM 0.26 replicates KV heads only where TP exceeds them; not modelled
+    here, so not allowed). The simulator models the all-reduces from the GPU entry's
+    interconnect figures, which it must then declare. An endpoint wattflow does not start
+    has its own parallelism: the knob would not act."""
+    if value == 1:
+        return
+    if not ctx.starts_server(engine) and not ctx.models_gpu(engine):
+        raise ValueError(
+            f"{where}: tensor_parallel_size {value} cannot act on engine {engine} (kind "
+            f"{ctx.engine(engine)['kind']}): wattflow does not start its server"
+        )
+    model = ctx.model(engine)
+    name = ctx.engine(engine)["model"]
+    for key in ("heads", "kv_heads"):
+        if model[key] % value:
+            raise ValueError(
+                f"{where}: tensor_parallel_size {value} does not divide model {name}'s "
+                f"{key} ({model[key]}), as vLLM requires"
+            )
+    if ctx.models_gpu(engine):
+        gpu = ctx.gpu(engine)
+        missing = [k for k in INTERCONNECT_KEYS if k not in gpu]
+        if missing:
+            raise ValueError(
+                f"{where}: tensor_parallel_size {value} on the simulator needs "
+                f"gpus.{ctx.engine(engine)['gpu']}.{missing[0]} (the all-reduce's "
+                f"{'bus bandwidth, GB/s' if missing[0] == INTERCONNECT_KEYS[0] else 'latency, µs'}"
+                "; MODEL.md §11)"
+            )
+
+
 # ----------------------------------------------------------------------------- the knobs
 
 # Order is the order of the segments in a cell path.
@@ -243,6 +282,16 @@ KNOBS: tuple[Knob, ...] = (
         "switch",
         "automatic prefix caching on the server (vLLM --enable-prefix-caching)",
         default=True,
+    ),
+    Knob(
+        "tensor_parallel_size",
+        "server",
+        "int",
+        "GPUs one server shards the model over (vLLM --tensor-parallel-size); the cell "
+        "claims that many GPUs and its energy is their sum",
+        default=1,
+        minimum=1,
+        check=_shards,
     ),
     Knob(
         "power_cap_w",

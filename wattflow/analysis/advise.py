@@ -130,6 +130,14 @@ def changes(row: Mapping[str, Any], base: Mapping[str, Any]) -> str:
     return " ".join(diff) or "all-default"
 
 
+def with_knob_columns(summary: pl.DataFrame) -> pl.DataFrame:
+    """The summary with a column for every knob the advisor reads: one written before a
+    knob was declared (no job reruns for a new knob, wattflow.knobs) holds cells at that
+    knob's default, which the column then says."""
+    missing = [k for k in (*SCENARIO_KNOBS, *SETTING_KNOBS) if k.name not in summary.columns]
+    return summary.with_columns(pl.lit(k.column_value(k.default)).alias(k.name) for k in missing)
+
+
 def settings(
     summary: pl.DataFrame, metrics: Sequence[str], defaults: Mapping[str, Any] | None = None
 ) -> pl.DataFrame:
@@ -138,7 +146,7 @@ def settings(
     (`<metric>__reps`, ordered by `rep__list`), and `changed`: how many knobs differ from
     the all-default setting (ties in energy go to the setting that changes least)."""
     base = default_setting(defaults)
-    df = summary.filter(pl.col("valid"))
+    df = with_knob_columns(summary).filter(pl.col("valid"))
     cols = list(dict.fromkeys(m for m in metrics if m in df.columns))
     keys = [*SCENARIO, *CHOICES]
     extra = ["pattern"] if "pattern" in df.columns else []
@@ -232,6 +240,7 @@ def advise(
 ) -> list[Advice]:
     """One Advice per scenario. `objectives`: a list of strings (every workload) or a
     mapping workload -> list (see objectives_for)."""
+    summary = with_knob_columns(summary)
     columns = summary.columns
     base = default_setting(defaults)
     out = []

@@ -264,10 +264,13 @@ def simulate(spec: dict, knobs: dict, workflows: list, constants: SimConstants) 
         workflows_failed=failed,
     )
     power, clock, energy = trace_samples(engine.power_trace, t_end)
-    out = cell_metrics(req, energy, power, clock)
+    # one GPU's trace; a tensor-parallel server's GPUs all draw it: the cell's energy is
+    # theirs together, its power samples each one's (as measured: one row per GPU)
+    n = engine.gpus
+    out = cell_metrics(req, energy * n, power, clock)
     # What a pipeline cell records as its energy: the counter at the last 100 ms sample
     # (wattflow.engines.sim.telemetry), not at the last finish.
-    out["energy_sampled_j"] = float(power.sum() * PERIOD_S)
+    out["energy_sampled_j"] = float(power.sum() * PERIOD_S) * n
     return out
 
 

@@ -1,4 +1,5 @@
-"""Which GPU a real cell runs on: one cell per GPU, never two cells on one GPU.
+"""Which GPUs a real cell runs on: one cell per GPU, never two cells on one GPU; a cell of a
+tensor-parallel server (`tensor_parallel_size` N) holds N of them.
 
 Snakemake's `gpu` resource bounds how many real cells run at once (`--resources gpu=N` on an
 N-GPU node); this module decides *which* GPU each of them gets. A slot is an flock on
@@ -10,7 +11,7 @@ is part of the path so that a state dir on a shared filesystem serves many nodes
 The GPUs to choose from, first match wins:
 
 1. A scheduler's allocation: inside a SLURM job (SLURM_JOB_ID) with CUDA_VISIBLE_DEVICES
-   set, the job owns its GPU; the cell pins to the first entry and takes no lock (the
+   set, the job owns its GPUs; the cell pins to the first N entries and takes no lock (the
    scheduler already guarantees exclusivity, and with device cgroups every job sees its
    GPU as index 0, so a lock per index would serialise unrelated jobs).
 2. $WATTFLOW_GPUS, e.g. "0,1,2,3" (device indices).
@@ -39,7 +40,7 @@ from wattflow.devices import DeviceLibrary, library
 
 _held: set[str] = set()  # lock paths this process holds (flock over NFS is per process)
 _held_lock = threading.Lock()
-_cell_slot: GpuSlot | None = None
+_cell_slots: list[GpuSlot] | None = None
 _cell_lock = threading.Lock()
 
 
@@ -101,13 +102,14 @@ def _to_indices(entries: list[str], lib: DeviceLibrary | None) -> list[int]:
 
 
 def candidates(
-    lib: DeviceLibrary | None = None, env: Mapping[str, str] | None = None
+    lib: DeviceLibrary | None = None, env: Mapping[str, str] | None = None, count: int = 1
 ) -> tuple[list[int], bool]:
-    """(the device indices a cell may use, whether a scheduler already assigned them)."""
+    """(the device indices a cell of `count` GPUs may use, whether a scheduler already
+    assigned them)."""
     env = os.environ if env is None else env
     cvd = _entries(env.get("CUDA_VISIBLE_DEVICES", ""))
     if env.get("SLURM_JOB_ID") and cvd:
-        return _to_indices(cvd[:1], lib), True
+        return _to_indices(cvd[:count], lib), True
     if env.get(environment.GPUS, "").strip():
         return _to_indices(_entries(env[environment.GPUS]), lib), False
     if cvd:
@@ -161,15 +163,42 @@ def acquire(
     env: Mapping[str, str] | None = None,
     affinity: Affinity | None = None,
 ) -> GpuSlot:
-    """A free GPU from `candidates`: a preferred one (waiting up to `affinity.wait_s` for
-    it), else one serving nothing, else any, lowest index first; waits while all are taken
-    (more cells than GPUs: `--resources gpu=N` larger than the node's GPUs, or two runs
-    sharing a node), up to `timeout_s` ($WATTFLOW_GPU_WAIT_S; default: no limit)."""
-    indices, assigned = candidates(lib, env)
-    if not indices:
-        raise NoGpu("no GPU to run on: the list of candidate GPUs is empty")
+    """One free GPU (`acquire_many` of one)."""
+    return acquire_many(
+        1,
+        lib,
+        state_dir=state_dir,
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+        env=env,
+        affinity=affinity,
+    )[0]
+
+
+def acquire_many(
+    count: int,
+    lib: DeviceLibrary | None = None,
+    *,
+    state_dir: str | Path | None = None,
+    timeout_s: float | None = None,
+    poll_s: float = 0.05,
+    env: Mapping[str, str] | None = None,
+    affinity: Affinity | None = None,
+) -> list[GpuSlot]:
+    """`count` free GPUs from `candidates` (a tensor-parallel server's), by index: preferred
+    ones (waiting up to `affinity.wait_s` for them), else ones serving nothing, else any,
+    lowest index first; waits while too few are free (more cells than GPUs: `--resources
+    gpu=N` larger than the node's GPUs, or two runs sharing a node), up to `timeout_s`
+    ($WATTFLOW_GPU_WAIT_S; default: no limit). All or none: a round that gets fewer than
+    `count` locks lets them go again, so two cells each holding part of what the other
+    needs never wait on each other."""
+    indices, assigned = candidates(lib, env, count)
+    if len(indices) < count:
+        raise NoGpu(
+            f"{count} GPU(s) needed, but the list of candidate GPUs is {indices or 'empty'}"
+        )
     if assigned:
-        return GpuSlot(indices[0])
+        return [GpuSlot(i) for i in sorted(indices[:count])]
     aff = affinity or Affinity()
     preferred = [i for i in aff.prefer if i in indices]
     rest = sorted((i for i in indices if i not in preferred), key=lambda i: i in aff.avoid)
@@ -181,40 +210,52 @@ def acquire(
     deadline = None if timeout_s is None else start + timeout_s
     told = False
     while True:
-        patient = preferred and time.monotonic() - start < aff.wait_s
+        patient = len(preferred) >= count and time.monotonic() - start < aff.wait_s
+        got: list[GpuSlot] = []
         for i in preferred if patient else preferred + rest:
             path = d / f"{i}.lock"
             fd = _try_lock(path)
             if fd is not None:
-                return GpuSlot(i, path, fd)
+                got.append(GpuSlot(i, path, fd))
+                if len(got) == count:
+                    return sorted(got, key=lambda g: g.index)
+        for g in got:
+            g.release()
         if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"no free GPU among {indices} in {timeout_s:.0f} s (locks: {d})")
+            what = "free GPU" if count == 1 else f"{count} free GPUs"
+            raise TimeoutError(f"no {what} among {indices} in {timeout_s:.0f} s (locks: {d})")
         if not told and not patient:
             told = True
             print(
-                f"wattflow: all GPUs {indices} busy, waiting for one (locks: {d})", file=sys.stderr
+                f"wattflow: GPUs {indices} busy, waiting for {count} (locks: {d})",
+                file=sys.stderr,
             )
         time.sleep(poll_s)
 
 
-def cell_slot(lib: DeviceLibrary | None = None, affinity: Affinity | None = None) -> GpuSlot:
-    """This process's GPU: acquired on first use, then held until the process exits (a
-    cell is one process), so every later call returns the same GPU. The server gets
-    `slot.env` (wattflow.engines.server pins it to the same index)."""
-    global _cell_slot
+def cell_slots(
+    count: int = 1, lib: DeviceLibrary | None = None, affinity: Affinity | None = None
+) -> list[GpuSlot]:
+    """This process's GPUs (`count` of them: its server's tensor-parallel size): acquired on
+    first use, then held until the process exits (a cell is one process), so every later
+    call returns the same GPUs. The server gets `gpu_env` of their indices
+    (wattflow.engines.server pins it to the same ones)."""
+    global _cell_slots
     with _cell_lock:
-        if _cell_slot is None:
-            _cell_slot = acquire(lib, affinity=affinity)
-        return _cell_slot
+        if _cell_slots is None:
+            _cell_slots = acquire_many(count, lib, affinity=affinity)
+        if len(_cell_slots) != count:
+            raise RuntimeError(f"this process holds {len(_cell_slots)} GPU(s), not {count}")
+        return _cell_slots
 
 
 def _reset_cell_slot() -> None:
-    """Release this process's slot (tests)."""
-    global _cell_slot
+    """Release this process's slots (tests)."""
+    global _cell_slots
     with _cell_lock:
-        if _cell_slot is not None:
-            _cell_slot.release()
-        _cell_slot = None
+        for slot in _cell_slots or []:
+            slot.release()
+        _cell_slots = None
 
 
 with contextlib.suppress(AttributeError):  # no fork on some platforms

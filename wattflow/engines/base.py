@@ -79,7 +79,7 @@ class Engine(Protocol):
 class Needs:
     """What a backend's cells need from the host and the pipeline."""
 
-    gpu: bool = False  # a GPU slot of its own (Snakemake resource gpu=1), one cell per GPU
+    gpu: bool = False  # GPU slots of its own (resource gpu: tensor_parallel_size of them)
     gpu_required: bool = True  # without a GPU the cell fails (else it runs unmeasured)
     image: bool = False  # a serving image, built by the `image` rule
     server: bool = False  # a pooled server that outlives single cells

@@ -1,5 +1,6 @@
 """`kind: vllm`: vLLM 0.26 (`vllm serve`), natively or in a container, one server per
-(engine, server-side knobs, GPU) leased from the pool and reused by the cells that share it.
+(engine, server-side knobs, GPUs) leased from the pool and reused by the cells that share it;
+a tensor-parallel server (`tensor_parallel_size` N) runs on the cell's N GPUs.
 
 The model is a shape under `models:` served with dummy weights (a config-only bundle and a
 word-level tokenizer, wattflow.engines.bundle), or a real model directory (`model_dir`).
@@ -66,6 +67,9 @@ def server_args(engine: dict, server: dict, model_dir: str | Path, port: int) ->
     ]
     if bundle.is_dummy(model_dir):
         args += ["--load-format", "dummy"]
+    tp = int(server.get("tensor_parallel_size", 1))
+    if tp > 1:  # at 1 (vLLM's default) the command line stays what it always was
+        args += ["--tensor-parallel-size", str(tp)]
     return args
 
 

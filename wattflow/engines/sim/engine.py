@@ -43,6 +43,8 @@ class SimKnobs:
     power_cap_w: float | None = None  # None = GPU default (max power limit)
     sm_clock_mhz: float | None = None  # None = boost up to max_sm_clock_mhz; else locked
     prefix_caching: bool = BY_NAME["prefix_caching"].default
+    # GPUs the model is sharded over (MODEL.md §11): each runs 1/TP of every step
+    tensor_parallel_size: int = BY_NAME["tensor_parallel_size"].default
     gpu_memory_utilization: float = batching_default("gpu_memory_utilization")
     block_size: int = 16
     scheduling_policy: str = (
@@ -50,8 +52,8 @@ class SimKnobs:
     )
 
     def __post_init__(self) -> None:
-        if self.max_num_seqs < 1 or self.block_size < 1:
-            raise ValueError("max_num_seqs and block_size must be >= 1")
+        if self.max_num_seqs < 1 or self.block_size < 1 or self.tensor_parallel_size < 1:
+            raise ValueError("max_num_seqs, block_size and tensor_parallel_size must be >= 1")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
@@ -64,7 +66,8 @@ class SimKnobs:
 
 
 class SimEngine:
-    """The simulated engine; one instance serves one cell on one simulated GPU."""
+    """The simulated engine; one instance serves one cell on its simulated GPUs (one, or
+    `tensor_parallel_size` running the same step, each drawing `power_trace`'s power)."""
 
     name = "sim"
     version = f"sim-{wattflow.MODEL_VERSION}"
@@ -79,12 +82,14 @@ class SimEngine:
         self.model, self.gpu = model, gpu
         self.knobs = knobs = knobs or SimKnobs()
         self.constants = c = constants or SimConstants.from_gpu(gpu)
-        self.roofline = Roofline.build(model, gpu, c)
+        tp = knobs.tensor_parallel_size
+        self.roofline = Roofline.build(model, gpu, c, tp)
         self.power = PowerModel(gpu, knobs.power_cap_w, knobs.sm_clock_mhz, c)
-        blocks = kv_capacity_blocks(model, gpu, knobs.gpu_memory_utilization, knobs.block_size)
+        blocks = kv_capacity_blocks(model, gpu, knobs.gpu_memory_utilization, knobs.block_size, tp)
         if blocks <= 0:
+            on = gpu.name if tp == 1 else f"{tp} x {gpu.name}"
             raise ValueError(
-                f"{model.name} does not fit on {gpu.name} at gpu_memory_utilization="
+                f"{model.name} does not fit on {on} at gpu_memory_utilization="
                 f"{knobs.gpu_memory_utilization}: no memory left for the KV cache"
             )
         self.kv = KvCache(blocks, knobs.block_size, knobs.prefix_caching)
@@ -137,6 +142,16 @@ class SimEngine:
         else:
             self._arrive(seq)
         return await fut
+
+    @property
+    def gpus(self) -> int:
+        """The GPUs the engine runs on (its tensor-parallel size)."""
+        return self.knobs.tensor_parallel_size
+
+    @property
+    def idle_power_w(self) -> float:
+        """All its GPUs' idle power together."""
+        return self.gpu.idle_w * self.gpus
 
     @property
     def power_limit_w(self) -> float:
@@ -263,7 +278,7 @@ class SimEngine:
         c = rf.attn_flops_per_ctx / rf.eff_flops
         w = rf.weight_bytes / rf.eff_bandwidth
         kvb = rf.kv_bytes_per_token / rf.eff_bandwidth
-        o = rf.overhead_s + rf.seq_overhead_s * n
+        o = rf.fixed_s(n, n)
         step = self.power.step
         ends, durs, ps, fs, us, pms, rs, nbs, avgs = [], [], [], [], [], [], [], [], []
         power = self.power

@@ -29,12 +29,23 @@ ACTIVATION_RESERVE_GIB = 2.0288
 
 
 def kv_capacity_blocks(
-    model: ModelShape, gpu: GpuSpec, gpu_memory_utilization: float, block_size: int
+    model: ModelShape,
+    gpu: GpuSpec,
+    gpu_memory_utilization: float,
+    block_size: int,
+    tensor_parallel_size: int = 1,
 ) -> int:
-    """KV blocks vLLM would allocate: (budget - weights - reserve) / bytes per block."""
+    """KV blocks vLLM would allocate: (budget - weights - reserve) / bytes per block, on
+    each GPU. Under tensor parallelism a GPU holds 1/TP of the weights and of every block
+    (its share of the KV heads), so the server's blocks are one GPU's: the capacity is TP
+    GPUs' memory less the weights, less a reserve per GPU."""
+    tp = tensor_parallel_size
     budget = gpu.memory_gib * GIB * gpu_memory_utilization
-    free = budget - model.weight_bytes - ACTIVATION_RESERVE_GIB * GIB
-    return max(0, int(free // (model.kv_bytes_per_token * block_size)))
+    if tp == 1:
+        free = budget - model.weight_bytes - ACTIVATION_RESERVE_GIB * GIB
+        return max(0, int(free // (model.kv_bytes_per_token * block_size)))
+    free = budget - model.weight_bytes / tp - ACTIVATION_RESERVE_GIB * GIB
+    return max(0, int(free // (model.kv_bytes_per_token / tp * block_size)))
 
 
 class Node:

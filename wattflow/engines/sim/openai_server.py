@@ -182,12 +182,12 @@ class SimServer:
         rows = []
         if since <= t_end + sim_telemetry.PERIOD_S:  # else no row is due (a metadata poll)
             rows = sim_telemetry.sample(eng.power_trace, eng.gpu, limit, t_end)
-            rows = [r for r in rows if r["t_s"] >= since]
+            rows = sim_telemetry.per_gpu([r for r in rows if r["t_s"] >= since], eng.gpus)
         return web.json_response(
             {
                 "clock": self.clock(),
                 "power_limit_w": limit,
-                "idle_power_w": eng.gpu.idle_w,
+                "idle_power_w": eng.idle_power_w,
                 "stalls": eng.stalls,
                 "max_lag_s": eng.max_lag_seen_s,
                 "rows": rows,

@@ -46,10 +46,13 @@ def telemetry_rows(url: str, t0_monotonic: float, since_s: float = 0.0) -> tuple
 
 
 def until_done(rows: list[dict], t_end: float) -> list[dict]:
-    """The rows up to `t_end` and the first after it."""
+    """The rows up to `t_end` and each GPU's first after it."""
     inside = [r for r in rows if r["t_s"] <= t_end]
-    after = [r for r in rows if r["t_s"] > t_end][:1]
-    return inside + after
+    after: dict = {}
+    for r in rows:
+        if r["t_s"] > t_end:
+            after.setdefault(r["gpu"], r)
+    return inside + list(after.values())
 
 
 class SimHttpTrace:

@@ -19,7 +19,7 @@ from wattflow.knobs import DEFAULT
 
 # The server settings (`factory.server_settings`) that have a flag besides the GPU knobs; a
 # server knob not listed here stops the cell (it would silently not reach the simulator).
-_SERVER_FLAGS = {"max_num_seqs", "prefix_caching", "scheduling_policy"}
+_SERVER_FLAGS = {"max_num_seqs", "prefix_caching", "scheduling_policy", "tensor_parallel_size"}
 
 
 def server_args(knobs: dict) -> list[str]:
@@ -34,6 +34,8 @@ def server_args(knobs: dict) -> list[str]:
     args += ["--scheduling-policy", settings["scheduling_policy"]]
     if not settings["prefix_caching"]:
         args.append("--no-prefix-caching")
+    if settings["tensor_parallel_size"] != 1:
+        args += ["--tensor-parallel-size", str(int(settings["tensor_parallel_size"]))]
     for knob in GPU_KNOBS:
         if settings[knob] != DEFAULT:
             args += ["--" + knob.replace("_", "-"), str(float(settings[knob]))]
@@ -45,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     among them default to their knobs' declared defaults (`factory.server_settings`)."""
     d = server_settings({})
     p.add_argument("--max-num-seqs", type=int, default=d["max_num_seqs"])
+    p.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=d["tensor_parallel_size"],
+        help="GPUs the modelled server shards the model over (the GPU entry's allreduce_*)",
+    )
     p.add_argument(
         "--max-num-batched-tokens", type=int, default=None, help="default: the engine slice's"
     )
@@ -82,5 +90,6 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "max_num_seqs": args.max_num_seqs,
         "prefix_caching": args.prefix_caching,
         "scheduling_policy": args.scheduling_policy,
+        "tensor_parallel_size": args.tensor_parallel_size,
         **{k: DEFAULT if v is None else v for k, v in gpu.items()},
     }

@@ -1,4 +1,5 @@
-"""The `sim` telemetry source: 10 Hz NVML-like rows from the simulator's power trace.
+"""The `sim` telemetry source: 10 Hz NVML-like rows from the simulator's power trace, for
+each of its GPUs (`gpu` 0..TP-1 under tensor parallelism, all alike).
 
 Rows mirror what the real NVML sampler records, so the analysis never asks which engine
 produced them: power_w is the average over the last period (as NVML's power reading on
@@ -120,6 +121,14 @@ def sample(
     return rows
 
 
+def per_gpu(rows: list[dict], gpus: int) -> list[dict]:
+    """One GPU's rows as every GPU's of a tensor-parallel server (`gpus` of them, indices
+    0..gpus-1): the ranks run the same steps, so each draws the same modelled power."""
+    if gpus == 1:
+        return rows
+    return [{**r, "gpu": g} for g in range(gpus) for r in rows]
+
+
 class SimTrace:
     """The source for one simulator cell: rows from the engine's power trace (virtual
     time), the model's idle power as the baseline."""
@@ -131,15 +140,17 @@ class SimTrace:
         self.engine = engine
 
     def idle_baseline(self, seconds: float) -> float | None:
-        return self.engine.gpu.idle_w
+        return self.engine.idle_power_w
 
     def start(self, t0: float) -> None:
         """The trace starts with the engine (virtual t=0)."""
 
     def stop(self, t_end: float) -> list[dict]:
-        """Extend the trace with idle power up to the cell's end, then sample it."""
-        self.engine.close(t_end)
-        return sample(self.engine.power_trace, self.engine.gpu, self.engine.power_limit_w, t_end)
+        """Extend the trace with idle power up to the cell's end, then sample it (rows for
+        each of the engine's GPUs)."""
+        e = self.engine
+        e.close(t_end)
+        return per_gpu(sample(e.power_trace, e.gpu, e.power_limit_w, t_end), e.gpus)
 
     def info(self) -> dict:
         return {"period_s": PERIOD_S}
