@@ -884,6 +884,7 @@ def run_all() -> list[Row]:
 
 def table(rows: list[Row], known_bad: dict[str, str]) -> str:
     def cell(text: str, n: int = 220) -> str:
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)  # NUL, ESC…
         text = text if len(text) <= n else text[: n - 1] + "…"
         text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         return text.replace("|", "\\|").replace("`", "'")

@@ -575,6 +575,13 @@ def _truncate(name: str, keep: float = 0.5) -> Callable[[Path], None]:
     return damage
 
 
+def _cut(name: str, keep_bytes: int) -> Callable[[Path], None]:
+    def damage(d: Path) -> None:
+        (d / name).write_bytes((d / name).read_bytes()[:keep_bytes])
+
+    return damage
+
+
 def _flip(name: str) -> Callable[[Path], None]:
     def damage(d: Path) -> None:
         data = bytearray((d / name).read_bytes())
@@ -637,7 +644,8 @@ def _state_cases() -> list[Case]:
             s(f"state-{short}-directory", f"{t} a directory", _to_dir(t), t),
         ]
     c += [
-        s("state-json-truncated", "cell.json cut short", _truncate("cell.json", 0.3), "cell.json"),
+        # cut inside its first key, so the parser's message does not move with cell.json's keys
+        s("state-json-truncated", "cell.json cut short", _cut("cell.json", 4), "cell.json"),
         s("state-json-empty", "cell.json empty", _write("cell.json", ""), "cell.json"),
         s("state-json-list", "cell.json a list", _write("cell.json", "[]"), "cell.json"),
         s("state-json-null", "cell.json null", _write("cell.json", "null"), "cell.json"),

@@ -177,30 +177,33 @@ def test_package_code_edit_reruns_nothing(workdir):
 
 
 def test_a_new_knob_renames_and_reruns_no_finished_cell(tmp_path_factory):
-    """A grid finished before the prefix_caching knob existed: declaring the knob (one
-    entry in wattflow/knobs.py, default on) plans no job; adding `off` plans exactly the
-    new cells."""
+    """A grid finished before a knob existed: declaring it (one entry in wattflow/knobs.py,
+    at the default every finished cell implicitly had) plans no job; adding another value
+    plans exactly the new cells."""
     d = copy_pipeline(tmp_path_factory.mktemp("knob"))
     knobs_py = d / "wattflow" / "knobs.py"
-    declared = knobs_py.read_text()
-    decl = re.search(r"\n    Knob\(\n        \"prefix_caching\",.*?\n    \),", declared, re.S)
-    assert decl, "the prefix_caching declaration moved; update this test"
-    knobs_py.write_text(declared.replace(decl.group(0), ""))  # the world before the knob
+    before_knob = knobs_py.read_text()
+    end = "\n)\nKNOB_NAMES = "
+    assert end in before_knob, "the KNOBS tuple's end moved; update this test"
+    decl = (
+        '\n    Knob("probe_knob", "client", "int", "declared after the grid ran", default=1,'
+        " minimum=1),"
+    )
     write_config(d, small_config("results"))
     out = smk(d, "--cores", "2")
     assert out.returncode == 0, out.stderr[-3000:]
     before = sorted(p.parent.name for p in (d / "results").glob("cells/**/cell.json"))
-    knobs_py.write_text(declared)  # the knob is declared, with its default only
+    knobs_py.write_text(before_knob.replace(end, decl + end))  # declared, default only
     assert planned(d) == {}
     cfg = small_config("results")
-    cfg["grid"]["prefix_caching"] = [True, False]
+    cfg["grid"]["probe_knob"] = [1, 2]
     write_config(d, cfg)
     jobs = planned(d)
     assert jobs == {"cell": 4, "summary": 1, "figures": 1, "report": 1, "all": 1}
     out = smk(d, "-n", "--printshellcmds")
     runs = [ln for ln in out.stdout.splitlines() if "scripts/run_cell.py --cell" in ln]
-    assert len(runs) == 4 and all("prefix_caching=off" in ln for ln in runs)
-    assert len(before) == 4 and not any("prefix_caching" in b for b in before)
+    assert len(runs) == 4 and all("probe_knob=2" in ln for ln in runs)
+    assert len(before) == 4 and not any("probe_knob" in b for b in before)
 
 
 def test_new_knob_value_runs_only_new_cells(workdir):

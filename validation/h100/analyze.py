@@ -26,7 +26,7 @@ from wattflow.analysis.report import write_report  # noqa: E402
 from wattflow.analysis.stages import write_stages  # noqa: E402
 from wattflow.analysis.steady import MIN_WINDOW_S, STABLE_FILL  # noqa: E402
 from wattflow.analysis.summary import write_summary  # noqa: E402
-from wattflow.calibration import profile  # noqa: E402
+from wattflow.engines.sim import profile  # noqa: E402
 from wattflow.provenance import wattflow_info  # noqa: E402
 from wattflow.studies.seed import STUDY, check_modes, check_utilization  # noqa: E402
 

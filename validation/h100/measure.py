@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from wattflow import config as C  # noqa: E402
 from wattflow import environment  # noqa: E402
 from wattflow.cell import run  # noqa: E402
+from wattflow.client.registry import server_knobs  # noqa: E402
 from wattflow.engines import pool  # noqa: E402
 from wattflow.knobs import cell_path, server_identity  # noqa: E402
 
@@ -83,7 +84,7 @@ def plan(
 
 def server_of(knobs: dict) -> tuple[str, str]:
     """The server a cell runs on: its engine and server identity."""
-    return knobs["engine"], json.dumps(server_identity(knobs), sort_keys=True)
+    return knobs["engine"], json.dumps(server_identity(server_knobs(knobs)), sort_keys=True)
 
 
 def pack(src: Path, out: Path, name: str) -> None:

@@ -144,6 +144,8 @@ def build_trace(rows: list[dict]) -> list[Workflow]:
         for key in ("workflow_id", "node_id"):  # 7 and "7" must not merge silently
             if not isinstance(row[key], str):
                 raise TraceError(f"{line}: {key} must be a string, got {row[key]!r}")
+            if not row[key].isprintable():  # a newline or tab would break every message
+                raise TraceError(f"{line}: {key} {row[key]!r} has a control character")
         wf, node = row["workflow_id"], row["node_id"]
         if not wf:
             raise TraceError(f"{line}: workflow_id may not be empty")
