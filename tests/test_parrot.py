@@ -67,16 +67,19 @@ def _config() -> dict:
 
 
 def _knobs(workload: str, mode: str) -> dict:
-    return {
-        "engine": "sim",
-        "workload": workload,
-        "mode": mode,
-        "max_num_seqs": 8,
-        "power_cap_w": "default",
-        "sm_clock_mhz": "default",
-        "max_output_tokens": MAX_OUT,
-        "rep": 0,
-    }
+    """Every knob (the others at their defaults), as a cell's are."""
+    return complete(
+        {
+            "engine": "sim",
+            "workload": workload,
+            "mode": mode,
+            "max_num_seqs": 8,
+            "power_cap_w": "default",
+            "sm_clock_mhz": "default",
+            "max_output_tokens": MAX_OUT,
+            "rep": 0,
+        }
+    )
 
 
 def test_parrot_runs_from_its_own_env_without_torch_or_the_builtin_engine(parrot_env):
