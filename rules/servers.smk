@@ -4,6 +4,7 @@
 import os
 import socket
 
+from wattflow import forkserver as wf_forkserver
 from wattflow import snakemake_signals
 
 snakemake_signals.install()  # Snakemake's SIGTERM handler can deadlock; see that module
@@ -20,6 +21,8 @@ os.environ.update(WATTFLOW_STATE_DIR=SERVER_STATE)
 
 
 def stop_servers():
+    # the cell jobs' warm process (wattflow.forkserver), once its cells have ended
+    wf_forkserver.stop(SERVER_STATE, int(os.environ[wf_forkserver.OWNER_ENV]))
     if SERVER_ENGINES:
         from wattflow.engines import pool
 
