@@ -7,6 +7,7 @@
 
 wildcard_constraints:
     cell=r"engine=[^/]+/workload=[^/]+/[^/]+",
+    gid=r"[^/]+",
 
 
 rule cell:
@@ -20,13 +21,35 @@ rule cell:
     log:
         f"{RESULTS}/logs/cells/{{cell}}.log",
     priority: cell_priority
+    group:
+        cell_group
     conda:
         "../envs/wattflow.yaml"
     resources:
         gpu=cell_gpus,
         realtime_cpu=cell_realtime_cpu,
+        cpus_per_task=cell_cpus,
+        mem_mb=cell_mem_mb,
+        runtime=cell_runtime,
     params:
         spec=cell_spec,
     shell:
         '"$WATTFLOW_PYTHON" scripts/run_cell.py --cell {wildcards.cell:q} --spec {params.spec:q}'
         " --out $(dirname {output.manifest:q}) 2> {log:q}"
+
+
+# On a cluster: the job that makes a group's cells one connected part of the DAG, and so
+# one group job (wattflow.snakemake_groups). It runs last in the job, after the cells.
+rule cell_group:
+    input:
+        group_cells,
+    output:
+        f"{RESULTS}/.groups/{{gid}}.done",
+    group:
+        "{gid}"
+    resources:
+        cpus_per_task=1,
+        mem_mb=100,
+        runtime=1,
+    shell:
+        "touch {output:q}"

@@ -108,7 +108,8 @@ LAYERS = (
     ("config", ("config",)),
     ("workloads", ("workloads",)),
     ("engines and devices", ("engines", "devices", "telemetry", "client", "parrot", "container")),
-    ("cell", ("cell", "attribution", "energy_check", "progress", "snakemake_signals")),
+    ("cell", ("cell", "cell_job", "forkserver", "attribution", "energy_check", "progress",
+              "snakemake_signals", "snakemake_groups")),
     ("analysis", ("analysis", "calibration", "cli", "__main__")),
 )  # fmt: skip
 # Edges against the flow, each for one reason: validating a config before any cell runs
