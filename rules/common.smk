@@ -93,6 +93,8 @@ for _path, _gid in CELL_GROUPS.items():
 
 
 def cell_group(wildcards):
+    if workflow.local_exec:  # a local run or dry run: groups are a cluster's business
+        return None
     gid = CELL_GROUPS.get(wildcards.cell)
     if gid is None:  # a cell asked for by path, outside the grid: a job of its own
         g = wf_config.server_group(config, cell_knobs(wildcards))
