@@ -1,8 +1,11 @@
 # One job per cell. A `shell:` job calling a stable script costs ~20 ms of Snakemake
-# overhead against ~0.6 s for a `script:` job, which decides whether 400 cells fit in
-# minutes on 2 cores. The script never changes when library code does, so finished cells
-# stay finished; the cell's config slice is its params and its knobs are its path
-# (wattflow.knobs: knobs at their default are left out), so only affected cells rerun.
+# overhead against ~0.6 s for a `script:` job, and the script forks the cell from the
+# run's warm Python (wattflow.forkserver) rather than importing the package (~0.4 s):
+# that decides whether 400 cells fit in minutes on 2 cores. The command never changes
+# when library code does, so finished cells stay finished; the cell's config slice is its
+# params and its knobs are its path (wattflow.knobs: knobs at their default are left out),
+# so only affected cells rerun. On a cluster the cells of a group are one job
+# (wattflow.snakemake_groups): `group:` below, and the `cell_group` rule.
 
 
 wildcard_constraints:
