@@ -18,6 +18,13 @@ child whose job has vanished terminates itself; either way the cell unwinds as a
 separate process would (no files, servers released). Where no server can be reached the
 job measures the cell in its own process, as before.
 
+Two things differ from a fresh process. The cells of a run use the package as the server
+imported it when the run's first cell started (an edit made during a run reaches the next
+run's cells). And the fork happens after polars' import has started threads of its own
+(jemalloc's, an out-of-core cleaner) but before any polars work: a child could only hang
+on a lock held at the fork, and 1,500 forks each doing polars work (group_by, Parquet),
+two at a time, all ended.
+
 This module imports only the standard library at the top: it runs in every cell job.
 """
 
@@ -310,11 +317,11 @@ def _child(conn: socket.socket, fds: list[int], msg: dict) -> int:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, int | None):
             print(exc.code, file=sys.stderr)
-    except BaseException:  # noqa: BLE001 - what an uncaught exception prints, then status 1
+    except BaseException as exc:  # noqa: BLE001 - what an uncaught exception prints
         import traceback
 
         traceback.print_exc()
-        code = 1
+        code = 128 + signal.SIGINT if isinstance(exc, KeyboardInterrupt) else 1
     sys.stdout.flush()
     sys.stderr.flush()
     done.set()
