@@ -1,5 +1,6 @@
 # Helpers shared by the rules: config validation, the cell list, per-rule config slices.
 # Everything that knows an engine kind, a knob or a path layout lives in the package.
+import functools
 import glob
 import json
 import os
@@ -30,7 +31,13 @@ def cell_dirs():
 
 def cell_knobs(wildcards):
     """The cell's knobs (every knob, defaults included) from its path."""
-    return wf_config.parse_path(wildcards.cell)
+    return dict(_parsed_path(wildcards.cell))
+
+
+@functools.cache
+def _parsed_path(path):
+    # once per cell: a cell's params and resources read its knobs seven times
+    return wf_config.parse_path(path)
 
 
 def cell_spec(wildcards):
