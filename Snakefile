@@ -51,3 +51,4 @@ rule all:
     input:
         f"{RESULTS}/summary.parquet",
         f"{RESULTS}/report.html",
+        cluster_groups,

@@ -1,5 +1,6 @@
 # Helpers shared by the rules: config validation, the cell list, per-rule config slices.
 # Everything that knows an engine kind, a knob or a path layout lives in the package.
+import functools
 import glob
 import json
 import os
@@ -13,6 +14,7 @@ from wattflow import files as wf_files
 from wattflow import outputs as wf_outputs
 from wattflow import results_lock as wf_lock
 from wattflow import progress as wf_progress
+from wattflow import snakemake_groups as wf_groups
 from wattflow.engines.registry import backend
 
 try:
@@ -50,7 +52,13 @@ if workflow.is_main_process and not workflow.dryrun:
 
 def cell_knobs(wildcards):
     """The cell's knobs (every knob, defaults included) from its path."""
-    return wf_config.parse_path(wildcards.cell)
+    return dict(_parsed_path(wildcards.cell))
+
+
+@functools.cache
+def _parsed_path(path):
+    # once per cell: a cell's params and resources read its knobs seven times
+    return wf_config.parse_path(path)
 
 
 def cell_spec(wildcards):
@@ -92,6 +100,8 @@ def needs(engine):
 SERVER_ENGINES = sorted(
     {c.knobs["engine"] for c in CELLS if needs(c.knobs["engine"]).server}
 )
+# Inside a cluster job: what profiles/default gives a local run (wattflow.snakemake_groups).
+wf_groups.inside_job(workflow)
 CELL_PRIORITY = wf_config.cell_priorities(config, CELLS, gpu_lanes(workflow))
 
 
@@ -101,10 +111,54 @@ def cell_priority(wildcards):
     return CELL_PRIORITY.get(wildcards.cell, 0)
 
 
+# Cluster jobs (wattflow.snakemake_groups): the cells of a server group are one group (the
+# server starts once), the other cells spread over cluster.simulator_jobs groups; each
+# group's `cell_group` job joins them into one job. A local run has no groups.
+CELL_GROUPS = wf_config.cell_groups(config, CELLS)
+GROUP_CELLS = {}
+for _path, _gid in CELL_GROUPS.items():
+    GROUP_CELLS.setdefault(_gid, []).append(_path)
+
+
+def cell_group(wildcards):
+    if workflow.local_exec:  # a local run or dry run: groups are a cluster's business
+        return None
+    gid = CELL_GROUPS.get(wildcards.cell)
+    if gid is None:  # a cell asked for by path, outside the grid: a job of its own
+        g = wf_config.server_group(config, cell_knobs(wildcards))
+        gid = "cells" if g is None else wf_config.group_id(g)
+    return gid
+
+
+def group_cells(wildcards):
+    """The cells of group `gid` (their cell.json): what its `cell_group` job joins."""
+    return [f"{RESULTS}/cells/{c}/cell.json" for c in GROUP_CELLS[wildcards.gid]]
+
+
+def cluster_groups(wildcards):
+    """Every group's `cell_group` job, on a cluster only (locally: no groups, no jobs)."""
+    if workflow.local_exec:
+        return []
+    return [f"{RESULTS}/.groups/{gid}.done" for gid in sorted(GROUP_CELLS)]
+
+
 def cell_gpus(wildcards):
     """The GPUs a real cell holds: its server's tensor-parallel size."""
     knobs = cell_knobs(wildcards)
     return int(knobs["tensor_parallel_size"]) if needs(knobs["engine"]).gpu else 0
+
+
+def cell_cpus(wildcards):
+    """A cell's request on a cluster (wattflow.snakemake_groups.CELL_REQUESTS)."""
+    return wf_groups.cell_request(cell_gpus(wildcards), "cpus_per_task")
+
+
+def cell_mem_mb(wildcards):
+    return wf_groups.cell_request(cell_gpus(wildcards), "mem_mb")
+
+
+def cell_runtime(wildcards):
+    return wf_groups.cell_request(cell_gpus(wildcards), "runtime")
 
 
 def cell_realtime_cpu(wildcards):

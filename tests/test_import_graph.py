@@ -118,9 +118,9 @@ LAYERS = (
      ("client",)),
     ("config", "the configuration: validation, the cell grid, config slices", ("config",)),
     ("cell", "one cell: run, attribute, check and write it; progress; a run's hold on its "
-     "results folder and its cells' processes",
-     ("cell", "attribution", "energy_check", "progress", "snakemake_signals", "orphan",
-      "results_lock")),
+     "results folder and its cells' processes; cell jobs and cluster groups",
+     ("cell", "cell_job", "forkserver", "attribution", "energy_check", "progress",
+      "snakemake_signals", "snakemake_groups", "orphan", "results_lock")),
     ("analysis", "summary, figures, report, advisor, studies, calibration, CLI",
      ("analysis", "studies", "calibration", "cli", "__main__")),
 )  # fmt: skip

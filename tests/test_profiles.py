@@ -47,10 +47,15 @@ def test_profiles_schedule_greedily():
         assert profile(name)["scheduler"] == "greedy", name
     # one real cell per GPU; one cell at a time that needs this host's CPU in real time
     assert profile("default")["resources"] == {"gpu": 1, "realtime_cpu": 1}
-    for name in ("slurm", "kubernetes"):  # a cluster bounds GPUs itself; jobs own their CPUs
-        assert not {"gpu", "realtime_cpu"} & set(profile(name).get("resources", {})), name
+    for name in ("slurm", "kubernetes"):
+        # a cluster bounds GPUs itself: `gpu` is what one group job holds (scope local, not
+        # a limit on jobs at once), and each job owns its CPUs (no realtime_cpu)
+        prof = profile(name)
+        held = dict(r.split("=") for r in prof["resources"])
+        assert held["gpu"] == "1" and "realtime_cpu" not in held, name
+        assert "gpu=local" in prof["set-resource-scopes"], name
     cell = profile("slurm")["set-resources"]["cell"]
-    assert {"slurm_partition", "slurm_account", "runtime"} <= set(cell)
+    assert {"slurm_partition", "slurm_account"} <= set(cell)
     assert profile("kubernetes")["set-resources"]["cell"]["gpu_manufacturer"] == "nvidia"
 
 
@@ -76,11 +81,12 @@ def test_slurm_profile_gpu_only_for_real_cells(tmp_path):
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
     gpus: dict[str, set[int]] = {}
-    for block in text.split("\nrule cell:")[1:]:
+    for block in re.split(r"\n\s*rule cell:", text)[1:]:  # cells: in group jobs, indented
         engine = re.search(r"wildcards: cell=engine=(\w+)", block).group(1)
         res = re.search(r"resources: (.*)", block).group(1)
         gpus.setdefault(engine, set()).add(int(re.search(r"\bgpu=(\d+)", res).group(1)))
-        assert "slurm_partition=gpu" in res and "runtime=60" in res
+        gpu = "gpu=1" in res.split(", ")
+        assert "slurm_partition=gpu" in res and f"runtime={60 if gpu else 5}" in res
     assert gpus == {"sim": {0}, "ep": {1}}
 
     # ... and the plugin turns gpu=1 into sbatch --gpus=1, gpu=0 into no GPU request

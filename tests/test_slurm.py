@@ -11,27 +11,34 @@ checks use squeue: without slurmdbd, sacct never reports a job finished.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import fake_gpu
 import polars as pl
 import pytest
 import yaml
 from polars.testing import assert_frame_equal
 
-from tests.conftest import SNAKEMAKE, copy_pipeline, small_config
+from tests.conftest import SNAKEMAKE, TINY_MODEL, copy_pipeline, small_config
 
 pytestmark = pytest.mark.slow
 PACKAGES = ("slurm-wlm", "munge")
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 CONF = Path("/etc/slurm/slurm.conf")
+GRES = Path("/etc/slurm/gres.conf")
+GPUS = 3  # stand-in GPUs (a count, no devices): what `sbatch --gpus` asks SLURM for
 KNOBS = ["engine", "workload", "mode", "max_num_seqs", "power_cap_w", "sm_clock_mhz"]
 KNOBS += ["max_output_tokens", "rep"]
 
@@ -88,7 +95,7 @@ def free_port() -> int:
 
 
 def slurm_conf(d: Path) -> str:
-    cpus = os.cpu_count() or 1
+    cpus = max(4, os.cpu_count() or 1)  # three group jobs at once, one CPU each
     return f"""\
 ClusterName=wattflowtest
 SlurmctldHost=localhost
@@ -115,9 +122,12 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
+GresTypes=gpu
+# the node as configured (CPUs may exceed this machine's: jobs here mostly wait)
+SlurmdParameters=config_overrides
 # squeue sees a finished job for MinJobAge seconds: long enough for the status checks
 MinJobAge=300
-NodeName=localhost NodeHostname=localhost CPUs={cpus} RealMemory=1000 State=UNKNOWN
+NodeName=localhost NodeHostname=localhost CPUs={cpus} RealMemory=1000 Gres=gpu:{GPUS} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -129,14 +139,21 @@ def slurm(tmp_path_factory):
     if why:
         log(f"SKIPPED: {why}")
         pytest.skip(why)
+    with one_node_slurm(tmp_path_factory.mktemp("slurm")) as d:
+        yield d
+
+
+@contextlib.contextmanager
+def one_node_slurm(d: Path) -> Iterator[Path]:
+    """munged, slurmctld and slurmd for one node (localhost, GPUS stand-in GPUs) with their
+    state in `d`; everything started is stopped and /etc/slurm restored on the way out."""
     # one instance at a time on a machine: the config file and daemons are global
     lock = open(Path(tempfile.gettempdir()) / "wattflow-test-slurm.lock", "w")  # noqa: SIM115
     fcntl.flock(lock, fcntl.LOCK_EX)
     t0 = time.monotonic()
-    d = tmp_path_factory.mktemp("slurm")
     procs: list[subprocess.Popen] = []
-    backup = d / "slurm.conf.orig"
-    conf_existed = CONF.exists()
+    backups = {f: d / f"{f.name}.orig" for f in (CONF, GRES)}
+    existed = {f: f.exists() for f in backups}
     try:
         install()
         for sub in ("munge", "munge/key", "state", "spool", "log"):
@@ -146,10 +163,14 @@ def slurm(tmp_path_factory):
         key = d / "munge/key/munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
-        if conf_existed:
-            shutil.copy2(CONF, backup)
+        for f, backup in backups.items():
+            if existed[f]:
+                shutil.copy2(f, backup)
         CONF.parent.mkdir(parents=True, exist_ok=True)
         CONF.write_text(slurm_conf(d))
+        for i in range(GPUS):  # what SLURM hands out as GPUs: files, not devices
+            (d / f"gpu{i}").touch()
+        GRES.write_text(f"NodeName=localhost Name=gpu File={d}/gpu[0-{GPUS - 1}]\n")
 
         def start(name: str, *cmd: str) -> None:
             out = open(d / "log" / f"{name}.out", "w")  # noqa: SIM115
@@ -182,10 +203,11 @@ def slurm(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
-        if conf_existed:
-            shutil.copy2(backup, CONF)
-        else:
-            CONF.unlink(missing_ok=True)
+        for f, backup in backups.items():
+            if existed[f]:
+                shutil.copy2(backup, f)
+            else:
+                f.unlink(missing_ok=True)
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
         log(f"SLURM stopped; whole fixture {time.monotonic() - t0:.1f} s")
@@ -206,15 +228,19 @@ def wait_for(cond, timeout_s: float, what: str, d: Path) -> None:
     raise AssertionError(f"timed out waiting for {what}\n{logs}")
 
 
-def pipeline(root: Path, name: str) -> Path:
+def pipeline(root: Path, name: str, simulator_jobs: int | None = None) -> Path:
     d = copy_pipeline(root / name)
     cfg = small_config("results")
+    if simulator_jobs:
+        cfg["cluster"] = {"simulator_jobs": simulator_jobs}  # changes no result
     (d / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return d
 
 
-def smk(d: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(d)}
+def smk(
+    d: Path, *args: str, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(d), **(env or {})}
     return subprocess.run(
         [SNAKEMAKE, *args], cwd=d, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -222,7 +248,8 @@ def smk(d: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProces
 
 def site_profile(d: Path) -> None:
     """profiles/slurm with this one-node cluster's site settings: partition debug, no
-    account, small requests, quick first status check. Everything else as shipped."""
+    account, small requests, quick first status check, no NFS to wait for. Everything else
+    as shipped."""
     p = d / "profiles" / "slurm" / "config.yaml"
     prof = yaml.safe_load(p.read_text())
     cell = prof["set-resources"]["cell"]
@@ -230,7 +257,21 @@ def site_profile(d: Path) -> None:
     cell.update(slurm_partition="debug", mem_mb=200, cpus_per_task=1)
     prof["default-resources"].update(mem_mb=200)
     prof.update({"slurm-no-account": True, "slurm-init-seconds-before-status-checks": 2})
+    prof["latency-wait"] = 5  # one node: no NFS cache to wait for
     p.write_text(yaml.safe_dump(prof, sort_keys=False))
+
+
+def new_jobs(before: dict) -> dict[str, dict]:
+    """SLURM's jobs (all it still lists: MinJobAge) not in `before`: id -> state, GPUs
+    asked for (N/A: none), comment (Snakemake's: the rule or group)."""
+    jobs = {}
+    for line in sh("scontrol", "show", "job", "-o").stdout.splitlines():
+        f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        if "JobId" in f and f["JobId"] not in before:
+            gpus = f.get("TresPerJob", "N/A").removeprefix("gres:")
+            jobs[f["JobId"]] = {"state": f.get("JobState"), "gpus": gpus}
+            jobs[f["JobId"]]["comment"] = f.get("Comment", "")
+    return jobs
 
 
 def comparable(summary: Path) -> pl.DataFrame:
@@ -246,8 +287,9 @@ def test_slurm_grid_equals_local_run(slurm, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     t_local = time.monotonic() - t0
 
-    cluster = pipeline(tmp_path, "slurm")
+    cluster = pipeline(tmp_path, "slurm", simulator_jobs=1)
     site_profile(cluster)
+    before = new_jobs({})
     t1 = time.monotonic()
     # the SLURM profile replaces the workflow profile (profiles/default: local settings)
     out = smk(cluster, "--workflow-profile", "profiles/slurm", "--jobs", "4")
@@ -256,11 +298,12 @@ def test_slurm_grid_equals_local_run(slurm, tmp_path):
     assert out.returncode == 0, text[-4000:]
     log(f"local run {t_local:.1f} s, SLURM run {t_slurm:.1f} s")
 
-    # every cell ran as a SLURM job, and nothing else did (summary/figures/report: local)
-    jobs = sh("squeue", "--states=all", "--noheader", "--format=%i|%j|%T|%b").stdout.split()
-    assert len(jobs) == 4, jobs
-    assert all(j.split("|")[2] == "COMPLETED" for j in jobs), jobs
-    assert all(j.split("|")[3] == "N/A" for j in jobs), jobs  # simulator cells: no GPU
+    # the four simulator cells ran as one SLURM job (config cluster.simulator_jobs: 1),
+    # and nothing else did (summary/figures/report: local)
+    jobs = list(new_jobs(before).values())
+    assert len(jobs) == 1 and jobs[0]["state"] == "COMPLETED", jobs
+    assert jobs[0]["gpus"] == "N/A", jobs  # simulator cells: no GPU
+    assert jobs[0]["comment"] == "rule_cells-0_cell_cell_group", jobs
     for rule in ("summary", "figures", "report"):
         assert f"localrule {rule}:" in text
 
@@ -269,3 +312,153 @@ def test_slurm_grid_equals_local_run(slurm, tmp_path):
         comparable(local / "results/summary.parquet"),
     )
     assert (cluster / "results/report.html").stat().st_size > 0
+
+
+# -- server groups: one SLURM job each -------------------------------------------------------
+
+
+def server_config(grid: dict, timeout_s: float = 30) -> dict:
+    """Real cells against the stand-in OpenAI server (run natively, as the vLLM command),
+    measured on the stand-in GPU `fakegpu` (tests/fake_gpu.py): valid cells, no GPU."""
+    cfg = small_config("results")
+    cfg["engines"] = {
+        "fake": {
+            "kind": "vllm",
+            "model": "tiny",
+            "gpu": "h100-sxm",
+            "runtime": "native",
+            "command": f"{sys.executable} -m wattflow.engines.fake_server serve",
+            "telemetry": [fake_gpu.NAME],
+            "request_timeout_s": timeout_s,
+        }
+    }
+    cfg["models"] = {"tiny": {k: v for k, v in TINY_MODEL.items() if k != "name"}}
+    single = {"pattern": "single", "prompt_tokens": 64, "output_tokens": 16}
+    cfg["workloads"] = {
+        "burst": {**single, "workflows": 6, "concurrency": 3},
+        "trickle": {**single, "workflows": 3, "concurrency": 1},
+        "slow": {**single, "output_tokens": 2000, "workflows": 1, "concurrency": 1},
+    }
+    cfg["grid"] = {"engine": ["fake"], "mode": ["naive"], **grid}
+    return cfg
+
+
+def server_pipeline(root: Path, name: str, grid: dict, **engine) -> Path:
+    d = copy_pipeline(root / name)
+    fake_gpu.install(d)
+    write(d, server_config(grid, **engine))
+    site_profile(d)
+    return d
+
+
+def write(d: Path, cfg: dict) -> None:
+    (d / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def server_starts(d: Path) -> int:
+    """Starts of the stand-in server: one `$ command` line per start in the servers' logs
+    (every cluster job keeps its own registry under results/.servers/jobs/)."""
+    logs = (d / "results" / ".servers").rglob("*.log")
+    return sum(f.read_text(errors="replace").count("$ ") for f in logs)
+
+
+def cluster(d: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {"WATTFLOW_GPUS": "0"}  # the stand-in GPU's index, in every job (sbatch --export)
+    return smk(
+        d, "--workflow-profile", "profiles/slurm", "--jobs", "4", *args, env=env, timeout=timeout
+    )
+
+
+def leftovers(d: Path) -> list[str]:
+    """Processes of this pipeline still running: stand-in servers, their keepers, cells'
+    warm processes, Snakemakes."""
+    out = sh("pgrep", "-af", str(d)).stdout.splitlines()
+    return [line for line in out if "pgrep" not in line]
+
+
+GRID = {
+    "workload": ["burst", "trickle"],
+    "max_num_seqs": [8, 16, 32],
+    "max_output_tokens": [16, 32],
+}
+
+
+def test_server_groups_are_one_slurm_job_each(slurm, tmp_path):
+    """3 server groups x 4 cells: 3 SLURM jobs (one GPU each), one server start per group,
+    every cell valid; one more max_num_seqs value: one more job, one more start."""
+    d = server_pipeline(tmp_path, "groups", GRID)
+    before = new_jobs({})
+    t0 = time.monotonic()
+    out = cluster(d)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    jobs = new_jobs(before)
+    log(f"3 server groups x 4 cells: {time.monotonic() - t0:.1f} s, {len(jobs)} SLURM jobs")
+    assert len(jobs) == 3 and all(j["state"] == "COMPLETED" for j in jobs.values()), jobs
+    assert all(j["gpus"] == "gpu:1" for j in jobs.values()), jobs  # a group holds one GPU
+    assert server_starts(d) == 3
+    summary = pl.read_parquet(d / "results" / "summary.parquet")
+    assert summary.height == 12 and summary["valid"].all()
+    assert not leftovers(d)
+
+    cfg = server_config({**GRID, "max_num_seqs": [8, 16, 32, 64]})
+    write(d, cfg)
+    before = new_jobs({})
+    out = cluster(d)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    jobs = new_jobs(before)
+    assert len(jobs) == 1 and "max_num_seqs=64" in next(iter(jobs.values()))["comment"], jobs
+    assert server_starts(d) == 4
+    assert pl.read_parquet(d / "results" / "summary.parquet").height == 16
+
+
+def test_interrupt_leaves_no_job_server_or_half_cell(slurm, tmp_path):
+    """Ctrl-C to the submitting Snakemake while group jobs run: Snakemake scancels them
+    (CANCELLED, in slurmctld's log as kill requests), their servers stop, and every cell
+    folder is a whole cell or gone."""
+    d = server_pipeline(tmp_path, "interrupt", GRID)
+    before = new_jobs({})
+    env = {**os.environ, "PYTHONPATH": str(d), "WATTFLOW_GPUS": "0"}
+    proc = subprocess.Popen(
+        [SNAKEMAKE, "--workflow-profile", "profiles/slurm", "--jobs", "4"],
+        cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while server_starts(d) < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)  # a group job is running: its server has started
+    assert server_starts(d) >= 1, "no server started"
+    proc.send_signal(signal.SIGINT)
+    text = proc.communicate(timeout=120)[0]
+    jobs = new_jobs(before)
+    assert jobs and all(j["state"] == "CANCELLED" for j in jobs.values()), (jobs, text[-3000:])
+    ctld = (slurm / "log" / "slurmctld.log").read_text()
+    assert all(f"JobId={i} uid" in ctld for i in jobs), "scancel did not reach slurmctld"
+    deadline = time.monotonic() + 60
+    while leftovers(d) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the jobs' keepers stop their servers once the job is gone
+    assert not leftovers(d)
+    for folder in (d / "results" / "cells").glob("engine=*/workload=*/*"):
+        assert (folder / "cell.json").exists(), f"half a cell: {sorted(folder.iterdir())}"
+
+
+def test_a_failing_cell_costs_only_itself(slurm, tmp_path):
+    """One cell of a server group fails (its one long request times out): the group's
+    other cells keep their results, the failure names the cell, and a rerun would compute
+    that cell alone (Snakemake's plan: the dry run)."""
+    grid = {"workload": ["burst", "slow"], "max_num_seqs": [8], "max_output_tokens": [16, 2000]}
+    d = server_pipeline(tmp_path, "failing", grid, timeout_s=2)
+    t0 = time.monotonic()
+    out = cluster(d)
+    log(f"a group with a failing cell: {time.monotonic() - t0:.1f} s")
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    bad = "engine=fake/workload=slow/max_num_seqs=8+max_output_tokens=2000"
+    done = sorted(p.parent for p in (d / "results" / "cells").rglob("cell.json"))
+    assert len(done) == 3 and not any(str(p).endswith(bad) for p in done), done
+    failures = text.split("cell(s) failed; they are not done and a rerun computes them:")
+    assert len(failures) == 2 and failures[1].split()[0] == f"{bad}:", text[-3000:]
+    assert list((d / "results" / "failed").rglob("requests.parquet"))  # what it measured
+    assert server_starts(d) == 1
+
+    dry = smk(d, "-n", "--workflow-profile", "profiles/slurm")
+    assert re.search(r"^cell\s+1$", dry.stdout, re.M), dry.stdout[-2000:]
+    assert re.findall(r"wildcards: cell=(\S+)", dry.stdout) == [bad]

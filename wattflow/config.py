@@ -557,6 +557,32 @@ def cell_priorities(cfg: dict, all_cells: list[Cell], lanes: int = 1) -> dict[st
     }
 
 
+SIMULATOR_JOBS = 8  # cluster jobs for the cells without a server (config cluster.simulator_jobs)
+
+
+def group_id(group: tuple) -> str:
+    """A server group as a Snakemake group id: readable, and safe in a file name (the
+    SLURM plugin names each group job's log folder after it)."""
+    engine, ident = group
+    text = ".".join([str(engine), *(f"{k}={v}" for k, v in ident)])
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", text)
+
+
+def cell_groups(cfg: dict, all_cells: list[Cell]) -> dict[str, str]:
+    """The cluster job of each cell (cell path -> Snakemake group id). The cells that share
+    a server are one group (one job starts the server once); every other cell is in one
+    of `cluster.simulator_jobs` groups `cells-I`, I from a hash of its path, so a cell
+    keeps its group when the grid grows."""
+    jobs = (cfg.get("cluster") or {}).get("simulator_jobs", SIMULATOR_JOBS)
+    out = {}
+    for c in all_cells:
+        digest = hashlib.sha256(c.path.encode()).digest()
+        out[c.path] = f"cells-{int.from_bytes(digest[:8], 'big') % jobs}"
+    for g, paths in _cells_by_group(cfg, all_cells).items():
+        out.update(dict.fromkeys(paths, group_id(g)))
+    return out
+
+
 def workload_slice(cfg: dict, name: str) -> dict:
     """What a workload's cells depend on: its own params (and its members', for composite;
     a spec's file content, a trace's file hash): its pattern's `slice`."""
@@ -610,10 +636,12 @@ def cell_spec(cfg: dict, knobs: dict) -> dict:
 
 
 def canonical(cfg: dict) -> dict:
-    """The config without grid axes that hold only their knob's default: what it was before
-    such a knob existed, so declaring a knob changes no job's params (nor do the GPU
-    entries' interconnect keys while no cell is tensor-parallel)."""
+    """The config without grid axes that hold only their knob's default (what it was before
+    such a knob existed, so declaring a knob changes no job's params, nor do the GPU
+    entries' interconnect keys while no cell is tensor-parallel) and without `cluster` (how
+    cells are submitted)."""
     out = copy.deepcopy(cfg)
+    out.pop("cluster", None)  # how cells are submitted: no result depends on it
     out["grid"] = {
         k: v
         for k, v in cfg["grid"].items()

@@ -105,6 +105,12 @@ def results_defaults(results: str | Path) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def owner_pid() -> int:
+    """The Snakemake process that owns this run's servers and warm process
+    (`export_for_jobs` sets it)."""
+    return int(os.environ[OWNER_PID])
+
+
 def export_for_jobs(results: str, *, remote: bool) -> Path:
     """Set, in the Snakemake process, what every job inherits; returns the server state
     folder (its hooks stop the servers registered there). `remote`: a cluster job on some

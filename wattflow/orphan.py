@@ -16,9 +16,11 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
 _parent: int | None = None  # the parent when armed; None: not a job's process
+_job_gone: Callable[[], bool] | None = None  # a fork of the warm process: its job's end
 
 
 class Orphaned(RuntimeError):
@@ -43,9 +45,17 @@ def end_with_parent(period_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
+def end_with_job(gone: Callable[[], bool]) -> None:
+    """For a cell forked from the warm process (wattflow.forkserver), whose parent is that
+    process, not the job: `gone` says whether the job has ended (the forkserver's watch of
+    the job's connection sends the SIGTERM)."""
+    global _job_gone
+    _job_gone = gone
+
+
 def check() -> None:
-    """Orphaned if armed and the parent has gone (a no-op outside a job)."""
-    if _parent is not None and os.getppid() != _parent:
+    """Orphaned if armed and the job has gone (a no-op outside a job)."""
+    if (_parent is not None and os.getppid() != _parent) or (_job_gone and _job_gone()):
         raise Orphaned(
             f"the job that started this cell (process {_parent}) has ended; "
             "its outputs are not written"
