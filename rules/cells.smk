@@ -48,11 +48,15 @@ rule cell_group:
         group_cells,
     output:
         f"{RESULTS}/.groups/{{gid}}.done",
+    log:
+        f"{RESULTS}/logs/groups/{{gid}}.log",
     group:
         "{gid}"
+    conda:
+        "../envs/wattflow.yaml"
     resources:
         cpus_per_task=1,
         mem_mb=100,
         runtime=1,
     shell:
-        "touch {output:q}"
+        "touch {output:q} 2> {log:q}"
