@@ -20,7 +20,7 @@ def _with_server_engine(cfg: dict) -> dict:
         "model": cfg["engines"]["sim"]["model"],
         "gpu": cfg["engines"]["sim"]["gpu"],
         "runtime": "native",
-        "command": f"{sys.executable} -m wattflow.engines.fake_server serve",
+        "command": f"{sys.executable} -m wattflow.testing.standin_server serve",
     }
     cfg["grid"]["engine"] = ["sim", "v"]
     return cfg
@@ -38,8 +38,8 @@ def test_server_groups_are_groups_and_simulator_cells_a_bounded_few():
     groups = _groups(cfg)
     server = {p: g for p, g in groups.items() if p.startswith("engine=v/")}
     assert sorted(set(server.values())) == [
-        "v.max_num_seqs=64.prefix_caching=True.scheduling_policy=fcfs",
-        "v.max_num_seqs=8.prefix_caching=True.scheduling_policy=fcfs",
+        "v.max_num_seqs=64.prefix_caching=True.tensor_parallel_size=1.scheduling_policy=fcfs",
+        "v.max_num_seqs=8.prefix_caching=True.tensor_parallel_size=1.scheduling_policy=fcfs",
     ]  # one per server (max_num_seqs), whatever the workload or output length
     sim = {g for p, g in groups.items() if p.startswith("engine=sim/")}
     assert len(sim) <= wf_config.SIMULATOR_JOBS and all(g.startswith("cells-") for g in sim)

@@ -327,7 +327,7 @@ def server_config(grid: dict, timeout_s: float = 30) -> dict:
             "model": "tiny",
             "gpu": "h100-sxm",
             "runtime": "native",
-            "command": f"{sys.executable} -m wattflow.engines.fake_server serve",
+            "command": f"{sys.executable} -m wattflow.testing.standin_server serve",
             "telemetry": [fake_gpu.NAME],
             "request_timeout_s": timeout_s,
         }

@@ -24,6 +24,7 @@ SCRIPTS = [
     "validation/h100/measure.py",
     "validation/h100/probe.py",
     "validation/h100/analyze.py",
+    "validation/h100-shapes/run_cells.py",
     "validation/gpu/e2e.py",
     "bench/run.py",
     "bench/dry_run.py",
