@@ -85,3 +85,17 @@ def parrot_source_optional(monkeypatch):
     from wattflow.client.parrot import env as parrot_env
 
     monkeypatch.setattr(parrot_env, "unavailable", lambda: None)
+
+
+def standin_engine(telemetry: str | list[str] = "none", timeout_s: float = 30) -> dict:
+    """A `vllm` engine entry served by the stand-in OpenAI server (wattflow.testing), natively:
+    what the tests that start real servers without a GPU give their config."""
+    return {
+        "kind": "vllm",
+        "model": "tiny",
+        "gpu": "h100-sxm",
+        "runtime": "native",
+        "command": f"{sys.executable} -m wattflow.testing.standin_server serve",
+        "telemetry": telemetry,
+        "request_timeout_s": timeout_s,
+    }

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SNAKEMAKE, TINY_MODEL, copy_pipeline
+from tests.conftest import ROOT, SNAKEMAKE, TINY_MODEL, copy_pipeline, standin_engine
 from wattflow import environment
 from wattflow.client.parrot import boot
 from wattflow.engines import pool
@@ -116,17 +116,7 @@ def test_pool_command_finds_the_registry_of_a_results_folder(tmp_path, monkeypat
 def _fake_vllm_config(results: str) -> dict:
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg["results"] = results
-    cfg["engines"] = {
-        "fake": {
-            "kind": "vllm",
-            "model": "tiny",
-            "gpu": "h100-sxm",
-            "runtime": "native",
-            "command": f"{sys.executable} -m wattflow.testing.standin_server serve",
-            "telemetry": "none",
-            "request_timeout_s": 30,
-        }
-    }
+    cfg["engines"] = {"fake": standin_engine()}
     cfg["models"] = {"tiny": {k: v for k, v in TINY_MODEL.items() if k != "name"}}
     cfg["workloads"] = {
         "one": {"pattern": "single", "prompt_tokens": 16, "output_tokens": 4, "workflows": 2}

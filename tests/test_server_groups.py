@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SNAKEMAKE, TINY_MODEL, copy_pipeline
+from tests.conftest import ROOT, SNAKEMAKE, TINY_MODEL, copy_pipeline, standin_engine
 from wattflow.engines.server import pid_alive
 
 pytestmark = pytest.mark.slow
@@ -19,17 +18,7 @@ pytestmark = pytest.mark.slow
 
 def config() -> dict:
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg["engines"] = {
-        "fake": {
-            "kind": "vllm",
-            "model": "tiny",
-            "gpu": "h100-sxm",
-            "runtime": "native",
-            "command": f"{sys.executable} -m wattflow.testing.standin_server serve",
-            "telemetry": "none",
-            "request_timeout_s": 30,
-        }
-    }
+    cfg["engines"] = {"fake": standin_engine()}
     cfg["models"] = {"tiny": {k: v for k, v in TINY_MODEL.items() if k != "name"}}
     single = {"pattern": "single", "prompt_tokens": 64, "output_tokens": 16}
     cfg["workloads"] = {

@@ -31,7 +31,7 @@ import pytest
 import yaml
 from polars.testing import assert_frame_equal
 
-from tests.conftest import SNAKEMAKE, TINY_MODEL, copy_pipeline, small_config
+from tests.conftest import SNAKEMAKE, TINY_MODEL, copy_pipeline, small_config, standin_engine
 
 pytestmark = pytest.mark.slow
 PACKAGES = ("slurm-wlm", "munge")
@@ -321,17 +321,7 @@ def server_config(grid: dict, timeout_s: float = 30) -> dict:
     """Real cells against the stand-in OpenAI server (run natively, as the vLLM command),
     measured on the stand-in GPU `fakegpu` (tests/fake_gpu.py): valid cells, no GPU."""
     cfg = small_config("results")
-    cfg["engines"] = {
-        "fake": {
-            "kind": "vllm",
-            "model": "tiny",
-            "gpu": "h100-sxm",
-            "runtime": "native",
-            "command": f"{sys.executable} -m wattflow.testing.standin_server serve",
-            "telemetry": [fake_gpu.NAME],
-            "request_timeout_s": timeout_s,
-        }
-    }
+    cfg["engines"] = {"fake": standin_engine([fake_gpu.NAME], timeout_s=timeout_s)}
     cfg["models"] = {"tiny": {k: v for k, v in TINY_MODEL.items() if k != "name"}}
     single = {"pattern": "single", "prompt_tokens": 64, "output_tokens": 16}
     cfg["workloads"] = {
